@@ -1,0 +1,5 @@
+import sys
+
+from medtune.cli.main import main
+
+sys.exit(main())

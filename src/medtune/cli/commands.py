@@ -1,0 +1,127 @@
+"""Command handlers behind ``medtune``; each validates input, calls the library, prints a summary.
+
+Example::
+
+    medtune train examples/sft_lora.yaml output=runs/sft
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Set medtune's log level and silence library chatter unless ``verbose``."""
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format="%(message)s")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for name in ("transformers", "datasets", "peft", "accelerate", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    if quiet:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _print_result(name: str, result) -> None:
+    m = result.metrics
+    if result.skipped:
+        print(f"[{name}] {result.output} already holds this finished run; skipped")
+        return
+    eval_part = f", eval loss {m['eval_loss']:.4f}" if "eval_loss" in m else ""
+    print(f"[{name}] done -> {result.output}  (train loss {m['train_loss']:.4f}{eval_part}, "
+          f"{m['global_steps']} steps, {m['train_runtime_s']:.1f}s)")
+
+
+def cmd_train(args) -> int:
+    from medtune.config import load_stage_config
+    from medtune.recipes.run import run_stage
+
+    cfg = load_stage_config(args.config, args.overrides)
+    _print_result(cfg.stage, run_stage(cfg, overwrite=args.overwrite, quiet=args.quiet))
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from medtune.config import load_pipeline_config
+    from medtune.recipes.run import run_stage
+
+    stages = load_pipeline_config(args.config, args.overrides)
+    for cfg in stages:
+        _print_result(cfg.name, run_stage(cfg, overwrite=args.overwrite, quiet=args.quiet))
+    return 0
+
+
+def cmd_model_tiny(args) -> int:
+    from pathlib import Path
+
+    from medtune.errors import MedtuneError
+    from medtune.models.tiny import TinySpec, build_tiny
+
+    texts = None
+    if args.text:
+        texts = []
+        for path in args.text:
+            if not Path(path).is_file():
+                raise MedtuneError(f"{path}: no such text file")
+            texts += [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not texts:
+            raise MedtuneError(f"{', '.join(args.text)}: empty (no text to train the tokenizer on)")
+    spec = TinySpec(arch=args.arch, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                    kv_heads=args.heads, vocab_size=args.vocab_size, template=args.template, seed=args.seed)
+    out = build_tiny(args.out, spec, texts)
+    print(f"tiny {args.arch} model -> {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from medtune.demo.run import run_demo
+
+    report = run_demo(args.out, overwrite=args.overwrite, quiet=args.quiet)
+    acc = report["heldout_accuracy"]
+    print("held-out fact accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+    print(f"report -> {args.out}/report.json, loss curve -> {args.out}/loss.png")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from medtune.inference.chat import ChatModel
+
+    bot = ChatModel.load(args.model, adapter=args.adapter, device=args.device, template=args.template,
+                         trust_remote_code=args.trust_remote_code,
+                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    chat_loop(bot, args.system, sys.stdin, sys.stdout)
+    return 0
+
+
+def chat_loop(bot, system, stdin, stdout) -> None:
+    """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout``."""
+    interactive = stdin.isatty()
+    if interactive:
+        print("medtune chat — 'clear' resets the history, 'stop' or 'exit' quits", file=stdout)
+    history: list = []
+    while True:
+        if interactive:
+            print("\nUser: ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        query = line.strip()
+        if query in ("stop", "exit"):
+            break
+        if query == "clear":
+            history = []
+            print("(history cleared)", file=stdout, flush=True)
+            continue
+        if not query:
+            continue
+        print("Assistant: ", end="", file=stdout, flush=True)
+        pieces = []
+        for piece in bot.stream_chat(query, history, system=system):
+            pieces.append(piece)
+            print(piece, end="", file=stdout, flush=True)
+        print(file=stdout, flush=True)
+        history = history + [{"role": "user", "content": query},
+                             {"role": "assistant", "content": "".join(pieces).strip()}]

@@ -1,0 +1,133 @@
+"""The ``medtune`` command: parse, validate, call the library, print. Imports nothing heavy.
+
+Examples::
+
+    medtune demo --out runs/demo
+    medtune model tiny --arch llama -o runs/tiny
+    medtune train examples/sft_lora.yaml train.epochs=1
+    medtune pipeline examples/pipeline.yaml
+    medtune chat --model runs/demo/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medtune.errors import MedtuneError
+
+EPILOG = """examples:
+  medtune demo --out runs/demo                     whole PT -> SFT pipeline on a tiny model, CPU
+  medtune model tiny --arch llama -o runs/tiny     tiny random model + locally trained tokenizer
+  medtune train sft.yaml train.epochs=1            one stage; key=value overrides the YAML
+  medtune pipeline pipe.yaml                       stages in order, each from the previous output
+  medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
+"""
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="run the embedded medical-facts demo (PT -> SFT) on CPU",
+                       epilog="example: medtune demo --out runs/demo")
+    p.add_argument("--out", default="runs/demo", help="output dir (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo run in --out")
+    p.set_defaults(handler="medtune.cli.commands:cmd_demo")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train one stage from a YAML config",
+                       epilog="example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x")
+    p.add_argument("config", help="stage config YAML (stage: pt|sft)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in the output dir")
+    p.set_defaults(handler="medtune.cli.commands:cmd_train")
+
+
+def _add_pipeline(sub):
+    p = sub.add_parser("pipeline", help="run a multi-stage pipeline YAML",
+                       epilog="example: medtune pipeline pipe.yaml stages.sft.train.epochs=1")
+    p.add_argument("config", help="pipeline YAML (base: model block, stages: list)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (stages.<name>.key=value)")
+    p.add_argument("--overwrite", action="store_true", help="replace different runs in stage outputs")
+    p.set_defaults(handler="medtune.cli.commands:cmd_pipeline")
+
+
+def _add_model(sub):
+    p = sub.add_parser("model", help="model utilities")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="{tiny}")
+    t = msub.add_parser("tiny", help="build a tiny random model + locally trained tokenizer",
+                        epilog="example: medtune model tiny --arch qwen2 --hidden 128 -o runs/tiny")
+    t.add_argument("-o", "--out", required=True, help="output dir")
+    t.add_argument("--arch", default="llama", help="llama or qwen2 (default llama)")
+    t.add_argument("--text", action="append", help="text file(s) to train the tokenizer on (default: bundled)")
+    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--heads", type=int, default=4)
+    t.add_argument("--vocab-size", type=int, default=2048)
+    t.add_argument("--template", default="chatml", help="chat template saved with the tokenizer")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(handler="medtune.cli.commands:cmd_model_tiny")
+
+
+def _add_chat(sub):
+    p = sub.add_parser("chat", help="interactive chat with a model dir (full or adapter)",
+                       epilog="example: medtune chat --model runs/demo/sft   ('clear' resets, 'stop' quits)")
+    p.add_argument("--model", required=True, help="model dir, adapter dir, or hub id")
+    p.add_argument("--adapter", help="LoRA adapter dir to apply on --model")
+    p.add_argument("--template", default="auto", help="override the checkpoint's chat template")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    p.set_defaults(handler="medtune.cli.commands:cmd_chat")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full ``medtune`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="medtune", description="Turn open causal LMs into (medical) domain assistants.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_train, _add_pipeline, _add_model, _add_chat):
+        add(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"medtune {version('medtune')}"
+    except PackageNotFoundError:
+        return "medtune (not installed)"
+
+
+def _call(handler: str, args) -> int:
+    import importlib
+
+    module, func = handler.split(":")
+    return getattr(importlib.import_module(module), func)(args) or 0
+
+
+def main(argv=None) -> int:
+    """Run the CLI; return the process exit code (bad input: 2, interrupted: 130)."""
+    args = build_parser().parse_args(argv)
+    try:
+        from medtune.cli.commands import configure_logging
+
+        configure_logging(args.quiet, args.verbose)
+        return _call(args.handler, args)
+    except MedtuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

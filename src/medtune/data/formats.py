@@ -1,0 +1,526 @@
+"""Data readers: every supported source format turned into one of three unified record shapes.
+
+Shapes (one dict per record):
+
+- ``text``:       ``{"text": str}``
+- ``messages``:   ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` —
+  optional system first, then user/assistant alternating, ending with an assistant turn.
+- ``preference``: ``{"prompt": [messages ending with a user turn], "chosen": [assistant msg],
+  "rejected": [assistant msg]}`` (TRL's conversational preference format).
+
+Formats are small functions ``record dict -> unified dict`` registered by name with
+:func:`register_format`. A reader raises ``_Bad`` for a problem the user must fix (it becomes a
+one-line :class:`~medtune.errors.MedtuneError` naming ``file:line``, the field and the format) and
+``_Skip`` for a well-formed but empty record (counted in :attr:`FileData.skipped`, never dropped
+silently).
+
+Files are read as UTF-8 (a BOM is tolerated). JSON arrays and JSONL are told apart by content, not
+by extension (``.json`` files that are really JSONL work); ``.txt`` files are plain text, one
+document per non-blank line (blank lines separate documents and are not counted as skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medtune.errors import MedtuneError, did_you_mean, where
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = [
+    "FORMATS",
+    "READERS",
+    "SHAPES",
+    "FileData",
+    "detect_format",
+    "read_file",
+    "read_files",
+    "register_format",
+    "to_dataset",
+]
+
+READERS: dict[str, Callable[[dict], dict]] = {}
+SHAPES: dict[str, str] = {}
+FORMATS: tuple[str, ...] = ()
+
+_ROLES = ("system", "user", "assistant")
+_FROM = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+_WS = re.compile(r"[ \t\n\r]*")
+_MAX_KEYS = 12
+
+
+class _Bad(Exception):
+    """A record problem the user must fix; ``keys`` (the record's) is shown for a missing field."""
+
+    def __init__(self, message: str, keys=None):
+        super().__init__(message)
+        self.keys = keys
+
+
+class _Skip(Exception):
+    """A well-formed but empty record; ``reason`` is the key counted in ``FileData.skipped``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def register_format(name: str, shape: str):
+    """Decorator: register ``fn(record) -> unified record`` as format ``name`` producing ``shape``."""
+    if shape not in ("text", "messages", "preference"):
+        raise ValueError(f"unknown shape {shape!r}")
+
+    def deco(fn):
+        global FORMATS
+        READERS[name] = fn
+        SHAPES[name] = shape
+        FORMATS = tuple(READERS)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# field helpers
+
+
+def _type(value) -> str:
+    """JSON name of ``value``'s type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _get(rec: dict, key: str, kind=str, required: bool = True, label: str | None = None):
+    """Return ``rec[key]`` checked to be ``kind``; ``None`` when optional and absent/null."""
+    label = label or key
+    value = rec.get(key)
+    if value is None and (not required or key not in rec):
+        if required:
+            raise _Bad(f'field "{label}" missing', keys=list(rec))
+        return None
+    if not isinstance(value, kind):
+        article = "an object" if kind is dict else f"a {_type(kind())}"
+        raise _Bad(f'field "{label}" must be {article}, got {_type(value)}')
+    return value
+
+
+def _msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def _sharegpt_turns(turns: list, label: str) -> list[dict]:
+    """``[{"from", "value"}, ...]`` -> messages, checking types and ``from`` values."""
+    out = []
+    for i, turn in enumerate(turns):
+        name = f"{label}[{i}]"
+        if not isinstance(turn, dict):
+            raise _Bad(f'field "{name}" must be an object, got {_type(turn)}')
+        source = _get(turn, "from", label=f"{name}.from")
+        if source not in _FROM:
+            raise _Bad(
+                f'field "{name}.from" has unknown value {source!r}' + did_you_mean(source, _FROM)
+            )
+        out.append(_msg(_FROM[source], _get(turn, "value", label=f"{name}.value")))
+    return out
+
+
+def _message_turns(turns: list, label: str) -> list[dict]:
+    """``[{"role", "content"}, ...]`` -> messages, checking types and roles."""
+    out = []
+    for i, turn in enumerate(turns):
+        name = f"{label}[{i}]"
+        if not isinstance(turn, dict):
+            raise _Bad(f'field "{name}" must be an object, got {_type(turn)}')
+        role = _get(turn, "role", label=f"{name}.role")
+        if role not in _ROLES:
+            raise _Bad(
+                f'field "{name}.role" has unknown value {role!r}' + did_you_mean(role, _ROLES)
+            )
+        out.append(_msg(role, _get(turn, "content", label=f"{name}.content")))
+    return out
+
+
+def _check_turns(msgs: list[dict], label: str, last: str = "assistant") -> list[dict]:
+    """Check ``[system?] user assistant user ...`` ending with ``last``; drop an empty system turn.
+
+    Structural problems raise ``_Bad`` (indices are those of ``label``); empty turns ``_Skip``.
+    """
+    start = 1 if msgs and msgs[0]["role"] == "system" else 0
+    for i, m in enumerate(msgs[start:], start):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise _Bad(
+                f'field "{label}[{i}]" is a {m["role"]} turn, expected {want} '
+                "(an optional system turn first, then user/assistant alternating)"
+            )
+    if start and not msgs[0]["content"].strip():
+        msgs = msgs[1:]
+        start = 0
+    if len(msgs) == start:
+        raise _Skip("empty conversation")
+    if msgs[-1]["role"] != last:
+        raise _Bad(
+            f'field "{label}" must end with a{"n" if last[0] == "a" else ""} {last} turn '
+            f"(the last is a {msgs[-1]['role']} turn)"
+        )
+    if any(not m["content"].strip() for m in msgs):
+        raise _Skip("empty turn")
+    return msgs
+
+
+def _with_system(rec: dict, msgs: list[dict], label: str) -> list[dict]:
+    """Prepend a top-level ``system`` string, if any and non-empty."""
+    system = _get(rec, "system", required=False)
+    if system is None or not system.strip():
+        return msgs
+    if msgs and msgs[0]["role"] == "system":
+        raise _Bad(f'field "system" given twice (top-level and as the first turn of "{label}")')
+    return [_msg("system", system)] + msgs
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+@register_format("alpaca", "messages")
+def read_alpaca(rec: dict) -> dict:
+    """``{instruction, input?, output, system?, history?: [[user, assistant], ...]}``."""
+    instruction, output = _get(rec, "instruction"), _get(rec, "output")
+    extra = _get(rec, "input", required=False) or ""
+    system = _get(rec, "system", required=False) or ""
+    msgs = [_msg("system", system)] if system.strip() else []
+    for i, pair in enumerate(_get(rec, "history", list, required=False) or []):
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2
+        if not ok or not all(isinstance(x, str) for x in pair):
+            raise _Bad(f'field "history[{i}]" must be a [user, assistant] pair of strings')
+        msgs += [_msg("user", pair[0]), _msg("assistant", pair[1])]
+    if not output.strip():
+        raise _Skip("empty output")
+    user = "\n".join(part for part in (instruction, extra) if part.strip())
+    if not user:
+        raise _Skip("empty instruction")
+    if any(not m["content"].strip() for m in msgs):
+        raise _Skip("empty history turn")
+    return {"messages": msgs + [_msg("user", user), _msg("assistant", output)]}
+
+
+@register_format("sharegpt", "messages")
+def read_sharegpt(rec: dict) -> dict:
+    """``{"conversations": [{"from": "human"|"gpt"|..., "value"}], "system"?}``."""
+    turns = _sharegpt_turns(_get(rec, "conversations", list), "conversations")
+    msgs = _check_turns(turns, "conversations")
+    return {"messages": _with_system(rec, msgs, "conversations")}
+
+
+@register_format("messages", "messages")
+def read_messages(rec: dict) -> dict:
+    """OpenAI chat: ``{"messages": [{"role", "content"}, ...]}``."""
+    turns = _message_turns(_get(rec, "messages", list), "messages")
+    return {"messages": _check_turns(turns, "messages")}
+
+
+@register_format("text", "text")
+def read_text(rec: dict) -> dict:
+    """``{"text": str}`` (also each non-blank line of a ``.txt`` file)."""
+    text = _get(rec, "text")
+    if not text.strip():
+        raise _Skip("empty text")
+    return {"text": text}
+
+
+def _pref_prompt(rec: dict) -> list[dict]:
+    """The prompt messages of a preference record, in any of the accepted layouts."""
+    try:
+        if "question" in rec or "response_chosen" in rec:
+            label, msgs = "question", [_msg("user", _get(rec, "question"))]
+        elif "conversations" in rec:
+            label = "conversations"
+            msgs = _sharegpt_turns(_get(rec, label, list), label)
+        elif isinstance(rec.get("prompt"), list):
+            label, msgs = "prompt", _message_turns(rec["prompt"], "prompt")
+        else:
+            label, msgs = "prompt", [_msg("user", _get(rec, "prompt"))]
+        return _with_system(rec, _check_turns(msgs, label, last="user"), label)
+    except _Skip:
+        raise _Skip("empty prompt") from None
+
+
+def _pref_answer(rec: dict, key: str) -> list[dict]:
+    """``chosen``/``rejected``: a string, or a list of assistant messages."""
+    value = rec.get(key)
+    if isinstance(value, list):
+        msgs = _message_turns(value, key)
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                raise _Bad(f'field "{key}[{i}].role" must be assistant, got {m["role"]!r}')
+    else:
+        msgs = [_msg("assistant", _get(rec, key))]
+    if not msgs or any(not m["content"].strip() for m in msgs):
+        raise _Skip(f"empty {key.removeprefix('response_')}")
+    return msgs
+
+
+@register_format("preference", "preference")
+def read_preference(rec: dict) -> dict:
+    """``{conversations, chosen, rejected}``, ``{question, response_chosen, response_rejected}``,
+    or ``{prompt, chosen, rejected}`` (strings or message lists)."""
+    old = "question" in rec or "response_chosen" in rec
+    keys = ("response_chosen", "response_rejected") if old else ("chosen", "rejected")
+    prompt = _pref_prompt(rec)
+    chosen, rejected = (_pref_answer(rec, k) for k in keys)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+# ---------------------------------------------------------------------------------------------
+# detection and file parsing
+
+_DETECT: list[tuple[tuple[str, ...], str]] = [
+    (("chosen", "rejected"), "preference"),
+    (("response_chosen",), "preference"),
+    (("conversations",), "sharegpt"),
+    (("messages",), "messages"),
+    (("instruction", "output"), "alpaca"),
+    (("text",), "text"),
+]
+
+
+def detect_format(record) -> str | None:
+    """The format name implied by a record's keys, or ``None``."""
+    if not isinstance(record, dict):
+        return None
+    for keys, name in _DETECT:
+        if all(k in record for k in keys):
+            return name
+    return None
+
+
+def _keys_text(keys) -> str:
+    keys = [str(k) for k in keys]
+    more = f", … ({len(keys)} keys)" if len(keys) > _MAX_KEYS else ""
+    return ", ".join(keys[:_MAX_KEYS]) + more
+
+
+def _format_name(fmt) -> str:
+    name = "auto" if fmt is None else str(fmt).strip().lower()
+    if name != "auto" and name not in READERS:
+        raise MedtuneError(f"unknown format {str(fmt)!r}" + did_you_mean(name, (*FORMATS, "auto")))
+    return name
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise MedtuneError(f"{path}: is a directory, not a data file")
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            hint = did_you_mean(path.name, [p.name for p in path.parent.iterdir()])
+            hint = hint if hint.startswith(" (did you mean") else ""
+        raise MedtuneError(f"{path}: no such file{hint}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise MedtuneError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise MedtuneError(
+            f"{where(path, line)}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def _json_error(path: Path, line: int, e: json.JSONDecodeError) -> MedtuneError:
+    return MedtuneError(f"{where(path, line)}: invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _array_line(text: str, index: int) -> int:
+    """1-based line where element ``index`` of the (valid) top-level JSON array in ``text`` starts."""
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, _WS.match(text).end() + 1).end()
+    for _ in range(index):
+        _, end = decoder.raw_decode(text, pos)
+        pos = _WS.match(text, _WS.match(text, end).end() + 1).end()  # past the comma
+    return text.count("\n", 0, pos) + 1
+
+
+def _parse_array(path: Path, text: str):
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e.lineno, e) from None
+    return rows, lambda i: _array_line(text, i)
+
+
+def _parse_jsonl(path: Path, text: str):
+    rows, lines = [], []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if not rows and (single := _single_object(text)) is not None:
+                return [single], lambda _i, line=n: line  # one pretty-printed object
+            raise _json_error(path, n, e) from None
+        lines.append(n)
+    return rows, lines.__getitem__
+
+
+def _single_object(text: str):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_lines(text: str):
+    rows, lines = [], []
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            rows.append({"text": line.rstrip("\r")})
+            lines.append(n)
+    return rows, lines.__getitem__
+
+
+def _parse(path: Path, text: str, fmt: str):
+    """Return ``(rows, line_of)``: the raw records and ``index -> 1-based line``."""
+    body = text.lstrip()
+    plain = path.suffix.lower() == ".txt" and fmt in ("auto", "text")
+    if plain or (fmt == "text" and body[:1] not in ("[", "{")):
+        return _parse_lines(text)
+    if body.startswith("["):
+        return _parse_array(path, text)
+    if not body.startswith("{"):
+        line = text.count("\n", 0, len(text) - len(body)) + 1
+        raise MedtuneError(
+            f"{where(path, line)}: not JSON or JSONL (a JSON array or one object per "
+            "line expected); plain text needs a .txt file or format text"
+        )
+    return _parse_jsonl(path, text)
+
+
+def _convert(path: Path, fmt: str, rows: list, line_of) -> tuple[list[dict], dict[str, int]]:
+    reader, records, skipped = READERS[fmt], [], {}
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise _Bad(f"record must be a JSON object, got {_type(row)}")
+            records.append(reader(row))
+        except _Skip as s:
+            skipped[s.reason] = skipped.get(s.reason, 0) + 1
+        except _Bad as b:
+            keys = f"; record keys: {_keys_text(b.keys)}" if b.keys is not None else ""
+            raise MedtuneError(f"{where(path, line_of(i))}: {b} (format {fmt}){keys}") from None
+    return records, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+@dataclass
+class FileData:
+    """One data file read into unified records."""
+
+    path: str
+    format: str
+    records: list[dict]
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    sha256: str = ""  # hex digest of the file's bytes
+
+    @property
+    def n_records(self) -> int:
+        return len(self.records)
+
+    @property
+    def shape(self) -> str:
+        return SHAPES[self.format]
+
+
+def _resolve_format(path: Path, fmt: str, rows: list, line_of) -> str:
+    if fmt != "auto":
+        return fmt
+    found = detect_format(rows[0])
+    if found is None:
+        seen = _keys_text(rows[0]) if isinstance(rows[0], dict) else f"a {_type(rows[0])}"
+        raise MedtuneError(
+            f"{where(path, line_of(0))}: cannot detect the data format from keys "
+            f"[{seen}]; pass format= one of {', '.join(FORMATS)}"
+        )
+    return found
+
+
+def read_file(path, format: str = "auto") -> FileData:
+    """Read one data file (JSON array, JSONL, or ``.txt``) into unified records.
+
+    Raises :class:`MedtuneError` naming ``file:line`` and the field for any problem; empty records
+    are skipped and counted in :attr:`FileData.skipped`.
+    """
+    fmt, p = _format_name(format), Path(path)
+    data = _read_bytes(p)
+    text = _decode(p, data)
+    rows, line_of = _parse(p, text, fmt) if text.strip() else ([], None)
+    if not rows:
+        raise MedtuneError(f"{p}: empty (no records)")
+    fmt = _resolve_format(p, fmt, rows, line_of)
+    records, skipped = _convert(p, fmt, rows, line_of)
+    if not records:
+        counts = ", ".join(f"{reason} {n}" for reason, n in skipped.items())
+        raise MedtuneError(f"{p}: empty (no records left after skipping: {counts})")
+    return FileData(str(path), fmt, records, skipped, hashlib.sha256(data).hexdigest())
+
+
+def _check_same_shape(files: list[FileData]) -> None:
+    if not files:
+        raise MedtuneError("no data files given")
+    first = files[0]
+    for f in files[1:]:
+        if f.shape != first.shape:
+            raise MedtuneError(
+                f"{f.path}: format {f.format} gives {f.shape} records, but {first.path} "
+                f"(format {first.format}) gives {first.shape} records; all files must have one shape"
+            )
+
+
+def read_files(paths, format: str = "auto") -> list[FileData]:
+    """Read several files; all must resolve to the same record shape."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = [read_file(p, format) for p in paths]
+    _check_same_shape(files)
+    return files
+
+
+def to_dataset(files) -> datasets.Dataset:
+    """Concatenate the records of ``files`` into a ``datasets.Dataset``."""
+    if isinstance(files, FileData):
+        files = [files]
+    files = list(files)
+    _check_same_shape(files)
+    import datasets
+
+    return datasets.Dataset.from_list([r for f in files for r in f.records])

@@ -1,0 +1,149 @@
+"""Tokenization for training: prompt masking, overlength handling, packing, batch collation.
+
+Labels are ``-100`` wherever no loss is taken. A conversation is rendered with the tokenizer's chat
+template (the one saved with every checkpoint), and the template's ``{% generation %}`` blocks mark
+the assistant tokens that are learned. Packed rows restart ``position_ids`` at every sample, which
+transformers turns into a block-diagonal causal mask (only when no ``attention_mask`` and no KV
+cache are given: run packed forward passes with ``use_cache=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IGNORE = -100
+
+
+@dataclass
+class TokenStats:
+    """What tokenization did, reported in the run's lineage."""
+
+    examples: int = 0
+    truncated: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    real_tokens: int = 0  # tokens that carry a label
+    rows: int = 0  # rows after packing / splitting
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
+    """Return ``(input_ids, labels)`` for one conversation rendered with the tokenizer's template."""
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(enc["input_ids"])
+    mask = enc["assistant_masks"]
+    if train_on_prompt:
+        return ids, list(ids)
+    return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
+
+
+def encode_conversations(tokenizer, conversations, max_length: int, overlength: str = "truncate",
+                         train_on_prompt: bool = False, stats: TokenStats | None = None) -> list[dict]:
+    """Return training examples ``{input_ids, labels}``; overlength ones truncated or skipped."""
+    stats = stats or TokenStats()
+    out = []
+    for messages in conversations:
+        ids, labels = encode_conversation(tokenizer, messages, train_on_prompt)
+        if len(ids) > max_length:
+            if overlength == "skip":
+                stats.skip("overlength")
+                continue
+            ids, labels = ids[:max_length], labels[:max_length]
+            stats.truncated += 1
+        if all(label == IGNORE for label in labels[1:]):
+            stats.skip("no answer tokens within max_length")
+            continue
+        out.append({"input_ids": ids, "labels": labels})
+    stats.examples += len(out)
+    stats.rows += len(out)
+    stats.real_tokens += sum(_count_labels(ex["labels"]) for ex in out)
+    return out
+
+
+def encode_texts(tokenizer, texts, block_size: int, stats: TokenStats | None = None) -> list[dict]:
+    """Return pretraining pieces: each text + eos, split into chunks of at most ``block_size``."""
+    stats = stats or TokenStats()
+    eos = tokenizer.eos_token_id
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        stats.examples += 1
+        for start in range(0, len(ids), block_size):
+            chunk = ids[start : start + block_size]
+            if len(chunk) > 1:
+                out.append({"input_ids": chunk, "labels": list(chunk)})
+    stats.real_tokens += sum(_count_labels(ex["labels"]) for ex in out)
+    stats.rows += len(out)
+    return out
+
+
+def _count_labels(labels) -> int:
+    """Return how many tokens of one example contribute to the loss (the first never does)."""
+    return sum(1 for label in labels[1:] if label != IGNORE)
+
+
+def pack_sequences(examples, max_length: int) -> list[dict]:
+    """Return rows of up to ``max_length`` tokens, each holding whole examples (first-fit decreasing).
+
+    Every row carries ``position_ids`` restarting at 0 for each example, and the first label of each
+    example is masked, so a packed row gives exactly the loss of its examples run one by one.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        slot = next((b for b, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            bins.append([])
+            room.append(max_length)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= n
+    return [_join([examples[i] for i in members]) for members in bins]
+
+
+def _join(examples) -> dict:
+    ids, labels, pos = [], [], []
+    for ex in examples:
+        n = len(ex["input_ids"])
+        ids += ex["input_ids"]
+        labels += [IGNORE] + list(ex["labels"][1:])
+        pos += list(range(n))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+class Collator:
+    """Pad a list of examples into a batch (right padding).
+
+    Unpacked examples get an ``attention_mask``. Packed rows (with ``position_ids``) get none: the
+    padding is appended as one more segment whose positions restart at 0, so it attends only to
+    itself and carries no labels.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, features):
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        packed = "position_ids" in features[0]
+        batch = {"input_ids": [], "labels": []}
+        if packed:
+            batch["position_ids"] = []
+        else:
+            batch["attention_mask"] = []
+        for f in features:
+            n = len(f["input_ids"])
+            gap = width - n
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad] * gap)
+            batch["labels"].append(list(f["labels"]) + [IGNORE] * gap)
+            if packed:
+                batch["position_ids"].append(list(f["position_ids"]) + list(range(gap)))
+            else:
+                batch["attention_mask"].append([1] * n + [0] * gap)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}

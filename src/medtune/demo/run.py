@@ -1,0 +1,150 @@
+"""``medtune demo``: build a tiny model from scratch, run PT -> SFT on the bundled knowledge base,
+and report held-out fact accuracy after every stage.
+
+Example (CPU, a few minutes)::
+
+    medtune demo --out runs/demo
+    python -c "import json; print(json.load(open('runs/demo/report.json'))['heldout_accuracy'])"
+
+The stage hyper-parameters live in ``medtune/assets/demo/pipeline.yaml`` and run through the same
+pipeline machinery as ``medtune pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from medtune.errors import MedtuneError
+
+log = logging.getLogger("medtune")
+SAMPLE_CHATS = [
+    ["请问糖尿病一般有什么症状？", "请问治疗糖尿病常用哪种药物？"],
+    ["请问偏头痛该去哪个科室就诊？"],
+    ["请问哮喘患者需要注意避免什么？"],
+]
+
+
+def demo_config() -> dict:
+    """Return the bundled demo pipeline config (model size, stages, hyper-parameters)."""
+    text = resources.files("medtune.assets.demo").joinpath("pipeline.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _write_jsonl(path: Path, rows) -> str:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise MedtuneError(f"'{out}' already holds files; pass --overwrite or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_demo_data(out: Path, seed: int):
+    """Write the rendered corpus, SFT set and held-out sets under ``out/data``; return them."""
+    from medtune.demo.kb import build_demo_data
+
+    data = build_demo_data(seed=seed)
+    ddir = out / "data"
+    ddir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "corpus": _write_jsonl(ddir / "corpus.jsonl", ({"text": t} for t in data.corpus)),
+        "sft": _write_jsonl(ddir / "sft.jsonl", data.sft),
+        "heldout": _write_jsonl(ddir / "heldout.jsonl", data.heldout),
+        "unseen": _write_jsonl(ddir / "unseen.jsonl", data.unseen),
+    }
+    return data, paths
+
+
+def _tokenizer_texts(data) -> list[str]:
+    texts = list(data.corpus)
+    for conv in data.sft:
+        texts += [m["content"] for m in conv["messages"]]
+    return texts + [q["question"] for q in data.heldout + data.unseen]
+
+
+def evaluate_stage(model_dir, data) -> dict:
+    """Return held-out and unseen-disease fact accuracy of the model in ``model_dir``."""
+    from medtune.evaluation.factqa import accuracy_by, fact_accuracy
+    from medtune.inference.chat import ChatModel
+
+    bot = ChatModel.load(model_dir, device="cpu")
+    heldout, rows = fact_accuracy(bot, data.heldout)
+    unseen, _ = fact_accuracy(bot, data.unseen)
+    return {"heldout": heldout, "unseen": unseen, "by_relation": accuracy_by(rows, "relation"),
+            "examples": rows[:3]}
+
+
+def sample_chats(model_dir) -> list:
+    """Return a few multi-turn sample conversations with the final model (greedy)."""
+    from medtune.inference.chat import ChatModel
+
+    bot = ChatModel.load(model_dir, device="cpu")
+    chats = []
+    for turns in SAMPLE_CHATS:
+        history: list = []
+        for query in turns:
+            _, history = bot.chat(query, history, max_new_tokens=48)
+        chats.append(history)
+    return chats
+
+
+def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
+    """Run the whole demo into ``out`` and return the report (also written to report.json)."""
+    from medtune.config import pipeline_from_dict
+    from medtune.evaluation.plots import plot_losses
+    from medtune.models.tiny import TinySpec, build_tiny
+    from medtune.recipes.run import run_stage
+
+    started = time.time()
+    out = Path(out)
+    _prepare(out, overwrite)
+    cfg = demo_config()
+    data, paths = write_demo_data(out, seed=cfg["seed"])
+    log.info("demo data: %d PT documents, %d SFT conversations, %d held-out + %d unseen questions",
+             len(data.corpus), len(data.sft), len(data.heldout), len(data.unseen))
+    base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), _tokenizer_texts(data))
+    pipeline = {"base": {"path": str(base), "device": "cpu"}, "output": str(out), "stages": cfg["stages"]}
+    pipeline["stages"][0]["data"]["train"] = [paths["corpus"]]
+    pipeline["stages"][1]["data"]["train"] = [paths["sft"]]
+    stages = pipeline_from_dict(pipeline, "demo pipeline")
+    scores = {"base": evaluate_stage(base, data)}
+    _log_scores("base", scores["base"])
+    histories, timings = {}, {}
+    for stage in stages:
+        result = run_stage(stage, quiet=quiet)
+        histories[stage.name] = result.log_history
+        timings[stage.name] = result.metrics.get("train_runtime_s")
+        scores[stage.name] = evaluate_stage(result.output, data)
+        _log_scores(stage.name, scores[stage.name])
+    plot_losses(histories, out / "loss.png")
+    report = {
+        "heldout_accuracy": {k: round(v["heldout"], 4) for k, v in scores.items()},
+        "unseen_disease_accuracy": {k: round(v["unseen"], 4) for k, v in scores.items()},
+        "by_relation": {k: v["by_relation"] for k, v in scores.items()},
+        "examples": {k: v["examples"] for k, v in scores.items()},
+        "sample_chats": sample_chats(stages[-1].output),
+        "counts": {"pt_documents": len(data.corpus), "sft_conversations": len(data.sft),
+                   "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen)},
+        "train_runtime_s": timings,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
+
+
+def _log_scores(stage: str, score: dict) -> None:
+    log.info("[%s] held-out fact accuracy %.1f%%, unseen-disease accuracy %.1f%%",
+             stage, 100 * score["heldout"], 100 * score["unseen"])

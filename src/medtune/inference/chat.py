@@ -1,0 +1,166 @@
+"""ChatModel: multi-turn chat over a full or adapter checkpoint, using the checkpoint's own template.
+
+Example::
+
+    from medtune import ChatModel
+    bot = ChatModel.load("runs/demo/sft")
+    reply, history = bot.chat("高血压有哪些典型症状？", history=[])
+    for piece in bot.stream_chat("应该去哪个科室？", history=history):
+        print(piece, end="", flush=True)
+
+History is a list of ``{"role", "content"}`` messages (``(query, reply)`` pairs are accepted too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy (deterministic)
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def kwargs(self) -> dict:
+        """Return ``generate`` keyword arguments for these settings."""
+        sample = self.temperature > 0
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
+               "repetition_penalty": self.repetition_penalty}
+        if sample:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        else:
+            out.update(temperature=None, top_p=None, top_k=None)
+        return out
+
+
+def as_messages(history) -> list[dict]:
+    """Return ``history`` as role/content messages (accepts ``(query, reply)`` pairs)."""
+    messages = []
+    for item in history or []:
+        if isinstance(item, dict):
+            messages.append({"role": item["role"], "content": item["content"]})
+        else:
+            query, reply = item
+            messages += [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
+    return messages
+
+
+class ChatModel:
+    """A loaded model + tokenizer whose chat template came with the checkpoint."""
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.settings = settings or GenerationSettings()
+        self.stop_ids = _stop_token_ids(model, tokenizer)
+
+    @classmethod
+    def load(cls, path, adapter=None, device="auto", dtype="auto", trust_remote_code=False,
+             template="auto", **settings) -> "ChatModel":
+        """Return a ChatModel for a full model dir, an adapter dir, or ``path`` + ``adapter``."""
+        from medtune.models.load import load_model, load_tokenizer
+
+        path = str(path)
+        model = load_model(path, dtype, device, trust_remote_code)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        # The adapter dir (if any) holds the tokenizer + template saved by training.
+        tok_dir = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
+        tokenizer = load_tokenizer(tok_dir, template, trust_remote_code)
+        return cls(model, tokenizer, GenerationSettings(**settings))
+
+    def prompt_ids(self, messages) -> list[int]:
+        """Return the token ids of ``messages`` rendered with the generation prompt."""
+        return list(self.tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+    def _generate_args(self, ids, overrides) -> dict:
+        import torch
+
+        settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
+        input_ids = torch.tensor([ids], device=self.model.device)
+        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    **settings.kwargs())
+
+    def chat(self, query: str, history=None, system: str | None = None, **overrides):
+        """Return ``(reply, history)`` where history now ends with this exchange."""
+        import torch
+
+        messages = _with_query(history, query, system)
+        ids = self.prompt_ids(messages)
+        with torch.no_grad():
+            out = self.model.generate(**self._generate_args(ids, overrides))
+        reply = self._decode(out[0, len(ids):])
+        return reply, _drop_system(messages, system) + [{"role": "assistant", "content": reply}]
+
+    def stream_chat(self, query: str, history=None, system: str | None = None, **overrides):
+        """Yield the reply piece by piece as it is generated."""
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+
+        messages = _with_query(history, query, system)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        args = self._generate_args(self.prompt_ids(messages), overrides)
+        thread = Thread(target=self.model.generate, kwargs={**args, "streamer": streamer})
+        thread.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            thread.join()
+
+    def chat_batch(self, conversations, **overrides) -> list[str]:
+        """Return one reply per conversation (lists of messages ending with a user turn)."""
+        import torch
+
+        prompts = [self.prompt_ids(m) for m in conversations]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
+        settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, eos_token_id=self.stop_ids,
+                                      pad_token_id=pad, **settings.kwargs())
+        return [self._decode(row[width:]) for row in out]
+
+    def _decode(self, ids) -> str:
+        ids = [int(t) for t in ids]
+        for i, t in enumerate(ids):
+            if t in self.stop_ids:
+                ids = ids[:i]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _with_query(history, query, system):
+    messages = as_messages(history)
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}] + messages
+    return messages + [{"role": "user", "content": query}]
+
+
+def _drop_system(messages, system):
+    return messages[1:] if system and messages and messages[0]["role"] == "system" else messages
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    """Return the ids that end a reply: eos ids of the generation config + template end markers."""
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|user|>", "<|observation|>"):
+        tid = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and marker in tokenizer.get_vocab():
+            ids.add(tid)
+    return sorted(ids)

@@ -1,0 +1,116 @@
+"""Load tokenizers and causal LMs from a local dir or a hub id, with the chat template attached.
+
+Example::
+
+    from medtune.models.load import load_tokenizer, load_model
+    tok = load_tokenizer("runs/tiny", template="chatml")
+    model = load_model("runs/tiny", dtype="float32", device="cpu")
+
+``trust_remote_code`` is off unless the config asks for it; weights load from safetensors only.
+An adapter dir (PEFT ``adapter_config.json``) loads its base model and merges the adapter in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_adapter_dir(path) -> bool:
+    """Return True when ``path`` is a PEFT adapter folder."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path) -> str:
+    """Return the base model an adapter folder was trained on."""
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    return cfg.get("base_model_name_or_path") or ""
+
+
+def check_model_path(path: str) -> str:
+    """Return ``path`` if it is a local dir or looks like a hub id; else raise a one-line error."""
+    if not path:
+        raise MedtuneError("model path is empty")
+    if Path(path).is_dir():
+        return path
+    if Path(path).exists() or not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
+        raise MedtuneError(f"model path '{path}' not found (expected a local model dir or a hub id like org/name)")
+    return path
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Return the torch dtype for ``dtype`` on ``device`` (auto: bf16 on capable GPUs, else fp32)."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype in ("bfloat16", "float16") and device == "cpu":
+        raise MedtuneError(f"dtype {dtype} is not supported on CPU here; use float32 or auto")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Return ``cuda`` when available for ``auto``; refuse an unavailable CUDA device."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MedtuneError(f"device '{device}' requested but CUDA is not available")
+    return device
+
+
+def _from_pretrained(loader, path: str, **kwargs):
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedtuneError(f"cannot load '{path}': {first}") from None
+
+
+def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = False):
+    """Return the tokenizer of ``path`` with its chat template set (``template`` name or auto)."""
+    from transformers import AutoTokenizer
+
+    from medtune.data.templates import template_source
+
+    check_model_path(path)
+    tok = _from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
+    if template != "auto":
+        tok.chat_template = template_source(template)
+    elif not tok.chat_template:
+        raise MedtuneError(
+            f"'{path}' has no chat template of its own; set model.template to a built-in name (e.g. chatml)"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # padding positions never carry labels or attention
+    return tok
+
+
+def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
+    """Return the causal LM at ``path`` (adapter dirs: base + adapter merged) on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = load_model(adapter_base(path), dtype, device, trust_remote_code)
+        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+        # A new adapter trained on top must record this dir (not the bare base) as its parent.
+        merged.name_or_path = merged.config._name_or_path = str(path)
+        return merged
+    check_model_path(path)
+    model = _from_pretrained(
+        AutoModelForCausalLM, path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+    return model.to(device)

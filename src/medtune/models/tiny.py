@@ -1,0 +1,109 @@
+"""Tiny random models with locally trained tokenizers: for trying medtune and for tests.
+
+Example::
+
+    medtune model tiny --arch llama -o runs/tiny-llama
+    medtune model tiny --arch qwen2 --text corpus.txt --hidden 128 --layers 4 -o runs/tiny-qwen
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+# Registered as special tokens so the chatml/qwen markers are single tokens.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+ARCHS = ("llama", "qwen2")
+
+
+@dataclass
+class TinySpec:
+    arch: str = "llama"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 0  # 0: 4 × hidden (rounded to 8)
+    vocab_size: int = 2048
+    max_positions: int = 2048
+    template: str = "chatml"
+    seed: int = 0
+
+
+def bundled_text() -> list[str]:
+    """Return the lines of the package's sample medical text (tokenizer training default)."""
+    lines = []
+    for name in ("pretrain.txt", "corpus_extra.txt"):
+        res = resources.files("medtune.assets.sample").joinpath(name)
+        if res.is_file():
+            lines += [ln for ln in res.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return lines
+
+
+def train_tokenizer(texts, vocab_size: int):
+    """Return a byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (no downloads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+
+
+def _model_config(spec: TinySpec, tokenizer):
+    from transformers import LlamaConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[spec.arch]
+    inter = spec.intermediate or (4 * spec.hidden + 7) // 8 * 8
+    return cls(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=inter,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny(out, spec: TinySpec | None = None, texts=None) -> Path:
+    """Build a random tiny causal LM and a tokenizer trained on ``texts``; save both to ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medtune.data.templates import template_source
+
+    spec = spec or TinySpec()
+    if spec.arch not in ARCHS:
+        from medtune.errors import MedtuneError, did_you_mean
+
+        raise MedtuneError(f"unknown arch '{spec.arch}'" + did_you_mean(spec.arch, ARCHS))
+    tokenizer = train_tokenizer(texts or bundled_text(), spec.vocab_size)
+    tokenizer.chat_template = template_source(spec.template)
+    torch.manual_seed(spec.seed)
+    model = AutoModelForCausalLM.from_config(_model_config(spec, tokenizer))
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,270 @@
+"""The plumbing every training stage shares: output dir, data, model, trainer, saving, lineage.
+
+A recipe (``pt``, ``sft``, …) only says how records become training examples; this module does
+the rest, so a fix here reaches every stage. Example::
+
+    from medtune.config import load_stage_config
+    from medtune.recipes.run import run_stage
+    result = run_stage(load_stage_config("sft.yaml"))
+    result.metrics["train_loss"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medtune.config import StageConfig, save_config
+from medtune.config.loader import read_yaml
+from medtune.errors import MedtuneError
+
+LINEAGE = "lineage.json"
+CHECKPOINTS = "checkpoints"
+log = logging.getLogger("medtune")
+
+
+@dataclass
+class StageResult:
+    output: Path
+    metrics: dict = field(default_factory=dict)
+    log_history: list = field(default_factory=list)
+    skipped: bool = False  # True when the output already held this finished run
+
+
+def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False) -> StageResult:
+    """Train one stage as ``cfg`` says and return where its HF-native output was written."""
+    from medtune.recipes import RECIPES
+
+    recipe = RECIPES[cfg.stage]
+    out = Path(cfg.output)
+    state = prepare_output(cfg, out, overwrite)
+    if state == "complete":
+        lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
+        return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
+    started = time.time()
+    files, tokenizer, model = load_inputs(cfg, recipe.SHAPE)
+    train_rows, eval_rows, stats = build_rows(cfg, recipe, tokenizer, files)
+    from medtune.models.adapters import apply_adapter, count_parameters
+
+    model = apply_adapter(model, cfg.adapter)
+    trainer = build_trainer(cfg, model, tokenizer, train_rows, eval_rows, quiet)
+    resume = _last_checkpoint(out) if state == "resume" else None
+    train_out = trainer.train(resume_from_checkpoint=resume)
+    metrics = collect_metrics(trainer, train_out, eval_rows)
+    metrics["parameters"] = count_parameters(model)
+    save_outputs(trainer.model, tokenizer, cfg, out)
+    history = trainer.state.log_history
+    (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    write_lineage(cfg, out, files, stats, metrics, started)
+    return StageResult(out, metrics, history)
+
+
+def prepare_output(cfg: StageConfig, out: Path, overwrite: bool) -> str:
+    """Return ``new``, ``resume`` or ``complete`` for ``out``; refuse a dir holding another run."""
+    if out.exists() and not out.is_dir():
+        raise MedtuneError(f"output '{out}' exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        saved = out / "config.yaml"
+        same = saved.is_file() and read_yaml(saved) == cfg.to_dict()
+        if overwrite:
+            shutil.rmtree(out)
+        elif not same:
+            raise MedtuneError(
+                f"output '{out}' already holds a different run; choose another output or pass --overwrite"
+            )
+        elif (out / LINEAGE).is_file():
+            return "complete"
+        else:
+            return "resume"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return "new"
+
+
+def _last_checkpoint(out: Path):
+    ckpts = sorted((out / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def load_inputs(cfg: StageConfig, shape: str):
+    """Return ``(files, tokenizer, model)`` for a stage; data is read first so bad input fails fast."""
+    from medtune.data.formats import SHAPES, read_files
+    from medtune.models.load import load_model, load_tokenizer
+
+    files = read_files(cfg.data.train, cfg.data.format)
+    got = SHAPES[files[0].format]
+    if got != shape:
+        raise MedtuneError(
+            f"{files[0].path}: stage {cfg.stage} needs {shape} data, got {got} (format {files[0].format})"
+        )
+    m = cfg.model
+    path = _absolute_if_local(m.path)
+    tokenizer = load_tokenizer(path, m.template, m.trust_remote_code)
+    model = load_model(path, m.dtype, m.device, m.trust_remote_code)
+    model.config.use_cache = False  # packed rows need it; training never uses the KV cache
+    return files, tokenizer, model
+
+
+def _absolute_if_local(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).is_dir() else path
+
+
+def build_rows(cfg: StageConfig, recipe, tokenizer, files):
+    """Return ``(train_rows, eval_rows, stats)``: tokenized, split, packed as configured."""
+    from medtune.data.tokenize import TokenStats, pack_sequences
+
+    records = [r for f in files for r in f.records]
+    rng = random.Random(cfg.train.seed)
+    rng.shuffle(records)
+    n_eval = int(round(len(records) * cfg.data.eval_split))
+    if cfg.data.eval_split and n_eval == 0:
+        n_eval = 1
+    stats = TokenStats()
+    train = recipe.make_examples(cfg, tokenizer, records[n_eval:], stats)
+    evals = recipe.make_examples(cfg, tokenizer, records[:n_eval], TokenStats())
+    if not train:
+        raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
+    if cfg.data.packing or recipe.ALWAYS_PACK:
+        train = pack_sequences(train, cfg.data.max_length)
+        evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
+        stats.rows = len(train)
+    for reason, count in stats.skipped.items():
+        log.warning("skipped %d examples: %s", count, reason)
+    if stats.truncated:
+        log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
+    return train, evals, stats
+
+
+def _as_dataset(rows):
+    from datasets import Dataset
+
+    return Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
+
+
+def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, quiet: bool):
+    """Return a transformers ``Trainer`` wired with medtune's collator and length-grouped batches."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from medtune.data.tokenize import Collator
+
+    t = cfg.train
+    on_cpu = not next(model.parameters()).is_cuda
+    args = TrainingArguments(
+        output_dir=str(Path(cfg.output) / CHECKPOINTS),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_grad_norm=t.max_grad_norm,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if t.save_steps else "epoch",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="epoch" if eval_rows else "no",
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=on_cpu,
+        bf16=(not on_cpu) and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16"),
+        report_to=[],
+        disable_tqdm=quiet,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=_as_dataset(train_rows),
+        eval_dataset=_as_dataset(eval_rows) if eval_rows else None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+
+
+def collect_metrics(trainer, train_out, eval_rows) -> dict:
+    """Return the run's headline metrics: losses, steps, throughput."""
+    m = dict(train_out.metrics)
+    metrics = {
+        "train_loss": round(float(train_out.training_loss), 6),
+        "global_steps": trainer.state.global_step,
+        "train_runtime_s": round(m.get("train_runtime", 0.0), 2),
+    }
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["first_logged_loss"] = losses[0]
+        metrics["last_logged_loss"] = losses[-1]
+    if eval_rows:
+        metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
+    return metrics
+
+
+def save_outputs(model, tokenizer, cfg: StageConfig, out: Path) -> None:
+    """Save HF-native weights (full model or PEFT adapter) and the tokenizer with its template."""
+    model.config.use_cache = True
+    base = getattr(model, "get_base_model", lambda: model)()
+    base.config.use_cache = True
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    gen = getattr(base, "generation_config", None)
+    if gen is not None and cfg.adapter.method == "full":
+        gen.save_pretrained(out)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # resumable state is not needed once done
+
+
+def library_versions() -> dict:
+    """Return the versions of the libraries a run depends on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("medtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, started: float) -> None:
+    """Write ``lineage.json`` last: its presence marks a finished run."""
+    lineage = {
+        "stage": cfg.stage,
+        "parent_model": cfg.model.path,
+        "template": cfg.model.template,
+        "data": [
+            {"path": f.path, "format": f.format, "sha256": f.sha256, "records": f.n_records,
+             "skipped": f.skipped}
+            for f in files
+        ],
+        "tokenization": {
+            "examples": stats.examples, "rows": stats.rows, "truncated": stats.truncated,
+            "skipped": stats.skipped, "label_tokens": stats.real_tokens,
+        },
+        "libraries": library_versions(),
+        "metrics": metrics,
+        "wall_time_s": round(time.time() - started, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = out / (LINEAGE + ".tmp")
+    tmp.write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out / LINEAGE)
+
+
+def read_log_history(out: Path) -> list:
+    """Return the trainer log history saved with a finished run (empty if none)."""
+    path = Path(out) / "log_history.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
