@@ -96,6 +96,8 @@ def pack_sequences(examples, max_length: int) -> list[dict]:
     room: list[int] = []
     for i in order:
         n = len(examples[i]["input_ids"])
+        if n > max_length:
+            raise ValueError(f"example of {n} tokens does not fit max_length={max_length}; truncate first")
         slot = next((b for b, free in enumerate(room) if free >= n), None)
         if slot is None:
             bins.append([])

@@ -168,7 +168,7 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
         gradient_accumulation_steps=t.grad_accum,
         max_grad_norm=t.max_grad_norm,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if t.save_steps else "epoch",
@@ -184,7 +184,7 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=_as_dataset(train_rows),
@@ -192,6 +192,11 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    if quiet:  # without a progress bar Trainer prints every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def collect_metrics(trainer, train_out, eval_rows) -> dict:

@@ -1,0 +1,99 @@
+"""Built-in chat templates: one Jinja file per model family, matching its published prompt format.
+
+The templates live in ``medtune/assets/templates/<name>.jinja`` and are written for transformers'
+``tokenizer.apply_chat_template``: they take ``messages`` (``{"role", "content"}`` dicts, an
+optional system message first), ``add_generation_prompt``, ``bos_token`` and ``eos_token``, and
+wrap every learned span (a reply and its end-of-turn marker) in ``{% generation %}`` blocks, so
+``return_assistant_tokens_mask=True`` marks exactly the tokens to train on. The comment at the top
+of each file names the source of its format and any choice made where the source is silent.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from medtune.errors import MedtuneError, did_you_mean
+
+TEMPLATE_NAMES: tuple[str, ...] = (
+    "chatml",
+    "qwen",
+    "llama2",
+    "llama3",
+    "chatglm",
+    "chatglm2",
+    "chatglm3",
+    "alpaca",
+    "vicuna",
+    "baichuan2",
+    "huatuo",
+)
+
+# End-of-turn markers other than the tokenizer's eos: generation must stop at these.
+_STOP_STRINGS: dict[str, tuple[str, ...]] = {
+    "chatml": ("<|im_end|>",),
+    "qwen": ("<|im_end|>",),
+    "llama3": ("<|eot_id|>",),
+    "chatglm3": ("<|user|>", "<|observation|>"),
+}
+
+# Control strings the template writes that a tokenizer must hold as single special tokens.
+# Left out on purpose: bos/eos (the tokenizer's own, passed in as bos_token/eos_token), Llama 2's
+# "[INST]"/"<<SYS>>" (plain text in Llama 2's own tokenizer), and ChatGLM2/3's "sop": as an added
+# token it would also match inside ordinary words ("esophagus"), and ChatGLM's own tokenizers
+# already have it.
+_SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "qwen": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "chatglm": ("[gMASK]", "<sop>"),
+    "chatglm2": ("[gMASK]",),
+    "chatglm3": ("[gMASK]", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+    "baichuan2": ("<reserved_106>", "<reserved_107>"),
+}
+
+
+def _check(name: str) -> str:
+    if name not in TEMPLATE_NAMES:
+        raise MedtuneError(f"unknown template '{name}'" + did_you_mean(name, TEMPLATE_NAMES))
+    return name
+
+
+@cache
+def template_source(name: str) -> str:
+    """Return the Jinja text of the built-in template ``name``."""
+    from importlib.resources import files
+
+    _check(name)
+    path = files("medtune").joinpath("assets", "templates", f"{name}.jinja")
+    return path.read_text(encoding="utf-8")
+
+
+def stop_strings(name: str) -> list[str]:
+    """Return the end-of-turn markers generation must stop at (``[]``: eos alone ends a reply)."""
+    return list(_STOP_STRINGS.get(_check(name), ()))
+
+
+def special_tokens(name: str) -> list[str]:
+    """Return the marker strings template ``name`` needs registered as special tokens."""
+    return list(_SPECIAL_TOKENS.get(_check(name), ()))
+
+
+def render(source: str, messages, *, add_generation_prompt: bool = False, bos_token: str = "<s>",
+           eos_token: str = "</s>") -> str:
+    """Render a chat-template string exactly as ``tokenizer.apply_chat_template`` would.
+
+    Uses transformers' own renderer (same sandbox, ``trim_blocks``/``lstrip_blocks``, and
+    ``{% generation %}`` extension), after dropping ``None``-valued message keys as
+    ``apply_chat_template`` does.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    chat = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+    rendered, _ = render_jinja_template(
+        conversations=[chat],
+        chat_template=source,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+    )
+    return rendered[0]

@@ -1,0 +1,120 @@
+"""PT and SFT on a tiny model: loss falls, the right weights change, outputs reload exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medtune.config import stage_from_dict
+from medtune.errors import MedtuneError
+from medtune.recipes.run import run_stage
+from tests.conftest import CONVERSATIONS, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def sft_data(tmp_path):
+    rows = [{"messages": c} for c in CONVERSATIONS] * 4
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+def config(tiny_dir, data, out, **sections):
+    raw = {"stage": "sft", "model": {"path": str(tiny_dir), "device": "cpu"},
+           "data": {"train": [str(data)], "max_length": 128},
+           "adapter": {"method": "lora", "rank": 4, "alpha": 8},
+           "train": {"epochs": 3, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1},
+           "output": str(out)}
+    for name, value in sections.items():
+        raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
+    return stage_from_dict(raw, "test.yaml")
+
+
+def weights(path):
+    return {k: v.clone() for k, v in load_file(str(path)).items()}
+
+
+def logits(model, tok):
+    ids = tok.apply_chat_template(CONVERSATIONS[1], return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_sft_full_changes_every_weight_and_loss_falls(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, sft_data(tmp_path), tmp_path / "out", adapter={"method": "full"})
+    result = run_stage(cfg, quiet=True)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert losses[-1] < losses[0] * 0.8
+    before, after = weights(tiny_dir / "model.safetensors"), weights(result.output / "model.safetensors")
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    lineage = json.loads((result.output / "lineage.json").read_text())
+    assert lineage["data"][0]["records"] == 16 and len(lineage["data"][0]["sha256"]) == 64
+    assert lineage["metrics"]["parameters"]["trainable"] == lineage["metrics"]["parameters"]["total"]
+    assert (result.output / "config.yaml").is_file() and (result.output / "chat_template.jinja").is_file()
+    assert not (result.output / "checkpoints").exists()
+
+
+def test_sft_lora_trains_adapters_only_and_reloads_identically(tiny_dir, tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from medtune.models.load import load_model
+
+    result = run_stage(config(tiny_dir, sft_data(tmp_path), tmp_path / "lora"), quiet=True)
+    adapter = weights(result.output / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    base_after = weights(tiny_dir / "model.safetensors")
+    _, tok = tiny
+    plain_base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    for name, p in plain_base.named_parameters():  # the frozen base on disk is untouched
+        assert torch.equal(p.detach(), base_after[name])
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), result.output)
+    merged = load_model(str(result.output), "float32", "cpu")
+    assert torch.allclose(logits(unmerged, tok), logits(merged, tok), atol=1e-5)
+    assert not torch.allclose(logits(plain_base, tok), logits(merged, tok), atol=1e-3)
+
+
+def test_pt_loss_falls_on_text(tiny_dir, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(["高血压的典型症状是头痛头晕。", "糖尿病的一线用药是二甲双胍。"] * 20), encoding="utf-8")
+    cfg = config(tiny_dir, text, tmp_path / "pt", stage="pt", adapter={"method": "full"},
+                 data={"train": [str(text)], "max_length": 64}, train={"epochs": 8, "batch_size": 2})
+    result = run_stage(cfg, quiet=True)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert losses[-1] < losses[0] * 0.7
+    lineage = json.loads((result.output / "lineage.json").read_text())
+    assert lineage["tokenization"]["examples"] == 40 and lineage["tokenization"]["rows"] < 40
+
+
+def test_grad_accumulation_1x8_equals_8x1(tiny_dir, tmp_path):
+    data = sft_data(tmp_path)
+    common = {"max_steps": 1, "learning_rate": 1e-2, "lr_scheduler": "constant", "group_by_length": False}
+    a = run_stage(config(tiny_dir, data, tmp_path / "a", adapter={"method": "full"},
+                         train={**common, "batch_size": 8, "grad_accum": 1}), quiet=True)
+    b = run_stage(config(tiny_dir, data, tmp_path / "b", adapter={"method": "full"},
+                         train={**common, "batch_size": 1, "grad_accum": 8}), quiet=True)
+    wa, wb = weights(a.output / "model.safetensors"), weights(b.output / "model.safetensors")
+    assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-4)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_packed_sft_matches_unpacked_first_loss(tiny_dir, tmp_path):
+    data = sft_data(tmp_path)
+    common = {"max_steps": 1, "batch_size": 16, "group_by_length": False}
+    a = run_stage(config(tiny_dir, data, tmp_path / "u", train=common), quiet=True)
+    b = run_stage(config(tiny_dir, data, tmp_path / "p", data={"packing": True, "max_length": 512},
+                         train=common), quiet=True)
+    assert a.metrics["first_logged_loss"] == pytest.approx(b.metrics["first_logged_loss"], rel=1e-4)
+
+
+def test_output_dir_with_a_different_run_is_refused(tiny_dir, tmp_path):
+    data = sft_data(tmp_path)
+    first = run_stage(config(tiny_dir, data, tmp_path / "o", train={"max_steps": 1}), quiet=True)
+    again = run_stage(config(tiny_dir, data, tmp_path / "o", train={"max_steps": 1}), quiet=True)
+    assert again.skipped and not first.skipped
+    with pytest.raises(MedtuneError, match="already holds a different run"):
+        run_stage(config(tiny_dir, data, tmp_path / "o", train={"max_steps": 2}), quiet=True)

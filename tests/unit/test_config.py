@@ -1,0 +1,105 @@
+"""Config validation: types, choices, unknown keys with hints, overrides, pipelines."""
+
+import pytest
+
+from medtune.config import apply_overrides, load_stage_config, pipeline_from_dict, stage_from_dict
+from medtune.errors import MedtuneError
+
+BASE = {"stage": "sft", "model": {"path": "m"}, "data": {"train": ["a.jsonl"]}, "output": "out"}
+
+
+def make(**changes):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            data.setdefault(section, {})[key] = value
+        else:
+            data[section] = value
+    return stage_from_dict(data, "run.yaml")
+
+
+def test_defaults_and_coercion():
+    cfg = make(train__learning_rate="2e-4", train__epochs="1", data__train="one.jsonl")
+    assert cfg.train.learning_rate == pytest.approx(2e-4)
+    assert cfg.train.epochs == 1.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.data.train == ["one.jsonl"]
+    assert cfg.data.train_on_prompt is False and cfg.model.trust_remote_code is False
+    assert cfg.adapter.target == ["all"]
+
+
+@pytest.mark.parametrize("section,key,hint", [
+    ("train", "learnig_rate", "learning_rate"),
+    ("data", "max_lenght", "max_length"),
+    ("adapter", "rnak", "rank"),
+])
+def test_misspelled_key_suggests(section, key, hint):
+    with pytest.raises(MedtuneError, match=rf"run.yaml: unknown key '{section}.{key}' \(did you mean '{hint}'\?\)"):
+        make(**{f"{section}__{key}": 1})
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(MedtuneError, match=r"unknown key 'outptu' \(did you mean 'output'\?\)"):
+        stage_from_dict({**BASE, "outptu": "x"}, "run.yaml")
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"train__batch_size": "eight"}, r"train.batch_size: expected int"),
+    ({"data__overlength": "drop"}, r"data.overlength: 'drop' is not allowed"),
+    ({"model__dtype": "fp32"}, r"model.dtype: 'fp32' is not allowed"),
+    ({"data__packing": "maybe"}, r"data.packing: expected true or false"),
+    ({"stage": "stf"}, r"stage: 'stf' is not a stage \(did you mean 'sft'\?\)"),
+    ({"stage": "dpo"}, r"stage 'dpo' is not implemented"),
+    ({"adapter__method": "qlora"}, r"adapter.method 'qlora' is not implemented"),
+    ({"data__eval_split": 1.5}, r"eval_split must be in \[0, 1\)"),
+    ({"train__batch_size": 0}, r"train.batch_size must be >= 1"),
+])
+def test_bad_values(changes, pattern):
+    with pytest.raises(MedtuneError, match=pattern):
+        make(**changes)
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides(BASE, ["train.learning_rate=1e-3", "data.packing=true", "output=x/y"])
+    cfg = stage_from_dict(data, "run.yaml")
+    assert cfg.train.learning_rate == pytest.approx(1e-3)
+    assert cfg.data.packing is True and cfg.output == "x/y"
+    assert BASE["output"] == "out"  # the input is not mutated
+
+
+def test_override_without_equals():
+    with pytest.raises(MedtuneError, match="expected key=value"):
+        apply_overrides(BASE, ["train.epochs"])
+
+
+def test_load_yaml_file_errors(tmp_path):
+    with pytest.raises(MedtuneError, match="no such config file"):
+        load_stage_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: sft\nmodel: [unclosed\n", encoding="utf-8")
+    with pytest.raises(MedtuneError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_stage_config(bad)
+
+
+def test_pipeline_chains_stage_outputs():
+    stages = pipeline_from_dict({
+        "base": {"path": "base-model", "template": "chatml"},
+        "output": "runs/p",
+        "stages": [
+            {"name": "pt", "stage": "pt", "data": {"train": ["c.txt"]}},
+            {"name": "sft", "stage": "sft", "data": {"train": ["s.jsonl"]}},
+            {"name": "sft2", "stage": "sft", "from": "pt", "data": {"train": ["s.jsonl"]}},
+        ],
+    }, "pipe.yaml")
+    assert [s.model.path for s in stages] == ["base-model", "runs/p/pt", "runs/p/pt"]
+    assert stages[1].output == "runs/p/sft" and stages[1].model.template == "chatml"
+
+
+def test_pipeline_bad_from_and_override_by_name():
+    raw = {"base": {"path": "b"}, "stages": [{"name": "a", "stage": "sft", "from": "zzz",
+                                              "data": {"train": ["s.jsonl"]}}]}
+    with pytest.raises(MedtuneError, match="no earlier stage named 'zzz'"):
+        pipeline_from_dict(raw, "pipe.yaml")
+    raw["stages"][0].pop("from")
+    stages = pipeline_from_dict(apply_overrides(raw, ["stages.a.train.epochs=1"]), "pipe.yaml")
+    assert stages[0].train.epochs == 1.0
