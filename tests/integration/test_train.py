@@ -21,9 +21,9 @@ def sft_data(tmp_path):
     return write_jsonl(tmp_path / "sft.jsonl", rows)
 
 
-def config(tiny_dir, data, out, **sections):
+def config(tiny_dir, data_path, out, **sections):
     raw = {"stage": "sft", "model": {"path": str(tiny_dir), "device": "cpu"},
-           "data": {"train": [str(data)], "max_length": 128},
+           "data": {"train": [str(data_path)], "max_length": 256},
            "adapter": {"method": "lora", "rank": 4, "alpha": 8},
            "train": {"epochs": 3, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1},
            "output": str(out)}
@@ -43,7 +43,8 @@ def logits(model, tok):
 
 
 def test_sft_full_changes_every_weight_and_loss_falls(tiny_dir, tmp_path):
-    cfg = config(tiny_dir, sft_data(tmp_path), tmp_path / "out", adapter={"method": "full"})
+    cfg = config(tiny_dir, sft_data(tmp_path), tmp_path / "out", adapter={"method": "full"},
+                 train={"epochs": 6, "learning_rate": 1e-2})
     result = run_stage(cfg, quiet=True)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     assert losses[-1] < losses[0] * 0.8
@@ -81,7 +82,7 @@ def test_pt_loss_falls_on_text(tiny_dir, tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(["高血压的典型症状是头痛头晕。", "糖尿病的一线用药是二甲双胍。"] * 20), encoding="utf-8")
     cfg = config(tiny_dir, text, tmp_path / "pt", stage="pt", adapter={"method": "full"},
-                 data={"train": [str(text)], "max_length": 64}, train={"epochs": 8, "batch_size": 2})
+                 data={"max_length": 64}, train={"epochs": 8, "batch_size": 2})
     result = run_stage(cfg, quiet=True)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     assert losses[-1] < losses[0] * 0.7
@@ -96,10 +97,10 @@ def test_grad_accumulation_1x8_equals_8x1(tiny_dir, tmp_path):
                          train={**common, "batch_size": 8, "grad_accum": 1}), quiet=True)
     b = run_stage(config(tiny_dir, data, tmp_path / "b", adapter={"method": "full"},
                          train={**common, "batch_size": 1, "grad_accum": 8}), quiet=True)
-    wa, wb = weights(a.output / "model.safetensors"), weights(b.output / "model.safetensors")
-    assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-4)
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    assert a.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-5)
+    # The accumulated gradient itself (Adam's first step is ~lr*sign(g), too coarse to compare).
+    norm_a, norm_b = (next(h["grad_norm"] for h in r.log_history if "grad_norm" in h) for r in (a, b))
+    assert norm_a == pytest.approx(norm_b, rel=1e-4)
 
 
 def test_packed_sft_matches_unpacked_first_loss(tiny_dir, tmp_path):

@@ -23,6 +23,7 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     if quiet:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' load/save bars
 
 
 def _print_result(name: str, result) -> None:

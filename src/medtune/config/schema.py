@@ -74,7 +74,7 @@ class TrainConfig:
     group_by_length: bool = True  # true: batches of similar length, less padding (faster)
     gradient_checkpointing: bool = False  # true: less memory, ~30% slower
     logging_steps: int = 10
-    save_steps: int = 0  # 0: checkpoint once per epoch
+    save_steps: int = 0  # 0: checkpoint once per epoch; -1: never (no resume, less disk I/O)
     save_total_limit: int = 2
     seed: int = 42
 
@@ -175,6 +175,8 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
     for key in ("batch_size", "grad_accum", "logging_steps"):
         if getattr(cfg.train, key) < 1:
             raise MedtuneError(f"{src}: train.{key} must be >= 1")
+    if cfg.train.save_steps < -1:
+        raise MedtuneError(f"{src}: train.save_steps must be -1 (never), 0 (each epoch) or a step count")
     if cfg.data.max_length < 8:
         raise MedtuneError(f"{src}: data.max_length must be >= 8")
     return cfg

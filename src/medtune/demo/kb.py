@@ -25,16 +25,17 @@ STATEMENTS = {
 }
 SUMMARY = "{disease}：典型症状为{symptom}，就诊科室为{department}，一线药物为{drug}，需避免{contraindication}。"
 
-# Questions: the last phrasing of each relation is held out of SFT and used only to evaluate.
-QUESTIONS = {
-    "symptom": ["{d}有哪些典型症状？", "{d}的常见症状是什么？", "请问得了{d}会出现什么症状？",
-                "{d}一般会有哪些表现？", "{d}通常有什么症状？"],
-    "department": ["{d}应该挂哪个科？", "请问{d}去哪个科室看？", "得了{d}要看什么科？",
-                   "{d}属于哪个科室？", "{d}需要看哪个科？"],
-    "drug": ["{d}的一线用药是什么？", "治疗{d}首选什么药？", "请问{d}吃什么药？",
-             "{d}常用哪种药物？", "{d}用什么药治疗？"],
-    "contraindication": ["{d}患者应避免什么？", "{d}有什么禁忌？", "请问得了{d}不宜做什么？",
-                         "{d}患者要注意避免哪些事？", "{d}要避免什么？"],
+# Questions are a sentence frame + a relation keyword. Frames are shared by all relations, so
+# the keyword is the only cue to which fact is asked; the last frame is held out of SFT entirely.
+FRAMES = ["{d}的{k}是什么？", "{d}有什么{k}？", "请问{d}的{k}？", "得了{d}，{k}是什么？",
+          "医生，{d}的{k}有哪些？", "我想了解一下{d}的{k}。", "关于{d}，{k}是什么？",
+          "能说说{d}的{k}吗？"]
+FRAMES_PER_FACT = 4  # SFT asks each fact in this many of the trained frames (sampled)
+KEYWORDS = {
+    "symptom": ["典型症状", "常见症状", "症状"],
+    "department": ["就诊科室", "挂号科室", "科室"],
+    "drug": ["一线用药", "首选药物", "常用药"],
+    "contraindication": ["禁忌", "需要避免的事", "忌讳"],
 }
 ANSWERS = {
     "symptom": "{d}的典型症状是{v}。",
@@ -79,9 +80,12 @@ def render_corpus(kb, rng: random.Random) -> list[str]:
     return docs
 
 
+def _question(frame: str, fact: Fact, rng: random.Random) -> str:
+    return frame.format(d=fact.disease, k=rng.choice(KEYWORDS[fact.relation]))
+
+
 def _qa(fact: Fact, question: str) -> dict:
-    return {"question": question.format(d=fact.disease), "answer": fact.value,
-            "relation": fact.relation, "disease": fact.disease}
+    return {"question": question, "answer": fact.value, "relation": fact.relation, "disease": fact.disease}
 
 
 def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> DemoData:
@@ -92,14 +96,14 @@ def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> Dem
     unseen = set(rng.sample(diseases, int(len(diseases) * unseen_fraction)))
     sft, heldout, never = [], [], []
     for fact in facts_of(kb):
-        *trained, held = QUESTIONS[fact.relation]
+        *trained, held = FRAMES
         target = never if fact.disease in unseen else heldout
-        target.append(_qa(fact, held))
+        target.append(_qa(fact, _question(held, fact, rng)))
         if fact.disease in unseen:
             continue
         answer = ANSWERS[fact.relation].format(d=fact.disease, v=fact.value)
-        for q in trained:
-            sft.append({"messages": [{"role": "user", "content": q.format(d=fact.disease)},
+        for frame in rng.sample(trained, FRAMES_PER_FACT):
+            sft.append({"messages": [{"role": "user", "content": _question(frame, fact, rng)},
                                      {"role": "assistant", "content": answer}]})
     rng.shuffle(sft)
     return DemoData(render_corpus(kb, rng), sft, heldout, never)
