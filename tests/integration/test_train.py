@@ -119,3 +119,27 @@ def test_output_dir_with_a_different_run_is_refused(tiny_dir, tmp_path):
     assert again.skipped and not first.skipped
     with pytest.raises(MedtuneError, match="already holds a different run"):
         run_stage(config(tiny_dir, data, tmp_path / "o", train={"max_steps": 2}), quiet=True)
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash")
+
+    data = sft_data(tmp_path)
+    train = {"max_steps": 5, "save_steps": 2, "batch_size": 2, "learning_rate": 1e-2}
+    whole = run_stage(config(tiny_dir, data, tmp_path / "whole", adapter={"method": "full"}, train=train),
+                      quiet=True)
+    cfg = config(tiny_dir, data, tmp_path / "crashed", adapter={"method": "full"}, train=train)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_stage(cfg, quiet=True, callbacks=[Crash()])
+    assert not (tmp_path / "crashed" / "lineage.json").exists()
+    assert (tmp_path / "crashed" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = run_stage(cfg, quiet=True)
+    assert resumed.log_history[0]["step"] > 1  # it did not start over
+    wa, wb = weights(whole.output / "model.safetensors"), weights(resumed.output / "model.safetensors")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k

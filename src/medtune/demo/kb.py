@@ -30,7 +30,7 @@ SUMMARY = "{disease}：典型症状为{symptom}，就诊科室为{department}，
 FRAMES = ["{d}的{k}是什么？", "{d}有什么{k}？", "请问{d}的{k}？", "得了{d}，{k}是什么？",
           "医生，{d}的{k}有哪些？", "我想了解一下{d}的{k}。", "关于{d}，{k}是什么？",
           "能说说{d}的{k}吗？"]
-FRAMES_PER_FACT = 4  # SFT asks each fact in this many of the trained frames (sampled)
+FRAMES_PER_FACT = 7  # SFT asks each fact in this many of the trained frames (sampled)
 KEYWORDS = {
     "symptom": ["典型症状", "常见症状", "症状"],
     "department": ["就诊科室", "挂号科室", "科室"],

@@ -24,10 +24,9 @@ import yaml
 from medtune.errors import MedtuneError
 
 log = logging.getLogger("medtune")
-SAMPLE_CHATS = [
-    ["请问糖尿病一般有什么症状？", "请问治疗糖尿病常用哪种药物？"],
-    ["请问偏头痛该去哪个科室就诊？"],
-    ["请问哮喘患者需要注意避免什么？"],
+SAMPLE_CHATS = [  # the held-out frame ("能说说…吗？"), multi-turn
+    ["能说说糖尿病的典型症状吗？", "能说说糖尿病的一线用药吗？"],
+    ["能说说偏头痛的就诊科室吗？", "能说说偏头痛的禁忌吗？"],
 ]
 
 

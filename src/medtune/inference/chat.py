@@ -56,6 +56,9 @@ class ChatModel:
         self.tokenizer = tokenizer
         self.settings = settings or GenerationSettings()
         self.stop_ids = _stop_token_ids(model, tokenizer)
+        vocab = tokenizer.get_vocab()
+        # Markers the tokenizer splits into several tokens are matched as text.
+        self.stop_texts = [m for m in template_stop_markers(tokenizer) if m not in vocab]
 
     @classmethod
     def load(cls, path, adapter=None, device="auto", dtype="auto", trust_remote_code=False,
@@ -86,7 +89,10 @@ class ChatModel:
         input_ids = torch.tensor([ids], device=self.model.device)
         return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                     eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                    **settings.kwargs())
+                    **self._stop_text_args(), **settings.kwargs())
+
+    def _stop_text_args(self) -> dict:
+        return {"stop_strings": self.stop_texts, "tokenizer": self.tokenizer} if self.stop_texts else {}
 
     def chat(self, query: str, history=None, system: str | None = None, **overrides):
         """Return ``(reply, history)`` where history now ends with this exchange."""
@@ -111,11 +117,28 @@ class ChatModel:
         thread = Thread(target=self.model.generate, kwargs={**args, "streamer": streamer})
         thread.start()
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
+            yield from self._trim_stream(streamer)
         finally:
             thread.join()
+
+    def _trim_stream(self, pieces):
+        """Yield ``pieces`` up to the first text end marker, holding back a possible marker start."""
+        if not self.stop_texts:
+            yield from (p for p in pieces if p)
+            return
+        held, hold = "", max(len(m) for m in self.stop_texts) - 1
+        for piece in pieces:
+            held += piece
+            cut = self.trim(held)
+            if cut != held:
+                if cut:
+                    yield cut
+                return
+            if len(held) > hold:
+                yield held[: len(held) - hold]
+                held = held[len(held) - hold :]
+        if held:
+            yield held
 
     def chat_batch(self, conversations, **overrides) -> list[str]:
         """Return one reply per conversation (lists of messages ending with a user turn)."""
@@ -129,7 +152,7 @@ class ChatModel:
         settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, eos_token_id=self.stop_ids,
-                                      pad_token_id=pad, **settings.kwargs())
+                                      pad_token_id=pad, **self._stop_text_args(), **settings.kwargs())
         return [self._decode(row[width:]) for row in out]
 
     def _decode(self, ids) -> str:
@@ -138,7 +161,13 @@ class ChatModel:
             if t in self.stop_ids:
                 ids = ids[:i]
                 break
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return self.trim(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+    def trim(self, text: str) -> str:
+        """Return ``text`` cut at the first end-of-turn marker matched as text."""
+        for marker in self.stop_texts:
+            text = text.split(marker, 1)[0]
+        return text
 
 
 def _with_query(history, query, system):
@@ -152,15 +181,21 @@ def _drop_system(messages, system):
     return messages[1:] if system and messages and messages[0]["role"] == "system" else messages
 
 
+def template_stop_markers(tokenizer) -> list[str]:
+    """Return the end-of-turn markers (from the built-in templates) that this tokenizer's template writes."""
+    from medtune.data.templates import TEMPLATE_NAMES, stop_strings
+
+    source = tokenizer.chat_template or ""
+    return sorted({m for name in TEMPLATE_NAMES for m in stop_strings(name) if m in source})
+
+
 def _stop_token_ids(model, tokenizer) -> list[int]:
-    """Return the ids that end a reply: eos ids of the generation config + template end markers."""
+    """Return the ids that end a reply: generation-config eos, tokenizer eos, single-token markers."""
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|user|>", "<|observation|>"):
-        tid = tokenizer.convert_tokens_to_ids(marker)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and marker in tokenizer.get_vocab():
-            ids.add(tid)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[m] for m in template_stop_markers(tokenizer) if m in vocab)
     return sorted(ids)

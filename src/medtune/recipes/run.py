@@ -36,8 +36,12 @@ class StageResult:
     skipped: bool = False  # True when the output already held this finished run
 
 
-def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False) -> StageResult:
-    """Train one stage as ``cfg`` says and return where its HF-native output was written."""
+def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
+              callbacks=()) -> StageResult:
+    """Train one stage as ``cfg`` says and return where its HF-native output was written.
+
+    ``callbacks`` are extra transformers ``TrainerCallback`` objects (progress hooks, tests).
+    """
     from medtune.recipes import RECIPES
 
     recipe = RECIPES[cfg.stage]
@@ -53,6 +57,8 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False) ->
 
     model = apply_adapter(model, cfg.adapter)
     trainer = build_trainer(cfg, model, tokenizer, train_rows, eval_rows, quiet)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     resume = _last_checkpoint(out) if state == "resume" else None
     train_out = trainer.train(resume_from_checkpoint=resume)
     metrics = collect_metrics(trainer, train_out, eval_rows)
