@@ -58,6 +58,7 @@ class DemoData:
     sft: list[dict]  # {"messages": [...]} training conversations
     heldout: list[dict]  # {"question", "answer", "relation", "disease"}: held-out phrasing, trained diseases
     unseen: list[dict]  # same, for diseases SFT never asked about
+    cloze: list[dict]  # {"question": statement prefix, "answer"}: every fact as text to continue
 
 
 def load_kb() -> list[dict]:
@@ -106,4 +107,5 @@ def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> Dem
             sft.append({"messages": [{"role": "user", "content": _question(frame, fact, rng)},
                                      {"role": "assistant", "content": answer}]})
     rng.shuffle(sft)
-    return DemoData(render_corpus(kb, rng), sft, heldout, never)
+    cloze = [_qa(f, ANSWERS[f.relation].format(d=f.disease, v="\0").split("\0")[0]) for f in facts_of(kb)]
+    return DemoData(render_corpus(kb, rng), sft, heldout, never, cloze)

@@ -142,9 +142,17 @@ class ChatModel:
 
     def chat_batch(self, conversations, **overrides) -> list[str]:
         """Return one reply per conversation (lists of messages ending with a user turn)."""
+        return self.generate_batch([self.prompt_ids(m) for m in conversations], **overrides)
+
+    def complete_batch(self, texts, **overrides) -> list[str]:
+        """Return raw continuations of plain ``texts`` (no chat template): for base models."""
+        return self.generate_batch(
+            [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], **overrides)
+
+    def generate_batch(self, prompts, **overrides) -> list[str]:
+        """Return the decoded continuation of each token-id prompt (left-padded batch)."""
         import torch
 
-        prompts = [self.prompt_ids(m) for m in conversations]
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)

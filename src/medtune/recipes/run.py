@@ -63,6 +63,8 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     train_out = trainer.train(resume_from_checkpoint=resume)
     metrics = collect_metrics(trainer, train_out, eval_rows)
     metrics["parameters"] = count_parameters(model)
+    if resume:
+        metrics["resumed_from"] = Path(resume).name
     save_outputs(trainer.model, tokenizer, cfg, out)
     history = trainer.state.log_history
     (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
