@@ -71,7 +71,8 @@ def test_train_then_chat(workspace):
 
 
 def test_rerun_with_different_config_is_refused(workspace):
-    assert medtune("-q", "train", workspace / "sft.yaml").returncode == 0  # same run: no-op
+    same = medtune("train", workspace / "sft.yaml", "train.learning_rate=5e-3")  # as test_train_then_chat
+    assert same.returncode == 0 and "already holds this finished run; skipped" in same.stdout
     proc = medtune("-q", "train", workspace / "sft.yaml", "train.epochs=1")
     assert_one_line_error(proc, "already holds a different run")
 

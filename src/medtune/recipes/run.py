@@ -46,13 +46,14 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
 
     recipe = RECIPES[cfg.stage]
     out = Path(cfg.output)
-    state = prepare_output(cfg, out, overwrite)
+    state = output_state(cfg, out, overwrite)
     if state == "complete":
         lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
         return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
     started = time.time()
     files, tokenizer, model = load_inputs(cfg, recipe.SHAPE)
     train_rows, eval_rows, stats = build_rows(cfg, recipe, tokenizer, files)
+    claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
     from medtune.models.adapters import apply_adapter, count_parameters
 
     model = apply_adapter(model, cfg.adapter)
@@ -72,26 +73,37 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     return StageResult(out, metrics, history)
 
 
-def prepare_output(cfg: StageConfig, out: Path, overwrite: bool) -> str:
-    """Return ``new``, ``resume`` or ``complete`` for ``out``; refuse a dir holding another run."""
+def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
+    """Return ``new``, ``replace``, ``resume`` or ``complete``; refuse a dir holding another run.
+
+    A dir holds a run once it has checkpoints or a lineage; a config alone (a run that failed
+    before training) does not count. Nothing is written here.
+    """
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"output '{out}' exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        saved = out / "config.yaml"
-        same = saved.is_file() and read_yaml(saved) == cfg.to_dict()
-        if overwrite:
-            shutil.rmtree(out)
-        elif not same:
-            raise MedtuneError(
-                f"output '{out}' already holds a different run; choose another output or pass --overwrite"
-            )
-        elif (out / LINEAGE).is_file():
-            return "complete"
-        else:
-            return "resume"
+    holds_run = (out / LINEAGE).is_file() or (out / CHECKPOINTS).is_dir()
+    if not holds_run:
+        others = [p.name for p in out.iterdir() if p.name != "config.yaml"] if out.exists() else []
+        if others and not overwrite:
+            raise MedtuneError(f"output '{out}' holds other files ({others[0]}, …); choose an empty "
+                               "dir or pass --overwrite to replace it")
+        return "replace" if out.exists() else "new"
+    if overwrite:
+        return "replace"
+    saved = out / "config.yaml"
+    if not (saved.is_file() and read_yaml(saved) == cfg.to_dict()):
+        raise MedtuneError(
+            f"output '{out}' already holds a different run; choose another output or pass --overwrite"
+        )
+    return "complete" if (out / LINEAGE).is_file() else "resume"
+
+
+def claim_output(cfg: StageConfig, out: Path, replace: bool) -> None:
+    """Create ``out`` (emptied first when replacing) and write the resolved config into it."""
+    if replace:
+        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    return "new"
 
 
 def _last_checkpoint(out: Path):
