@@ -62,16 +62,16 @@ class ChatModel:
 
     @classmethod
     def load(cls, path, adapter=None, device="auto", dtype="auto", trust_remote_code=False,
-             template="auto", **settings) -> "ChatModel":
+             template="auto", **settings) -> ChatModel:
         """Return a ChatModel for a full model dir, an adapter dir, or ``path`` + ``adapter``."""
         from medtune.models.load import load_model, load_tokenizer
 
         path = str(path)
         model = load_model(path, dtype, device, trust_remote_code)
         if adapter:
-            from peft import PeftModel
+            from medtune.models.load import merge_adapter
 
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            model = merge_adapter(model, str(adapter))
         # The adapter dir (if any) holds the tokenizer + template saved by training.
         tok_dir = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
         tokenizer = load_tokenizer(tok_dir, template, trust_remote_code)

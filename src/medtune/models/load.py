@@ -101,16 +101,26 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remot
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if is_adapter_dir(path):
-        from peft import PeftModel
-
-        base = load_model(adapter_base(path), dtype, device, trust_remote_code)
-        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
-        # A new adapter trained on top must record this dir (not the bare base) as its parent.
-        merged.name_or_path = merged.config._name_or_path = str(path)
-        return merged
+        return merge_adapter(load_model(adapter_base(path), dtype, device, trust_remote_code), path)
     check_model_path(path)
     model = _from_pretrained(
         AutoModelForCausalLM, path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
     return model.to(device)
+
+
+def merge_adapter(model, adapter_dir: str):
+    """Return ``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights."""
+    from peft import PeftModel
+
+    if not is_adapter_dir(adapter_dir):
+        raise MedtuneError(f"'{adapter_dir}' is not an adapter dir (no adapter_config.json)")
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise MedtuneError(
+            f"'{adapter_dir}': adapter weights must be adapter_model.safetensors (pickle files are not loaded)"
+        )
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    # A new adapter trained on top must record this dir (not the bare base) as its parent.
+    merged.name_or_path = merged.config._name_or_path = str(adapter_dir)
+    return merged

@@ -141,7 +141,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
     records = [r for f in files for r in f.records]
     rng = random.Random(cfg.train.seed)
     rng.shuffle(records)
-    n_eval = int(round(len(records) * cfg.data.eval_split))
+    n_eval = round(len(records) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
     stats = TokenStats()
