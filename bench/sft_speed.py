@@ -141,7 +141,7 @@ def main() -> int:
     ratio = rows["trl SFTTrainer"]["train_s"] / rows["medtune sft"]["train_s"]
     report = (f"\n## sft_speed — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n"
-              f"`python bench/sft_speed.py --records {args.records}`: tiny Llama (hidden 256, 4 layers, "
+              f"`python bench/sft_speed.py {' '.join(sys.argv[1:])}`: tiny Llama (hidden 256, 4 layers, "
               f"vocab 8000), first {args.records} HuaTuo records ({tokens} real tokens), LoRA r8 all-linear, "
               f"cutoff 512, batch 8, 1 epoch, fp32 CPU.\n\n{table(rows, tokens)}\n\n"
               f"**Speed-up (TRL train time / medtune train time): {ratio:.2f}×**\n")
