@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import publish
+
 CASES = {
     "python -c pass (floor)": [sys.executable, "-c", "pass"],
     "medtune --help": [sys.executable, "-m", "medtune", "--help"],
@@ -45,10 +47,7 @@ def main() -> int:
     lines += [f"| {name} | {sec:.3f} |" for name, sec in results.items()]
     lines.append(f"\n**`medtune --help` is {heavy:.1f}× faster than importing torch + transformers.**\n")
     report = "\n".join(lines)
-    print(report)
-    if not args.no_append:
-        with (ROOT / "BENCHMARKS.md").open("a", encoding="utf-8") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
     return 0
 
 

@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import publish
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -145,10 +148,7 @@ def main() -> int:
               f"vocab 8000), first {args.records} HuaTuo records ({tokens} real tokens), LoRA r8 all-linear, "
               f"cutoff 512, batch 8, 1 epoch, fp32 CPU.\n\n{table(rows, tokens)}\n\n"
               f"**Speed-up (TRL train time / medtune train time): {ratio:.2f}×**\n")
-    print(report)
-    if not args.no_append:
-        with (ROOT / "BENCHMARKS.md").open("a", encoding="utf-8") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
     return 0
 
 

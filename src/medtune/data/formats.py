@@ -127,36 +127,30 @@ def _msg(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-def _sharegpt_turns(turns: list, label: str) -> list[dict]:
-    """``[{"from", "value"}, ...]`` -> messages, checking types and ``from`` values."""
+def _turns(turns: list, label: str, role_key: str, text_key: str, roles: dict) -> list[dict]:
+    """Turn dicts -> messages, checking types; ``roles`` maps the source's role names to ours."""
     out = []
     for i, turn in enumerate(turns):
         name = f"{label}[{i}]"
         if not isinstance(turn, dict):
             raise _Bad(f'field "{name}" must be an object, got {_type(turn)}')
-        source = _get(turn, "from", label=f"{name}.from")
-        if source not in _FROM:
+        role = _get(turn, role_key, label=f"{name}.{role_key}")
+        if role not in roles:
             raise _Bad(
-                f'field "{name}.from" has unknown value {source!r}' + did_you_mean(source, _FROM)
+                f'field "{name}.{role_key}" has unknown value {role!r}' + did_you_mean(role, roles)
             )
-        out.append(_msg(_FROM[source], _get(turn, "value", label=f"{name}.value")))
+        out.append(_msg(roles[role], _get(turn, text_key, label=f"{name}.{text_key}")))
     return out
+
+
+def _sharegpt_turns(turns: list, label: str) -> list[dict]:
+    """``[{"from", "value"}, ...]`` -> messages."""
+    return _turns(turns, label, "from", "value", _FROM)
 
 
 def _message_turns(turns: list, label: str) -> list[dict]:
-    """``[{"role", "content"}, ...]`` -> messages, checking types and roles."""
-    out = []
-    for i, turn in enumerate(turns):
-        name = f"{label}[{i}]"
-        if not isinstance(turn, dict):
-            raise _Bad(f'field "{name}" must be an object, got {_type(turn)}')
-        role = _get(turn, "role", label=f"{name}.role")
-        if role not in _ROLES:
-            raise _Bad(
-                f'field "{name}.role" has unknown value {role!r}' + did_you_mean(role, _ROLES)
-            )
-        out.append(_msg(role, _get(turn, "content", label=f"{name}.content")))
-    return out
+    """``[{"role", "content"}, ...]`` -> messages."""
+    return _turns(turns, label, "role", "content", {r: r for r in _ROLES})
 
 
 def _check_turns(msgs: list[dict], label: str, last: str = "assistant") -> list[dict]:
