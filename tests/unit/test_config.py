@@ -47,7 +47,9 @@ def test_unknown_top_level_key():
     ({"train__batch_size": "eight"}, r"train.batch_size: expected int"),
     ({"data__overlength": "drop"}, r"data.overlength: 'drop' is not allowed"),
     ({"model__dtype": "fp32"}, r"model.dtype: 'fp32' is not allowed"),
-    ({"data__packing": "maybe"}, r"data.packing: expected true or false"),
+    ({"data__packing": "maybe"}, r"data.packing: 'maybe' is not allowed"),
+    ({"from": "pt"}, r"from: only pipeline stages"),
+    ({"stage": "pt", "data__train_on_prompt": True}, r"train_on_prompt does not apply to pt"),
     ({"stage": "stf"}, r"stage: 'stf' is not a stage \(did you mean 'sft'\?\)"),
     ({"stage": "dpo"}, r"stage 'dpo' is not implemented"),
     ({"adapter__method": "qlora"}, r"adapter.method 'qlora' is not implemented"),
@@ -63,7 +65,7 @@ def test_overrides_parse_yaml_values():
     data = apply_overrides(BASE, ["train.learning_rate=1e-3", "data.packing=true", "output=x/y"])
     cfg = stage_from_dict(data, "run.yaml")
     assert cfg.train.learning_rate == pytest.approx(1e-3)
-    assert cfg.data.packing is True and cfg.output == "x/y"
+    assert cfg.data.packing == "true" and cfg.output == "x/y"
     assert BASE["output"] == "out"  # the input is not mutated
 
 

@@ -60,6 +60,14 @@ def test_encode_texts_splits_into_blocks(tiny):
     assert sum(len(p["input_ids"]) for p in pieces) == len(tok("高血压的典型症状是头痛头晕。" * 10)["input_ids"]) + 1
 
 
+def test_encode_texts_skip_drops_and_counts_long_documents(tiny):
+    _, tok = tiny
+    stats = TokenStats()
+    pieces = encode_texts(tok, ["短文。", "高血压的典型症状是头痛头晕。" * 10], block_size=16, overlength="skip",
+                          stats=stats)
+    assert len(pieces) == 1 and stats.skipped == {"overlength": 1} and stats.examples == 1
+
+
 def test_pack_sequences_keeps_every_token_once(tiny):
     _, tok = tiny
     examples = encode_conversations(tok, CONVERSATIONS * 3, 128)

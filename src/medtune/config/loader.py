@@ -106,6 +106,7 @@ def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
         model = {**{k: v for k, v in base.__dict__.items()}, **(raw.get("model") or {})}
         model["path"] = outputs[start] if start else previous
         raw.update(name=name, model=model)
+        raw.pop("from", None)  # resolved into model.path above
         raw.setdefault("output", str(root / name))
         cfg = stage_from_dict(raw, f"{src}: stages[{i}] ({name})")
         outputs[name] = previous = cfg.output

@@ -44,8 +44,12 @@ class DataConfig:
     format: str = "auto"  # alpaca|sharegpt|messages|text|preference; auto-detected per file
     eval_split: float = 0.0  # fraction held out for eval loss (0 = none)
     max_length: int = 1024  # tokens per sample (pt: block size)
+    # sft: truncate keeps the start of a long sample; pt: truncate splits a long document into
+    # blocks (nothing lost). skip drops it. Both are counted in lineage.json.
     overlength: str = field(default="truncate", metadata=_choices("truncate", "skip"))
-    packing: bool = False  # true: several samples per row, isolated by position ids (pays on GPU)
+    # Several samples per row, isolated by position ids. auto: on for pt, off for sft (on CPU
+    # packed rows are slower than length-grouped batches; packing pays with FlashAttention on GPU).
+    packing: str = field(default="auto", metadata=_choices("auto", "true", "false"))
     train_on_prompt: bool = False  # false: loss on assistant tokens only
 
 
@@ -123,6 +127,8 @@ def _coerce(value, tp, key: str, src: str):
             raise MedtuneError(f"{src}: {key}: expected {tp.__name__}, got {value!r}") from None
         return number
     if tp is str:
+        if isinstance(value, bool):  # YAML true/false for a tri-state such as data.packing
+            return "true" if value else "false"
         if isinstance(value, (dict, list)) or value is None:
             raise MedtuneError(f"{src}: {key}: expected a string, got {value!r}")
         return str(value)
@@ -164,6 +170,10 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
         raise MedtuneError(f"{src}: adapter.method '{method}' is not implemented in this version (available: full, lora)")
     if method not in ADAPTER_METHODS:
         raise MedtuneError(f"{src}: adapter.method: '{method}' is not allowed" + did_you_mean(method, ADAPTER_METHODS))
+    if cfg.from_:
+        raise MedtuneError(f"{src}: from: only pipeline stages start from another stage")
+    if cfg.stage == "pt" and cfg.data.train_on_prompt:
+        raise MedtuneError(f"{src}: data.train_on_prompt does not apply to pt (every token is learned)")
     if not cfg.model.path:
         raise MedtuneError(f"{src}: model.path is required")
     if not cfg.data.train:

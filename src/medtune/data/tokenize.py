@@ -63,13 +63,20 @@ def encode_conversations(tokenizer, conversations, max_length: int, overlength: 
     return out
 
 
-def encode_texts(tokenizer, texts, block_size: int, stats: TokenStats | None = None) -> list[dict]:
-    """Return pretraining pieces: each text + eos, split into chunks of at most ``block_size``."""
+def encode_texts(tokenizer, texts, block_size: int, overlength: str = "truncate",
+                 stats: TokenStats | None = None) -> list[dict]:
+    """Return pretraining pieces: each text + eos, split into chunks of at most ``block_size``.
+
+    ``overlength="skip"`` drops (and counts) documents longer than one block instead of splitting.
+    """
     stats = stats or TokenStats()
     eos = tokenizer.eos_token_id
     out = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        if len(ids) > block_size and overlength == "skip":
+            stats.skip("overlength")
+            continue
         stats.examples += 1
         for start in range(0, len(ids), block_size):
             chunk = ids[start : start + block_size]

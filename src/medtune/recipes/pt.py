@@ -8,11 +8,12 @@ Example::
 from __future__ import annotations
 
 SHAPE = "text"
-ALWAYS_PACK = True  # documents share blocks, isolated from each other by position ids
+PACK_BY_DEFAULT = True  # documents share blocks, isolated from each other by position ids
 
 
 def make_examples(cfg, tokenizer, records, stats):
     """Return pretraining pieces (every token learned) for ``records`` of shape text."""
     from medtune.data.tokenize import encode_texts
 
-    return encode_texts(tokenizer, (r["text"] for r in records), cfg.data.max_length, stats)
+    d = cfg.data
+    return encode_texts(tokenizer, (r["text"] for r in records), d.max_length, d.overlength, stats)

@@ -149,7 +149,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
     evals = recipe.make_examples(cfg, tokenizer, records[:n_eval], TokenStats())
     if not train:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
-    if cfg.data.packing or recipe.ALWAYS_PACK:
+    if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT):
         train = pack_sequences(train, cfg.data.max_length)
         evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
         stats.rows = len(train)

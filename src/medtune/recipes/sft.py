@@ -8,7 +8,7 @@ Example::
 from __future__ import annotations
 
 SHAPE = "messages"
-ALWAYS_PACK = False  # packing is opt-in (data.packing): it pays with FlashAttention varlen on GPU
+PACK_BY_DEFAULT = False  # data.packing: true opts in; it pays with FlashAttention varlen on GPU
 
 
 def make_examples(cfg, tokenizer, records, stats):
