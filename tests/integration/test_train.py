@@ -163,3 +163,17 @@ def test_resumed_run_equals_uninterrupted_run(tiny_dir, tmp_path):
     wa, wb = weights(whole.output / "model.safetensors"), weights(resumed.output / "model.safetensors")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_tokenization_is_cached_across_runs(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    data = sft_data(tmp_path)
+    first = run_stage(config(tiny_dir, data, tmp_path / "one", train={"max_steps": 2}), quiet=True)
+    second = run_stage(config(tiny_dir, data, tmp_path / "two", train={"max_steps": 2}), quiet=True)
+    lineages = [json.loads((r.output / "lineage.json").read_text())["tokenization"] for r in (first, second)]
+    assert [t["from_cache"] for t in lineages] == [False, True]
+    assert lineages[0]["label_tokens"] == lineages[1]["label_tokens"]
+    assert first.metrics["train_loss"] == pytest.approx(second.metrics["train_loss"], rel=1e-6)
+    third = run_stage(config(tiny_dir, data, tmp_path / "three", data={"max_length": 64},
+                             train={"max_steps": 2}), quiet=True)  # another setting: tokenized anew
+    assert json.loads((third.output / "lineage.json").read_text())["tokenization"]["from_cache"] is False

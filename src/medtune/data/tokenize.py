@@ -23,6 +23,7 @@ class TokenStats:
     skipped: dict[str, int] = field(default_factory=dict)
     real_tokens: int = 0  # tokens that carry a label
     rows: int = 0  # rows after packing / splitting
+    from_cache: bool = False  # True when a previous run's tokenization was reused
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

@@ -11,8 +11,11 @@ the rest, so a fix here reaches every stage. Example::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -52,17 +55,20 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
         return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
     started = time.time()
     files, tokenizer, model = load_inputs(cfg, recipe.SHAPE)
-    train_rows, eval_rows, stats = build_rows(cfg, recipe, tokenizer, files)
+    train_set, eval_set, stats = build_rows(cfg, recipe, tokenizer, files)
     claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
+    from transformers import set_seed
+
     from medtune.models.adapters import apply_adapter, count_parameters
 
+    set_seed(cfg.train.seed)  # adapter init is random too: same config, same run
     model = apply_adapter(model, cfg.adapter)
-    trainer = build_trainer(cfg, model, tokenizer, train_rows, eval_rows, quiet)
+    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, quiet)
     for callback in callbacks:
         trainer.add_callback(callback)
     resume = _last_checkpoint(out) if state == "resume" else None
     train_out = trainer.train(resume_from_checkpoint=resume)
-    metrics = collect_metrics(trainer, train_out, eval_rows)
+    metrics = collect_metrics(trainer, train_out, eval_set is not None)
     metrics["parameters"] = count_parameters(model)
     if resume:
         metrics["resumed_from"] = Path(resume).name
@@ -135,16 +141,37 @@ def _absolute_if_local(path: str) -> str:
 
 
 def build_rows(cfg: StageConfig, recipe, tokenizer, files):
-    """Return ``(train_rows, eval_rows, stats)``: tokenized, split, packed as configured."""
+    """Return ``(train, eval_or_None, stats)`` datasets: tokenized, split, packed as configured.
+
+    The result is cached as Arrow files keyed by the data hashes, tokenizer and data settings,
+    so a crashed or repeated run does not tokenize again.
+    """
+    from medtune.data.tokenize import TokenStats
+
+    key = cache_key(cfg, tokenizer, files)
+    cached = load_cached_rows(key)
+    if cached is not None:
+        return cached
+    stats = TokenStats()
+    train, evals = tokenize_rows(cfg, recipe, tokenizer, files, stats)
+    for reason, count in stats.skipped.items():
+        log.warning("skipped %d examples: %s", count, reason)
+    if stats.truncated:
+        log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
+    result = (_as_dataset(train), _as_dataset(evals) if evals else None, stats)
+    save_cached_rows(key, *result)
+    return result
+
+
+def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
+    """Return ``(train_rows, eval_rows)`` as lists of examples (packed if configured)."""
     from medtune.data.tokenize import TokenStats, pack_sequences
 
     records = [r for f in files for r in f.records]
-    rng = random.Random(cfg.train.seed)
-    rng.shuffle(records)
+    random.Random(cfg.train.seed).shuffle(records)
     n_eval = round(len(records) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
-    stats = TokenStats()
     train = recipe.make_examples(cfg, tokenizer, records[n_eval:], stats)
     evals = recipe.make_examples(cfg, tokenizer, records[:n_eval], TokenStats())
     if not train:
@@ -153,11 +180,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
         train = pack_sequences(train, cfg.data.max_length)
         evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
         stats.rows = len(train)
-    for reason, count in stats.skipped.items():
-        log.warning("skipped %d examples: %s", count, reason)
-    if stats.truncated:
-        log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
-    return train, evals, stats
+    return train, evals
 
 
 def _as_dataset(rows):
@@ -166,7 +189,58 @@ def _as_dataset(rows):
     return Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
 
 
-def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, quiet: bool):
+def cache_dir() -> Path:
+    """Return where tokenized datasets are cached (``$MEDTUNE_CACHE`` or ~/.cache/medtune)."""
+    return Path(os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune") / "tokenized"
+
+
+def cache_key(cfg: StageConfig, tokenizer, files) -> str | None:
+    """Return a hash of everything tokenization depends on (None: tokenizer cannot be hashed)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    parts = {
+        "version": 1, "stage": cfg.stage, "seed": cfg.train.seed,
+        "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "train"},
+        "files": [(f.sha256, f.format) for f in files],
+        "tokenizer": hashlib.sha256(backend.to_str().encode()).hexdigest(),
+        "template": tokenizer.chat_template, "special": tokenizer.special_tokens_map,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_cached_rows(key):
+    """Return ``(train, eval, stats)`` from the cache, or None."""
+    from datasets import load_from_disk
+
+    from medtune.data.tokenize import TokenStats
+
+    path = cache_dir() / key if key else None
+    if path is None or not (path / "stats.json").is_file():
+        return None
+    stats = TokenStats(**json.loads((path / "stats.json").read_text(encoding="utf-8")))
+    stats.from_cache = True
+    evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+    log.info("tokenized data loaded from cache %s", path)
+    return load_from_disk(str(path / "train")), evals, stats
+
+
+def save_cached_rows(key, train, evals, stats) -> None:
+    """Write tokenized datasets to the cache (atomically: a crash leaves no partial entry)."""
+    if not key:
+        return
+    final = cache_dir() / key
+    tmp = final.with_name(f".{key}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train.save_to_disk(str(tmp / "train"))
+    if evals is not None:
+        evals.save_to_disk(str(tmp / "eval"))
+    (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def build_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, quiet: bool):
     """Return a transformers ``Trainer`` wired with medtune's collator and length-grouped batches."""
     import torch
     from transformers import Trainer, TrainingArguments
@@ -194,7 +268,7 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
         save_strategy={0: "epoch", -1: "no"}.get(t.save_steps, "steps"),
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        eval_strategy="epoch" if eval_rows else "no",
+        eval_strategy="epoch" if eval_set is not None else "no",
         seed=t.seed,
         data_seed=t.seed,
         use_cpu=on_cpu,
@@ -207,8 +281,8 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=_as_dataset(train_rows),
-        eval_dataset=_as_dataset(eval_rows) if eval_rows else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
@@ -219,7 +293,7 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_rows, eval_rows, qui
     return trainer
 
 
-def collect_metrics(trainer, train_out, eval_rows) -> dict:
+def collect_metrics(trainer, train_out, has_eval: bool) -> dict:
     """Return the run's headline metrics: losses, steps, throughput."""
     m = dict(train_out.metrics)
     metrics = {
@@ -231,7 +305,7 @@ def collect_metrics(trainer, train_out, eval_rows) -> dict:
     if losses:
         metrics["first_logged_loss"] = losses[0]
         metrics["last_logged_loss"] = losses[-1]
-    if eval_rows:
+    if has_eval:
         metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
     return metrics
 
@@ -277,7 +351,7 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
         ],
         "tokenization": {
             "examples": stats.examples, "rows": stats.rows, "truncated": stats.truncated,
-            "skipped": stats.skipped, "label_tokens": stats.real_tokens,
+            "skipped": stats.skipped, "label_tokens": stats.real_tokens, "from_cache": stats.from_cache,
         },
         "libraries": library_versions(),
         "metrics": metrics,
