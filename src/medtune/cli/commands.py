@@ -17,6 +17,11 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format="%(message)s")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if not verbose:
+        import warnings
+
+        # Library deprecation chatter (e.g. peft calling renamed transformers APIs) is not actionable.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         for name in ("transformers", "datasets", "peft", "accelerate", "torch"):

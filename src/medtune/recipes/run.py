@@ -45,6 +45,9 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
 
     ``callbacks`` are extra transformers ``TrainerCallback`` objects (progress hooks, tests).
     """
+    from transformers import set_seed
+
+    from medtune.models.adapters import apply_adapter, count_parameters
     from medtune.recipes import RECIPES
 
     recipe = RECIPES[cfg.stage]
@@ -57,10 +60,6 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     files, tokenizer, model = load_inputs(cfg, recipe.SHAPE)
     train_set, eval_set, stats = build_rows(cfg, recipe, tokenizer, files)
     claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
-    from transformers import set_seed
-
-    from medtune.models.adapters import apply_adapter, count_parameters
-
     set_seed(cfg.train.seed)  # adapter init is random too: same config, same run
     model = apply_adapter(model, cfg.adapter)
     trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, quiet)
