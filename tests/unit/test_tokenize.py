@@ -116,3 +116,19 @@ def test_collator_pads_and_masks(tiny):
     packed = Collator(tok.pad_token_id)(pack_sequences(examples, 256) + [examples[0] | {"position_ids": list(range(n0))}])
     assert "attention_mask" not in packed
     assert packed["position_ids"][1, n0] == 0  # padding starts a segment of its own
+
+
+@pytest.mark.parametrize("name", __import__("medtune.data.templates", fromlist=["x"]).TEMPLATE_NAMES)
+def test_every_template_trains_on_the_final_reply_with_a_tokenizer_lacking_bos(tiny, name):
+    from medtune.data.templates import template_source
+
+    _, tok = tiny
+    assert tok.bos_token is None
+    original = tok.chat_template
+    tok.chat_template = template_source(name)
+    try:
+        ids, labels = encode_conversation(tok, CONVERSATIONS[1])
+    finally:
+        tok.chat_template = original
+    assert "应避免高糖饮食。" in learned_text(tok, ids, labels)
+    assert "需要避免什么" not in learned_text(tok, ids, labels)  # the user turn is never learned

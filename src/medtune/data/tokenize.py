@@ -29,11 +29,26 @@ class TokenStats:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
+def apply_template(tokenizer, messages, **kwargs):
+    """Return ``tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)``.
+
+    A tokenizer without a bos/eos token renders those template variables as "" instead of failing;
+    template errors become one-line MedtuneErrors.
+    """
+    from jinja2 import TemplateError
+
+    from medtune.errors import MedtuneError
+
+    tokens = {k: getattr(tokenizer, k) or "" for k in ("bos_token", "eos_token")}
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **tokens, **kwargs)
+    except TemplateError as exc:
+        raise MedtuneError(f"chat template failed to render: {exc}") from None
+
+
 def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
     """Return ``(input_ids, labels)`` for one conversation rendered with the tokenizer's template."""
-    enc = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
+    enc = apply_template(tokenizer, messages, return_assistant_tokens_mask=True)
     ids = list(enc["input_ids"])
     mask = enc["assistant_masks"]
     if train_on_prompt:

@@ -79,8 +79,9 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """Return the token ids of ``messages`` rendered with the generation prompt."""
-        return list(self.tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+        from medtune.data.tokenize import apply_template
+
+        return list(apply_template(self.tokenizer, messages, add_generation_prompt=True)["input_ids"])
 
     def _generate_args(self, ids, overrides) -> dict:
         import torch
