@@ -124,3 +124,18 @@ def test_pipeline_runs_stages_in_order(workspace, tmp_path):
 
     reply, history = ChatModel.load(tmp_path / "pipe" / "sft", max_new_tokens=4).chat("你好")
     assert len(history) == 2 and history[1]["content"] == reply
+
+
+def test_model_tiny_with_own_text_and_bad_text(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("发热是体温升高。\nFever means a raised body temperature.\n" * 20, encoding="utf-8")
+    proc = medtune("-q", "model", "tiny", "--text", corpus, "--vocab-size", "300", "-o", tmp_path / "m")
+    assert proc.returncode == 0, proc.stderr
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert tok.decode(tok("发热是体温升高。")["input_ids"]) == "发热是体温升高。"
+    assert_one_line_error(medtune("model", "tiny", "--text", tmp_path / "nope.txt", "-o", tmp_path / "x"),
+                          "nope.txt: no such text file")
+    assert_one_line_error(medtune("model", "tiny", "--arch", "gpt5", "-o", tmp_path / "y"),
+                          "unknown arch 'gpt5'")

@@ -101,9 +101,10 @@ def test_packed_forward_with_kv_cache_leaks_across_samples(tiny):
     examples = encode_conversations(tok, CONVERSATIONS * 2, 256)
     collate = Collator(tok.pad_token_id)
     packed_batch = collate(pack_sequences(examples, 256))
-    isolated = batch_loss(model, packed_batch, use_cache=False)
-    leaked = batch_loss(model, packed_batch, use_cache=True)
-    assert abs(isolated - leaked) > 1e-4
+    with torch.no_grad():
+        isolated = model(**packed_batch, use_cache=False).logits
+        leaked = model(**packed_batch, use_cache=True).logits
+    assert (isolated - leaked).abs().max().item() > 1e-3
 
 
 def test_collator_pads_and_masks(tiny):

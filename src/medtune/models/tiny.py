@@ -32,13 +32,22 @@ class TinySpec:
 
 
 def bundled_text() -> list[str]:
-    """Return the lines of the package's sample medical text (tokenizer training default)."""
-    lines = []
-    for name in ("pretrain.txt", "corpus_extra.txt"):
-        res = resources.files("medtune.assets.sample").joinpath(name)
-        if res.is_file():
-            lines += [ln for ln in res.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return lines
+    """Return the texts of the package's sample data (Chinese and English): the default corpus."""
+    from medtune.data.formats import read_file
+
+    texts = []
+    for res in sorted(resources.files("medtune.assets.sample").iterdir(), key=lambda r: r.name):
+        if res.name.endswith((".txt", ".json", ".jsonl")):
+            texts += [t for rec in read_file(str(res)).records for t in _record_texts(rec)]
+    return texts
+
+
+def _record_texts(record: dict) -> list[str]:
+    """Return the strings of a unified record (text, messages or preference shape)."""
+    if "text" in record:
+        return [record["text"]]
+    turns = [m for key in ("messages", "prompt", "chosen", "rejected") for m in record.get(key, [])]
+    return [m["content"] for m in turns]
 
 
 def train_tokenizer(texts, vocab_size: int):
