@@ -83,27 +83,23 @@ class ChatModel:
 
         return list(apply_template(self.tokenizer, messages, add_generation_prompt=True)["input_ids"])
 
-    def _generate_args(self, ids, overrides) -> dict:
+    def _generate_args(self, prompts, overrides) -> dict:
+        """Return ``generate`` kwargs for token-id ``prompts`` (left-padded into one batch)."""
         import torch
 
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
         settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
-        input_ids = torch.tensor([ids], device=self.model.device)
-        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                    **self._stop_text_args(), **settings.kwargs())
-
-    def _stop_text_args(self) -> dict:
-        return {"stop_strings": self.stop_texts, "tokenizer": self.tokenizer} if self.stop_texts else {}
+        stops = {"stop_strings": self.stop_texts, "tokenizer": self.tokenizer} if self.stop_texts else {}
+        return dict(input_ids=ids, attention_mask=mask, eos_token_id=self.stop_ids, pad_token_id=pad,
+                    **stops, **settings.kwargs())
 
     def chat(self, query: str, history=None, system: str | None = None, **overrides):
         """Return ``(reply, history)`` where history now ends with this exchange."""
-        import torch
-
         messages = _with_query(history, query, system)
-        ids = self.prompt_ids(messages)
-        with torch.no_grad():
-            out = self.model.generate(**self._generate_args(ids, overrides))
-        reply = self._decode(out[0, len(ids):])
+        reply = self.generate_batch([self.prompt_ids(messages)], **overrides)[0]
         return reply, _drop_system(messages, system) + [{"role": "assistant", "content": reply}]
 
     def stream_chat(self, query: str, history=None, system: str | None = None, **overrides):
@@ -114,7 +110,7 @@ class ChatModel:
 
         messages = _with_query(history, query, system)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        args = self._generate_args(self.prompt_ids(messages), overrides)
+        args = self._generate_args([self.prompt_ids(messages)], overrides)
         thread = Thread(target=self.model.generate, kwargs={**args, "streamer": streamer})
         thread.start()
         try:
@@ -154,14 +150,10 @@ class ChatModel:
         """Return the decoded continuation of each token-id prompt (left-padded batch)."""
         import torch
 
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
-        settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
+        args = self._generate_args(prompts, overrides)
         with torch.no_grad():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, eos_token_id=self.stop_ids,
-                                      pad_token_id=pad, **self._stop_text_args(), **settings.kwargs())
+            out = self.model.generate(**args)
+        width = args["input_ids"].shape[1]
         return [self._decode(row[width:]) for row in out]
 
     def _decode(self, ids) -> str:
