@@ -24,7 +24,7 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        for name in ("transformers", "datasets", "peft", "accelerate", "torch"):
+        for name in ("transformers", "datasets", "peft", "accelerate", "torch", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if quiet:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
