@@ -105,3 +105,16 @@ def test_pipeline_bad_from_and_override_by_name():
     raw["stages"][0].pop("from")
     stages = pipeline_from_dict(apply_overrides(raw, ["stages.a.train.epochs=1"]), "pipe.yaml")
     assert stages[0].train.epochs == 1.0
+
+
+def test_stage_and_pipeline_files_are_not_confused(tmp_path):
+    from medtune.config import load_pipeline_config
+
+    stage = tmp_path / "stage.yaml"
+    stage.write_text("stage: sft\n", encoding="utf-8")
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text("stages: []\n", encoding="utf-8")
+    with pytest.raises(MedtuneError, match="run it with medtune train"):
+        load_pipeline_config(stage)
+    with pytest.raises(MedtuneError, match="run it with medtune pipeline"):
+        load_stage_config(pipe)

@@ -70,7 +70,10 @@ def stage_from_dict(data: dict, src: str) -> StageConfig:
 
 def load_stage_config(path, overrides=()) -> StageConfig:
     """Return the validated stage config in YAML ``path`` with command-line overrides applied."""
-    return stage_from_dict(apply_overrides(read_yaml(path), overrides), str(path))
+    data = read_yaml(path)
+    if "stages" in data and "stage" not in data:
+        raise MedtuneError(f"{path}: this is a pipeline config (it has 'stages:'); run it with medtune pipeline")
+    return stage_from_dict(apply_overrides(data, overrides), str(path))
 
 
 def save_config(cfg: StageConfig, path) -> None:
@@ -116,4 +119,7 @@ def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
 
 def load_pipeline_config(path, overrides=()) -> list[StageConfig]:
     """Return the validated stages of pipeline YAML ``path`` with overrides applied."""
-    return pipeline_from_dict(apply_overrides(read_yaml(path), overrides), str(path))
+    data = read_yaml(path)
+    if "stage" in data and "stages" not in data:
+        raise MedtuneError(f"{path}: this is a stage config (it has 'stage:'); run it with medtune train")
+    return pipeline_from_dict(apply_overrides(data, overrides), str(path))
