@@ -133,3 +133,22 @@ def test_every_template_trains_on_the_final_reply_with_a_tokenizer_lacking_bos(t
         tok.chat_template = original
     assert "应避免高糖饮食。" in learned_text(tok, ids, labels)
     assert "需要避免什么" not in learned_text(tok, ids, labels)  # the user turn is never learned
+
+
+def test_templates_without_generation_blocks_mask_by_prefix(tiny):
+    """A checkpoint's own template (template: auto) usually lacks {% generation %} blocks."""
+    from medtune.data.templates import template_source
+
+    _, tok = tiny
+    plain = template_source("chatml").replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    assert "{%- generation" not in plain and "endgeneration" not in plain
+    original = tok.chat_template
+    tok.chat_template = plain
+    try:
+        ids, labels = encode_conversation(tok, CONVERSATIONS[1])
+    finally:
+        tok.chat_template = original
+    reference_ids, _ = encode_conversation(tok, CONVERSATIONS[1])
+    assert ids == reference_ids
+    # Each reply, its end marker and the turn's newline are learned; nothing of the prompt is.
+    assert learned_text(tok, ids, labels) == "糖尿病的一线用药是二甲双胍。<|im_end|>\n应避免高糖饮食。<|im_end|>\n"

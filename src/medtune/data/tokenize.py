@@ -9,9 +9,11 @@ cache are given: run packed forward passes with ``use_cache=False``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 IGNORE = -100
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 @dataclass
@@ -47,13 +49,50 @@ def apply_template(tokenizer, messages, **kwargs):
 
 
 def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
-    """Return ``(input_ids, labels)`` for one conversation rendered with the tokenizer's template."""
-    enc = apply_template(tokenizer, messages, return_assistant_tokens_mask=True)
-    ids = list(enc["input_ids"])
-    mask = enc["assistant_masks"]
+    """Return ``(input_ids, labels)`` for one conversation rendered with the tokenizer's template.
+
+    Templates with ``{% generation %}`` blocks (all built-ins) mark the learned tokens themselves;
+    for others (most checkpoints' own templates, ``template: auto``) the assistant spans are found
+    by rendering each conversation prefix (see ``prefix_assistant_mask``).
+    """
+    if _GENERATION_TAG.search(tokenizer.chat_template or ""):
+        enc = apply_template(tokenizer, messages, return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"]), enc["assistant_masks"]
+    else:
+        ids, mask = prefix_assistant_mask(tokenizer, messages)
     if train_on_prompt:
         return ids, list(ids)
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
+
+
+def _render(tokenizer, messages, **kwargs) -> str:
+    tokens = {k: getattr(tokenizer, k) or "" for k in ("bos_token", "eos_token")}
+    return tokenizer.apply_chat_template(messages, tokenize=False, **tokens, **kwargs)
+
+
+def prefix_assistant_mask(tokenizer, messages):
+    """Return ``(input_ids, mask)`` where mask is 1 on the tokens of each assistant reply.
+
+    Reply ``i`` is the text between ``render(messages[:i], add_generation_prompt=True)`` and
+    ``render(messages[:i+1])``; the whole conversation is tokenized once and tokens are marked by
+    their character offsets. Templates that rewrite earlier turns cannot be split this way.
+    """
+    from medtune.errors import MedtuneError
+
+    full = _render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
+        upto = _render(tokenizer, messages[: i + 1])
+        if not full.startswith(upto) or start > len(upto):
+            raise MedtuneError("the chat template renders a conversation differently from its prefixes; "
+                               "set model.template to a built-in template")
+        spans.append((start, len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
 
 
 def encode_conversations(tokenizer, conversations, max_length: int, overlength: str = "truncate",
