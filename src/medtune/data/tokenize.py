@@ -79,6 +79,9 @@ def prefix_assistant_mask(tokenizer, messages):
     """
     from medtune.errors import MedtuneError
 
+    if not getattr(tokenizer, "is_fast", False):
+        raise MedtuneError("the tokenizer's own chat template marks no assistant spans and the tokenizer "
+                           "gives no character offsets; set model.template to a built-in template")
     full = _render(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
