@@ -56,6 +56,7 @@ def test_sft_full_changes_every_weight_and_loss_falls(tiny_dir, tmp_path):
     assert lineage["metrics"]["parameters"]["trainable"] == lineage["metrics"]["parameters"]["total"]
     assert (result.output / "config.yaml").is_file() and (result.output / "chat_template.jinja").is_file()
     assert not (result.output / "checkpoints").exists()
+    assert (result.output / "generation_config.json").is_file()
     from transformers import (  # plain HF loads it, template included
         AutoModelForCausalLM,
         AutoTokenizer,

@@ -37,13 +37,21 @@ def apply_template(tokenizer, messages, **kwargs):
     A tokenizer without a bos/eos token renders those template variables as "" instead of failing;
     template errors become one-line MedtuneErrors.
     """
+    return _call_template(tokenizer, messages, tokenize=True, return_dict=True, **kwargs)
+
+
+def _render(tokenizer, messages, **kwargs) -> str:
+    return _call_template(tokenizer, messages, tokenize=False, **kwargs)
+
+
+def _call_template(tokenizer, messages, **kwargs):
     from jinja2 import TemplateError
 
     from medtune.errors import MedtuneError
 
     tokens = {k: getattr(tokenizer, k) or "" for k in ("bos_token", "eos_token")}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **tokens, **kwargs)
+        return tokenizer.apply_chat_template(messages, **tokens, **kwargs)
     except TemplateError as exc:
         raise MedtuneError(f"chat template failed to render: {exc}") from None
 
@@ -63,11 +71,6 @@ def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
     if train_on_prompt:
         return ids, list(ids)
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
-
-
-def _render(tokenizer, messages, **kwargs) -> str:
-    tokens = {k: getattr(tokenizer, k) or "" for k in ("bos_token", "eos_token")}
-    return tokenizer.apply_chat_template(messages, tokenize=False, **tokens, **kwargs)
 
 
 def prefix_assistant_mask(tokenizer, messages):

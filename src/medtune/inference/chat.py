@@ -55,10 +55,10 @@ class ChatModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.settings = settings or GenerationSettings()
-        self.stop_ids = _stop_token_ids(model, tokenizer)
-        vocab = tokenizer.get_vocab()
+        vocab, markers = tokenizer.get_vocab(), template_stop_markers(tokenizer)
+        self.stop_ids = _stop_token_ids(model, tokenizer, [vocab[m] for m in markers if m in vocab])
         # Markers the tokenizer splits into several tokens are matched as text.
-        self.stop_texts = [m for m in template_stop_markers(tokenizer) if m not in vocab]
+        self.stop_texts = [m for m in markers if m not in vocab]
 
     @classmethod
     def load(cls, path, adapter=None, device="auto", dtype="auto", trust_remote_code=False,
@@ -190,13 +190,12 @@ def template_stop_markers(tokenizer) -> list[str]:
     return sorted({m for name in TEMPLATE_NAMES for m in stop_strings(name) if m in source})
 
 
-def _stop_token_ids(model, tokenizer) -> list[int]:
-    """Return the ids that end a reply: generation-config eos, tokenizer eos, single-token markers."""
+def _stop_token_ids(model, tokenizer, marker_ids) -> list[int]:
+    """Return the ids that end a reply: generation-config eos, tokenizer eos, ``marker_ids``."""
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[m] for m in template_stop_markers(tokenizer) if m in vocab)
+    ids.update(marker_ids)
     return sorted(ids)

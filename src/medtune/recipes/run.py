@@ -71,7 +71,7 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     metrics["parameters"] = count_parameters(model)
     if resume:
         metrics["resumed_from"] = Path(resume).name
-    save_outputs(trainer.model, tokenizer, cfg, out)
+    save_outputs(trainer.model, tokenizer, out)
     history = trainer.state.log_history
     (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     write_lineage(cfg, out, files, stats, metrics, started)
@@ -309,16 +309,12 @@ def collect_metrics(trainer, train_out, has_eval: bool) -> dict:
     return metrics
 
 
-def save_outputs(model, tokenizer, cfg: StageConfig, out: Path) -> None:
+def save_outputs(model, tokenizer, out: Path) -> None:
     """Save HF-native weights (full model or PEFT adapter) and the tokenizer with its template."""
-    model.config.use_cache = True
     base = getattr(model, "get_base_model", lambda: model)()
-    base.config.use_cache = True
-    model.save_pretrained(out, safe_serialization=True)
+    base.config.use_cache = True  # turned off for training; inference wants it
+    model.save_pretrained(out, safe_serialization=True)  # full models: generation_config.json too
     tokenizer.save_pretrained(out)
-    gen = getattr(base, "generation_config", None)
-    if gen is not None and cfg.adapter.method == "full":
-        gen.save_pretrained(out)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # resumable state is not needed once done
 
 
