@@ -47,14 +47,34 @@ def error_of(path, format="auto"):
 
 
 def test_registry_constants():
-    assert set(FORMATS) == {"alpaca", "sharegpt", "messages", "text", "preference"}
+    assert set(FORMATS) == {"alpaca", "sharegpt", "messages", "text", "preference", "pair", "kto"}
     assert SHAPES == {
         "alpaca": "messages",
         "sharegpt": "messages",
         "messages": "messages",
         "text": "text",
         "preference": "preference",
+        "pair": "messages",
+        "kto": "kto",
     }
+
+
+def test_pair_columns_of_the_seeds(tmp_path):
+    path = tmp_path / "adgen.json"
+    path.write_text('{"content":"类型#裙*颜色#红","summary":"这条红裙很美。"}\n{"content":"x","summary":""}\n'
+                    '{"context":"头痛","target":"多休息"}\n', encoding="utf-8")
+    got = read_file(path)
+    assert got.format == "pair" and got.skipped == {"empty summary": 1}
+    assert got.records[0]["messages"][1] == {"role": "assistant", "content": "这条红裙很美。"}
+    assert got.records[1]["messages"][0]["content"] == "头痛"
+
+
+def test_kto_label_must_be_boolean(tmp_path):
+    path = tmp_path / "kto.jsonl"
+    path.write_text('{"prompt":"头痛怎么办","completion":"多休息","label":true}\n'
+                    '{"prompt":"头痛怎么办","completion":"不用管","label":"no"}\n', encoding="utf-8")
+    with pytest.raises(MedtuneError, match=r'kto.jsonl:2: field "label" must be true or false'):
+        read_file(path)
     assert set(formats.READERS) == set(FORMATS)
 
 
@@ -366,10 +386,10 @@ def test_record_not_an_object(tmp_path):
 
 
 def test_undetectable_format(tmp_path):
-    path = write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}])
+    path = write_jsonl(tmp_path / "x.jsonl", [{"query": "q", "reply": "a"}])
     message = error_of(path)
     assert "x.jsonl:1: cannot detect the data format" in message
-    assert "question, answer" in message
+    assert "query, reply" in message
 
 
 def test_bom_single_object_and_sha256(tmp_path):

@@ -7,6 +7,8 @@ Shapes (one dict per record):
   optional system first, then user/assistant alternating, ending with an assistant turn.
 - ``preference``: ``{"prompt": [messages ending with a user turn], "chosen": [assistant msg],
   "rejected": [assistant msg]}`` (TRL's conversational preference format).
+- ``kto``:        ``{"prompt": [messages ending with a user turn], "completion": [assistant msg],
+  "label": bool}`` (unpaired feedback: was this answer desirable?).
 
 Formats are small functions ``record dict -> unified dict`` registered by name with
 :func:`register_format`. A reader raises ``_Bad`` for a problem the user must fix (it becomes a
@@ -81,7 +83,7 @@ class _Skip(Exception):
 
 def register_format(name: str, shape: str):
     """Decorator: register ``fn(record) -> unified record`` as format ``name`` producing ``shape``."""
-    if shape not in ("text", "messages", "preference"):
+    if shape not in ("text", "messages", "preference", "kto"):
         raise ValueError(f"unknown shape {shape!r}")
 
     def deco(fn):
@@ -284,16 +286,52 @@ def read_preference(rec: dict) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+# Single-turn prompt/response pairs under the column names the seeds use: ADGEN (P-Tuning v2),
+# ChatGLM-Med, query/response dumps, question/answer sets. The first pair present wins.
+PAIR_COLUMNS = (("content", "summary"), ("context", "target"), ("query", "response"),
+                ("question", "answer"), ("prompt", "response"), ("input", "output"))
+
+
+@register_format("pair", "messages")
+def read_pair(rec: dict) -> dict:
+    """``{content, summary}``, ``{context, target}``, ``{query, response}``, ``{question, answer}``,
+    ``{prompt, response}`` or ``{input, output}``: one user turn and one answer."""
+    for prompt_key, answer_key in PAIR_COLUMNS:
+        if prompt_key in rec and answer_key in rec:
+            prompt, answer = _get(rec, prompt_key), _get(rec, answer_key)
+            if not prompt.strip():
+                raise _Skip(f"empty {prompt_key}")
+            if not answer.strip():
+                raise _Skip(f"empty {answer_key}")
+            msgs = [_msg("user", prompt), _msg("assistant", answer)]
+            return {"messages": _with_system(rec, msgs, prompt_key)}
+    pairs = ", ".join("/".join(p) for p in PAIR_COLUMNS)
+    raise _Bad(f"no prompt/response column pair found (expected one of {pairs})", keys=list(rec))
+
+
+@register_format("kto", "kto")
+def read_kto(rec: dict) -> dict:
+    """``{prompt, completion, label}``: ``label`` true for a desirable answer, false otherwise."""
+    prompt = _pref_prompt(rec)
+    completion = _pref_answer(rec, "completion")
+    label = rec.get("label")
+    if not isinstance(label, bool):
+        raise _Bad(f'field "label" must be true or false, got {_type(label)}', keys=list(rec))
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
 # ---------------------------------------------------------------------------------------------
 # detection and file parsing
 
 _DETECT: list[tuple[tuple[str, ...], str]] = [
     (("chosen", "rejected"), "preference"),
     (("response_chosen",), "preference"),
+    (("completion", "label"), "kto"),
     (("conversations",), "sharegpt"),
     (("messages",), "messages"),
     (("instruction", "output"), "alpaca"),
     (("text",), "text"),
+    *((cols, "pair") for cols in PAIR_COLUMNS),
 ]
 
 
