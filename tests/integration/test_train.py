@@ -30,6 +30,8 @@ def config(tiny_dir, data_path, out, **sections):
            "output": str(out)}
     for name, value in sections.items():
         raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
+    if raw["adapter"]["method"] != "lora":  # rank/alpha belong to lora; other methods refuse them
+        raw["adapter"] = {k: v for k, v in raw["adapter"].items() if k not in ("rank", "alpha")}
     return stage_from_dict(raw, "test.yaml")
 
 

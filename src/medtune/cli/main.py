@@ -21,6 +21,8 @@ EPILOG = """examples:
   medtune model tiny --arch llama -o runs/tiny     tiny random model + locally trained tokenizer
   medtune train sft.yaml train.epochs=1            one stage; key=value overrides the YAML
   medtune pipeline pipe.yaml                       stages in order, each from the previous output
+  medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
+  medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
 """
 
@@ -36,7 +38,7 @@ def _add_demo(sub):
 def _add_train(sub):
     p = sub.add_parser("train", help="train one stage from a YAML config",
                        epilog="example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x")
-    p.add_argument("config", help="stage config YAML (stage: pt|sft)")
+    p.add_argument("config", help="stage config YAML (stage: pt|sft|rm|dpo|orpo|simpo|kto|grpo|rloo)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output dir")
     p.set_defaults(handler="medtune.cli.commands:cmd_train")
@@ -82,6 +84,35 @@ def _add_chat(sub):
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
+def _add_tokenizer(sub):
+    p = sub.add_parser("tokenizer", help="tokenizer utilities (domain vocabulary expansion)")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="{extend}")
+    e = tsub.add_parser(
+        "extend", help="learn frequent domain tokens missing from a base vocabulary and add them",
+        epilog="example: medtune tokenizer extend --base runs/tiny --corpus tcm.txt --add 2000 -o runs/tiny-ext")
+    e.add_argument("--base", required=True, help="model dir whose tokenizer (and embeddings) grow")
+    e.add_argument("--corpus", required=True, nargs="+", help="domain text files (.txt or any text/messages format)")
+    e.add_argument("--add", type=int, required=True, help="how many tokens to add at most")
+    e.add_argument("--min-freq", type=int, default=5, help="ignore candidates seen fewer times (default 5)")
+    e.add_argument("--max-chars", type=int, default=4, help="longest candidate token in characters (default 4)")
+    e.add_argument("-o", "--out", required=True, help="output model dir (tokenizer + resized model)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output dir")
+    e.set_defaults(handler="medtune.cli.vocab:cmd_tokenizer_extend")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="merge adapters into full weights")
+    esub = p.add_subparsers(dest="export_command", required=True, metavar="{merge}")
+    m = esub.add_parser("merge", help="merge a LoRA/DoRA adapter into its base: a plain HF model dir",
+                        epilog="example: medtune export merge --adapter runs/sft-lora -o runs/sft-merged")
+    m.add_argument("--adapter", required=True, help="adapter dir (adapter_config.json)")
+    m.add_argument("--base", help="base model (default: the one recorded in the adapter)")
+    m.add_argument("-o", "--out", required=True, help="output dir for the merged model")
+    m.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16 (default auto)")
+    m.add_argument("--overwrite", action="store_true", help="replace a non-empty output dir")
+    m.set_defaults(handler="medtune.cli.export:cmd_export_merge")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the full ``medtune`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -92,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_pipeline, _add_model, _add_chat):
+    for add in (_add_demo, _add_train, _add_pipeline, _add_model, _add_tokenizer, _add_export, _add_chat):
         add(sub)
     return parser
 

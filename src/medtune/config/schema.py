@@ -19,11 +19,24 @@ from dataclasses import dataclass, field
 from medtune.errors import MedtuneError, did_you_mean
 
 # Stages and adapter methods this version implements; anything else is refused, never ignored.
-STAGES = ("pt", "sft")
-ADAPTER_METHODS = ("full", "lora")
-PLANNED_STAGES = ("rm", "dpo", "kto", "grpo", "ppo")
-PLANNED_ADAPTERS = ("freeze", "qlora", "dora", "prefix")
-
+STAGES = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo")
+PREFERENCE_STAGES = ("rm", "dpo", "orpo", "simpo", "kto")
+RL_STAGES = ("grpo", "rloo")
+REMOVED_STAGES = {
+    "ppo": "stage 'ppo' is not available: TRL removed its PPO trainer in 1.13; use stage: grpo or "
+           "stage: rloo (online RL scored by reward_model and/or rl.reward_functions), or stage: dpo",
+}
+ADAPTER_METHODS = ("full", "freeze", "lora", "dora", "qlora", "prefix")
+LORA_METHODS = ("lora", "dora", "qlora")
+# Adapter options each method reads; setting any other option away from its default is an error.
+METHOD_OPTIONS = {
+    "full": (),
+    "freeze": ("trainable_layers", "trainable_modules"),
+    "lora": ("rank", "alpha", "dropout", "target", "rslora", "modules_to_save", "incremental"),
+    "dora": ("rank", "alpha", "dropout", "target", "rslora", "modules_to_save", "incremental"),
+    "qlora": ("rank", "alpha", "dropout", "target", "rslora", "modules_to_save", "bits"),
+    "prefix": ("num_virtual_tokens", "prefix_projection", "modules_to_save"),
+}
 
 def _choices(*values):
     return {"choices": values}
@@ -47,6 +60,10 @@ class DataConfig:
     # sft: truncate keeps the start of a long sample; pt: truncate splits a long document into
     # blocks (nothing lost). skip drops it. Both are counted in lineage.json.
     overlength: str = field(default="truncate", metadata=_choices("truncate", "skip"))
+    # Training order. none: shuffled; buckets: each data.train file is a difficulty bucket, trained
+    # in the order listed (shuffled inside); length / perplexity: easy -> hard by token count or by
+    # the starting model's perplexity. Any curriculum turns off length grouping.
+    curriculum: str = field(default="none", metadata=_choices("none", "buckets", "length", "perplexity"))
     # Several samples per row, isolated by position ids. auto: on for pt, off for sft (on CPU
     # packed rows are slower than length-grouped batches; packing pays with FlashAttention on GPU).
     packing: str = field(default="auto", metadata=_choices("auto", "true", "false"))
@@ -55,11 +72,25 @@ class DataConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = "lora"  # full: all weights (best quality, most memory); lora: low-rank adapters
+    # full: all weights (best quality, most memory); freeze: only the last layers / named modules;
+    # lora / dora: low-rank adapters (dora adds a magnitude vector, ~20% slower); qlora: lora on a
+    # 4/8-bit base (GPU only); prefix: P-Tuning v2 prefix tuning (learned past key/values).
+    method: str = "lora"
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target: list[str] = field(default_factory=lambda: ["all"])  # all = every linear layer but lm_head
+    rslora: bool = False  # true: scale by alpha/sqrt(rank) instead of alpha/rank (steadier at high rank)
+    # Trained and saved in full next to the adapter, e.g. [embed_tokens, lm_head] after vocab growth.
+    modules_to_save: list[str] = field(default_factory=list)
+    # true: keep training the adapter model.path already holds (DreamerGPT's incremental LoRA);
+    # false: merge that adapter into its base and start a fresh one.
+    incremental: bool = False
+    bits: int = field(default=4, metadata=_choices(4, 8))  # qlora: 4 (nf4, double quant) or 8
+    trainable_layers: int = 2  # freeze: the last N decoder layers train
+    trainable_modules: list[str] = field(default_factory=list)  # freeze: names (substrings) that train too
+    num_virtual_tokens: int = 16  # prefix: learned prefix length (ChatGLM P-Tuning v2 used 128)
+    prefix_projection: bool = False  # prefix: MLP reparameterisation (more parameters, steadier)
 
 
 @dataclass
@@ -81,6 +112,37 @@ class TrainConfig:
     save_steps: int = 0  # 0: checkpoint once per epoch; -1: never (no resume, less disk I/O)
     save_total_limit: int = 2
     seed: int = 42
+    neftune_alpha: float = 0.0  # > 0: NEFTune noise on input embeddings while training (e.g. 5)
+    deepspeed: str = ""  # path to a DeepSpeed JSON config (ZeRO-2/3); GPU + deepspeed package only
+    fsdp: str = ""  # e.g. "full_shard auto_wrap": PyTorch FSDP under torchrun/accelerate; GPU only
+
+
+@dataclass
+class PreferenceConfig:
+    """Offline preference stages: rm, dpo, orpo, simpo, kto."""
+
+    beta: float = 0.0  # 0: the stage's default (dpo/kto 0.1, orpo 0.1 as lambda, simpo 2.0)
+    loss: str = field(default="sigmoid", metadata=_choices("sigmoid", "ipo", "hinge"))  # dpo only
+    label_smoothing: float = 0.0  # dpo sigmoid: assumed share of flipped labels (conservative DPO)
+    # dpo/kto reference log-probs: precomputed (one pass before training, no reference model in
+    # memory) or live (reference forward every step). Same loss either way.
+    reference: str = field(default="precomputed", metadata=_choices("precomputed", "live"))
+    simpo_gamma: float = 0.5  # simpo: target reward margin
+    desirable_weight: float = 1.0  # kto: weight of desirable (label true) examples
+    undesirable_weight: float = 1.0  # kto: weight of undesirable examples
+
+
+@dataclass
+class RLConfig:
+    """Online RL stages: grpo, rloo (generate, score, update)."""
+
+    num_generations: int = 4  # completions sampled per prompt (the group)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    beta: float = 0.0  # KL penalty against the starting model (0: no reference model kept)
+    # Built-in names (see medtune.recipes.rewards) or "package.module:function" from your own code.
+    reward_functions: list[str] = field(default_factory=list)
+    reward_weights: list[float] = field(default_factory=list)  # one per reward (model first); default 1
 
 
 @dataclass
@@ -90,6 +152,9 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    reward_model: str = ""  # grpo/rloo: a dir written by stage rm
     output: str = ""
     name: str = ""  # a pipeline stage's name
     from_: str = ""  # pipeline: start from this stage's output instead of the previous one
@@ -161,15 +226,10 @@ def build(cls, data, src: str, prefix: str = ""):
 
 def check_stage(cfg: StageConfig, src: str) -> StageConfig:
     """Return ``cfg`` after the cross-field checks a typed field cannot express."""
-    if cfg.stage in PLANNED_STAGES:
-        raise MedtuneError(f"{src}: stage '{cfg.stage}' is not implemented in this version (available: {', '.join(STAGES)})")
+    if cfg.stage in REMOVED_STAGES:
+        raise MedtuneError(f"{src}: {REMOVED_STAGES[cfg.stage]}")
     if cfg.stage not in STAGES:
         raise MedtuneError(f"{src}: stage: '{cfg.stage}' is not a stage" + did_you_mean(cfg.stage, STAGES))
-    method = cfg.adapter.method
-    if method in PLANNED_ADAPTERS:
-        raise MedtuneError(f"{src}: adapter.method '{method}' is not implemented in this version (available: full, lora)")
-    if method not in ADAPTER_METHODS:
-        raise MedtuneError(f"{src}: adapter.method: '{method}' is not allowed" + did_you_mean(method, ADAPTER_METHODS))
     if cfg.from_:
         raise MedtuneError(f"{src}: from: only pipeline stages start from another stage")
     if cfg.stage == "pt" and cfg.data.train_on_prompt:
@@ -189,4 +249,69 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
         raise MedtuneError(f"{src}: train.save_steps must be -1 (never), 0 (each epoch) or a step count")
     if cfg.data.max_length < 8:
         raise MedtuneError(f"{src}: data.max_length must be >= 8")
+    if cfg.train.neftune_alpha < 0:
+        raise MedtuneError(f"{src}: train.neftune_alpha must be >= 0 (0 turns NEFTune off)")
+    if cfg.train.deepspeed and cfg.train.fsdp:
+        raise MedtuneError(f"{src}: train.deepspeed and train.fsdp exclude each other; pick one")
+    if cfg.data.curriculum != "none" and cfg.data.packing == "true":
+        raise MedtuneError(f"{src}: data.curriculum orders samples; it cannot be combined with data.packing: true")
+    _check_adapter(cfg.adapter, src)
+    _check_sections(cfg, src)
     return cfg
+
+
+def _changed(section, name: str) -> bool:
+    default = type(section)()
+    return getattr(section, name) != getattr(default, name)
+
+
+def _check_adapter(a: AdapterConfig, src: str) -> None:
+    if a.method not in ADAPTER_METHODS:
+        raise MedtuneError(f"{src}: adapter.method: '{a.method}' is not allowed" + did_you_mean(a.method, ADAPTER_METHODS))
+    for f in dataclasses.fields(a):
+        if f.name != "method" and f.name not in METHOD_OPTIONS[a.method] and _changed(a, f.name):
+            raise MedtuneError(f"{src}: adapter.{f.name} does not apply to method {a.method}")
+    if a.method in LORA_METHODS and (a.rank < 1 or a.alpha <= 0):
+        raise MedtuneError(f"{src}: adapter.rank must be >= 1 and adapter.alpha > 0")
+    if not 0.0 <= a.dropout < 1.0:
+        raise MedtuneError(f"{src}: adapter.dropout must be in [0, 1)")
+    if a.method == "freeze" and a.trainable_layers < 1 and not a.trainable_modules:
+        raise MedtuneError(f"{src}: adapter.trainable_layers is 0 and no trainable_modules: nothing would train")
+    if a.method == "prefix" and a.num_virtual_tokens < 1:
+        raise MedtuneError(f"{src}: adapter.num_virtual_tokens must be >= 1")
+
+
+def _check_sections(cfg: StageConfig, src: str) -> None:
+    """Refuse options set for a stage that would not read them (no flag is silently ignored)."""
+    sections = (("preference", PREFERENCE_STAGES), ("rl", RL_STAGES))
+    for name, stages in sections:
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(section):
+            if cfg.stage not in stages and _changed(section, f.name):
+                raise MedtuneError(f"{src}: {name}.{f.name} does not apply to stage {cfg.stage}")
+    p = cfg.preference
+    if p.loss != "sigmoid" and cfg.stage != "dpo":
+        raise MedtuneError(f"{src}: preference.loss selects a DPO loss; it does not apply to stage {cfg.stage}")
+    if p.reference == "live" and cfg.stage not in ("dpo", "kto"):
+        raise MedtuneError(f"{src}: preference.reference applies to dpo and kto (stage {cfg.stage} has no reference model)")
+    if p.label_smoothing and (cfg.stage != "dpo" or p.loss != "sigmoid"):
+        raise MedtuneError(f"{src}: preference.label_smoothing applies to dpo with loss sigmoid only")
+    if (p.desirable_weight != 1.0 or p.undesirable_weight != 1.0) and cfg.stage != "kto":
+        raise MedtuneError(f"{src}: preference.desirable_weight / undesirable_weight apply to kto only")
+    if p.simpo_gamma != 0.5 and cfg.stage != "simpo":
+        raise MedtuneError(f"{src}: preference.simpo_gamma applies to simpo only")
+    if p.beta < 0:
+        raise MedtuneError(f"{src}: preference.beta must be >= 0 (0: the stage's default)")
+    if cfg.reward_model and cfg.stage not in RL_STAGES:
+        raise MedtuneError(f"{src}: reward_model applies to grpo and rloo")
+    if cfg.stage in RL_STAGES:
+        r = cfg.rl
+        if not cfg.reward_model and not r.reward_functions:
+            raise MedtuneError(f"{src}: stage {cfg.stage} needs reward_model: DIR and/or rl.reward_functions")
+        n_rewards = int(bool(cfg.reward_model)) + len(r.reward_functions)
+        if r.reward_weights and len(r.reward_weights) != n_rewards:
+            raise MedtuneError(f"{src}: rl.reward_weights has {len(r.reward_weights)} weights for {n_rewards} rewards")
+        if r.num_generations < 2:
+            raise MedtuneError(f"{src}: rl.num_generations must be >= 2 (advantages compare a group)")
+        if (cfg.train.batch_size * cfg.train.grad_accum) % r.num_generations:
+            raise MedtuneError(f"{src}: train.batch_size x train.grad_accum must be a multiple of rl.num_generations")

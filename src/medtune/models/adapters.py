@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 
-def apply_adapter(model, cfg):
-    """Return ``model`` prepared for training with ``cfg`` (an AdapterConfig)."""
+def apply_adapter(model, cfg, adapter_dir=None):
+    """Return ``model`` prepared for training with ``cfg`` (an AdapterConfig).
+
+    ``adapter_dir``: an existing PEFT adapter to keep training (incremental LoRA) instead of a new one.
+    """
+    if adapter_dir:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -94,20 +94,53 @@ def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = 
     return tok
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
-    """Return the causal LM at ``path`` (adapter dirs: base + adapter merged) on ``device``."""
+def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+               quant_bits: int | None = None, merge_adapters: bool = True):
+    """Return the causal LM at ``path`` on ``device``.
+
+    An adapter dir loads its base model with the adapter merged in (``merge_adapters``) or, for a
+    stage that keeps training that adapter, the bare base. ``quant_bits`` 4 or 8 loads the weights
+    quantized with bitsandbytes (CUDA only; refused elsewhere, never silently ignored).
+    """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if is_adapter_dir(path):
-        return merge_adapter(load_model(adapter_base(path), dtype, device, trust_remote_code), path)
+        base = load_model(adapter_base(path), dtype, device, trust_remote_code, quant_bits)
+        return merge_adapter(base, path) if merge_adapters else base
     check_model_path(path)
+    extra = {}
+    if quant_bits:
+        extra["quantization_config"] = quantization_config(quant_bits, device, torch_dtype)
+        extra["device_map"] = {"": device}
     model = _from_pretrained(
         AutoModelForCausalLM, path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+        use_safetensors=True, **extra,
     )
-    return model.to(device)
+    return model if quant_bits else model.to(device)
+
+
+def quantization_config(bits: int, device: str, compute_dtype):
+    """Return a bitsandbytes config for a ``bits``-bit base (nf4 + double quant for 4 bits)."""
+    import importlib.util
+
+    if not device.startswith("cuda"):
+        raise MedtuneError(f"{bits}-bit loading (qlora) needs a CUDA GPU and bitsandbytes; this run is on "
+                           f"{device}. Use adapter.method: lora on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MedtuneError(f"{bits}-bit loading needs the bitsandbytes package: pip install 'medtune[gpu]'")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def is_quantized(model) -> bool:
+    """Return True when ``model`` holds bitsandbytes-quantized (not mergeable) weights."""
+    return bool(getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None))
 
 
 def merge_adapter(model, adapter_dir: str):

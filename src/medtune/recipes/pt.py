@@ -7,7 +7,7 @@ Example::
 
 from __future__ import annotations
 
-SHAPE = "text"
+SHAPES = ("text",)
 PACK_BY_DEFAULT = True  # documents share blocks, isolated from each other by position ids
 
 

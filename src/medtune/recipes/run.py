@@ -57,25 +57,36 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
         lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
         return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
     started = time.time()
-    files, tokenizer, model = load_inputs(cfg, recipe.SHAPE)
+    check_launch(cfg)
+    files, tokenizer, model = load_inputs(cfg, recipe)
     train_set, eval_set, stats = build_rows(cfg, recipe, tokenizer, files)
     claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
     set_seed(cfg.train.seed)  # adapter init is random too: same config, same run
-    model = apply_adapter(model, cfg.adapter)
-    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, quiet)
+    model = apply_adapter(model, cfg.adapter, adapter_dir=_adapter_to_continue(cfg))
+    if cfg.data.curriculum != "none":
+        from medtune.recipes.curriculum import order_rows
+
+        train_set = order_rows(cfg, train_set, model, tokenizer)
+    kwargs = training_kwargs(cfg, model, eval_set is not None, quiet)
+    make_trainer = getattr(recipe, "make_trainer", default_trainer)
+    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs)
+    trainer.curriculum = cfg.data.curriculum != "none"
     for callback in callbacks:
         trainer.add_callback(callback)
-    resume = _last_checkpoint(out) if state == "resume" else None
+    resume = resume_point(out) if state == "resume" else None
     train_out = trainer.train(resume_from_checkpoint=resume)
     metrics = collect_metrics(trainer, train_out, eval_set is not None)
+    if hasattr(recipe, "extra_metrics"):
+        metrics.update(recipe.extra_metrics(cfg, trainer, eval_set))
     metrics["parameters"] = count_parameters(model)
     if resume:
         metrics["resumed_from"] = Path(resume).name
-    save_outputs(trainer.model, tokenizer, out)
-    history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    write_lineage(cfg, out, files, stats, metrics, started)
-    return StageResult(out, metrics, history)
+    if trainer.args.should_save:  # under torchrun only rank 0 writes the outputs
+        save_outputs(trainer.model, tokenizer, out)
+        history = trainer.state.log_history
+        (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+        write_lineage(cfg, out, files, stats, metrics, started)
+    return StageResult(out, metrics, trainer.state.log_history)
 
 
 def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
@@ -111,28 +122,76 @@ def claim_output(cfg: StageConfig, out: Path, replace: bool) -> None:
     save_config(cfg, out / "config.yaml")
 
 
-def _last_checkpoint(out: Path):
-    ckpts = sorted((out / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+def resume_point(out: Path):
+    """Return the newest complete checkpoint of the run in ``out`` (partial ones are removed)."""
+    from medtune.recipes.trainer import drop_partial_checkpoints, last_checkpoint
+
+    drop_partial_checkpoints(out / CHECKPOINTS)
+    found = last_checkpoint(out / CHECKPOINTS)
+    if found:
+        log.info("resuming from %s", found)
+    return found
 
 
-def load_inputs(cfg: StageConfig, shape: str):
+def check_launch(cfg: StageConfig) -> None:
+    """Refuse DeepSpeed / FSDP where they cannot run, instead of silently running without them."""
+    import importlib.util
+
+    import torch
+
+    t = cfg.train
+    if t.deepspeed:
+        if not Path(t.deepspeed).is_file():
+            raise MedtuneError(f"train.deepspeed: '{t.deepspeed}' is not a file (a DeepSpeed JSON config)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise MedtuneError("train.deepspeed needs the deepspeed package (pip install deepspeed) and a GPU")
+    if (t.deepspeed or t.fsdp) and not torch.cuda.is_available():
+        name = "deepspeed" if t.deepspeed else "fsdp"
+        raise MedtuneError(f"train.{name} needs CUDA GPUs (on CPU transformers would silently fall back to "
+                           "plain DDP); for CPU data parallel use torchrun without it")
+
+
+def _adapter_to_continue(cfg: StageConfig):
+    """Return the adapter dir an incremental LoRA stage keeps training (None: a fresh adapter)."""
+    from medtune.models.load import is_adapter_dir
+
+    if not cfg.adapter.incremental:
+        return None
+    path = _absolute_if_local(cfg.model.path)
+    if not is_adapter_dir(path):
+        raise MedtuneError(f"adapter.incremental: '{cfg.model.path}' is not an adapter dir (no adapter_config.json); "
+                           "set it false to train a new adapter on this model")
+    return path
+
+
+def load_inputs(cfg: StageConfig, recipe):
     """Return ``(files, tokenizer, model)`` for a stage; data is read first so bad input fails fast."""
-    from medtune.data.formats import SHAPES, read_files
     from medtune.models.load import load_model, load_tokenizer
 
-    files = read_files(cfg.data.train, cfg.data.format)
-    got = SHAPES[files[0].format]
-    if got != shape:
-        raise MedtuneError(
-            f"{files[0].path}: stage {cfg.stage} needs {shape} data, got {got} (format {files[0].format})"
-        )
+    files = read_stage_data(cfg, recipe)
     m = cfg.model
     path = _absolute_if_local(m.path)
     tokenizer = load_tokenizer(path, m.template, m.trust_remote_code)
-    model = load_model(path, m.dtype, m.device, m.trust_remote_code)
+    if hasattr(recipe, "load_model"):
+        model = recipe.load_model(cfg, path)
+    else:
+        model = load_model(path, m.dtype, m.device, m.trust_remote_code,
+                           quant_bits=cfg.adapter.bits if cfg.adapter.method == "qlora" else None,
+                           merge_adapters=not cfg.adapter.incremental)
     model.config.use_cache = False  # packed rows need it; training never uses the KV cache
     return files, tokenizer, model
+
+
+def read_stage_data(cfg: StageConfig, recipe):
+    """Return the stage's data files, refusing a shape the recipe cannot train on."""
+    from medtune.data.formats import SHAPES, read_files
+
+    files = read_files(cfg.data.train, cfg.data.format)
+    got = SHAPES[files[0].format]
+    if got not in recipe.SHAPES:
+        raise MedtuneError(f"{files[0].path}: stage {cfg.stage} needs {' or '.join(recipe.SHAPES)} data, "
+                           f"got {got} (format {files[0].format})")
+    return files
 
 
 def _absolute_if_local(path: str) -> str:
@@ -163,19 +222,27 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
 
 
 def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
-    """Return ``(train_rows, eval_rows)`` as lists of examples (packed if configured)."""
+    """Return ``(train_rows, eval_rows)`` as lists of examples (packed if configured).
+
+    Each train example carries ``bucket``: the index of the file it came from (for curricula).
+    """
     from medtune.data.tokenize import TokenStats, pack_sequences
 
-    records = [r for f in files for r in f.records]
+    records = [(i, r) for i, f in enumerate(files) for r in f.records]
     random.Random(cfg.train.seed).shuffle(records)
     n_eval = round(len(records) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
-    train = recipe.make_examples(cfg, tokenizer, records[n_eval:], stats)
-    evals = recipe.make_examples(cfg, tokenizer, records[:n_eval], TokenStats())
+    train = []
+    for bucket in range(len(files)):
+        rows = recipe.make_examples(cfg, tokenizer, [r for i, r in records[n_eval:] if i == bucket], stats)
+        train += [{**row, "bucket": bucket} for row in rows]
+    random.Random(cfg.train.seed).shuffle(train)
+    evals = recipe.make_examples(cfg, tokenizer, [r for _, r in records[:n_eval]], TokenStats())
     if not train:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
-    if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT):
+    if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
+                                      and cfg.data.curriculum == "none"):
         train = pack_sequences(train, cfg.data.max_length)
         evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
         stats.rows = len(train)
@@ -185,7 +252,7 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
 def _as_dataset(rows):
     from datasets import Dataset
 
-    return Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
+    return Dataset.from_list([{**r, "length": r.get("length") or len(r["input_ids"])} for r in rows])
 
 
 def cache_dir() -> Path:
@@ -199,7 +266,7 @@ def cache_key(cfg: StageConfig, tokenizer, files) -> str | None:
     if backend is None:
         return None
     parts = {
-        "version": 1, "stage": cfg.stage, "seed": cfg.train.seed,
+        "version": 2, "stage": cfg.stage, "preference": dataclasses.asdict(cfg.preference), "seed": cfg.train.seed,
         "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "train"},
         "files": [(f.sha256, f.format) for f in files],
         "tokenizer": hashlib.sha256(backend.to_str().encode()).hexdigest(),
@@ -239,16 +306,14 @@ def save_cached_rows(key, train, evals, stats) -> None:
     tmp.rename(final)
 
 
-def build_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, quiet: bool):
-    """Return a transformers ``Trainer`` wired with medtune's collator and length-grouped batches."""
+def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dict:
+    """Return the ``TrainingArguments`` keywords every stage shares (TRL configs accept them too)."""
     import torch
-    from transformers import Trainer, TrainingArguments
-
-    from medtune.data.tokenize import Collator
 
     t = cfg.train
     on_cpu = not next(model.parameters()).is_cuda
-    args = TrainingArguments(
+    curriculum = cfg.data.curriculum != "none"
+    kwargs = dict(
         output_dir=str(Path(cfg.output) / CHECKPOINTS),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -260,14 +325,14 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, quiet
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         max_grad_norm=t.max_grad_norm,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length and not curriculum else "random",
         activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy={0: "epoch", -1: "no"}.get(t.save_steps, "steps"),
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        eval_strategy="epoch" if eval_set is not None else "no",
+        eval_strategy="epoch" if has_eval else "no",
         seed=t.seed,
         data_seed=t.seed,
         use_cpu=on_cpu,
@@ -277,15 +342,36 @@ def build_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, quiet
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(
+    if t.neftune_alpha:
+        kwargs["neftune_noise_alpha"] = t.neftune_alpha
+    if t.deepspeed:
+        kwargs["deepspeed"] = t.deepspeed
+    if t.fsdp:
+        kwargs["fsdp"] = t.fsdp
+    return kwargs
+
+
+def default_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, kwargs: dict):
+    """Return the guarded ``Trainer`` with medtune's collator (pt, sft)."""
+    from transformers import TrainingArguments
+
+    from medtune.data.tokenize import Collator
+    from medtune.recipes.trainer import MedtuneTrainer
+
+    trainer = MedtuneTrainer(
         model=model,
-        args=args,
+        args=TrainingArguments(**kwargs),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
-    if quiet:  # without a progress bar Trainer prints every log dict instead
+    return quiet_trainer(trainer, kwargs["disable_tqdm"])
+
+
+def quiet_trainer(trainer, quiet: bool):
+    """Return ``trainer`` without its log printer when quiet (no bar: it would print every log)."""
+    if quiet:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
@@ -348,6 +434,7 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
             "examples": stats.examples, "rows": stats.rows, "truncated": stats.truncated,
             "skipped": stats.skipped, "label_tokens": stats.real_tokens, "from_cache": stats.from_cache,
         },
+        "chain": lineage_chain(cfg.model.path),
         "libraries": library_versions(),
         "metrics": metrics,
         "wall_time_s": round(time.time() - started, 2),
@@ -356,6 +443,20 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
     tmp = out / (LINEAGE + ".tmp")
     tmp.write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(out / LINEAGE)
+
+
+def lineage_chain(parent: str) -> list[dict]:
+    """Return the ancestry of a model dir, oldest first: each earlier medtune stage with its
+    parent model and data hashes, back to the base model (a dir without a lineage, or a hub id)."""
+    path = Path(parent) / LINEAGE
+    if not path.is_file():
+        return []
+    lineage = json.loads(path.read_text(encoding="utf-8"))
+    entry = {
+        "stage": lineage.get("stage"), "output": str(Path(parent)), "parent_model": lineage.get("parent_model"),
+        "data": [{"path": d["path"], "sha256": d["sha256"]} for d in lineage.get("data", [])],
+    }
+    return [*lineage.get("chain", []), entry]
 
 
 def read_log_history(out: Path) -> list:

@@ -7,7 +7,7 @@ Example::
 
 from __future__ import annotations
 
-SHAPE = "messages"
+SHAPES = ("messages",)
 PACK_BY_DEFAULT = False  # data.packing: true opts in; it pays with FlashAttention varlen on GPU
 
 
