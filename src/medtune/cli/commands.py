@@ -52,11 +52,13 @@ def cmd_train(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from medtune.config import load_pipeline_config
-    from medtune.recipes.run import run_stage
+    from medtune.recipes.pipeline import run_pipeline
 
     stages = load_pipeline_config(args.config, args.overrides)
-    for cfg in stages:
-        _print_result(cfg.name, run_stage(cfg, overwrite=args.overwrite, quiet=args.quiet))
+    results = run_pipeline(stages, overwrite=args.overwrite, quiet=args.quiet,
+                           report=(lambda line: None) if args.quiet else print)
+    for cfg, result in zip(stages, results):
+        _print_result(cfg.name, result)
     return 0
 
 

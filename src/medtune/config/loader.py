@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from medtune.config.schema import ModelConfig, StageConfig, build, check_stage
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, did_you_mean
 
 
 def read_yaml(path) -> dict:
@@ -44,23 +44,35 @@ def _child(node, key: str, dotted: str):
 
 
 def apply_overrides(data: dict, overrides) -> dict:
-    """Return a copy of ``data`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    """Return a copy of ``data`` with each ``a.b.c=value`` applied (value parsed as YAML).
+
+    In a list of stages an item is addressed by position or ``name``; ``*`` addresses every stage
+    (``stages.*.train.max_steps=2``).
+    """
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
             raise MedtuneError(f"override '{item}': expected key=value, e.g. train.epochs=1")
         dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = data
-        for key in keys[:-1]:
-            node = _child(node, key, dotted)
-            if not isinstance(node, (dict, list)):
-                raise MedtuneError(f"override {dotted}: '{key}' is not a section")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(node, list):
-            _child(node, keys[-1], dotted)  # raises: cannot replace a whole stage this way
-        node[keys[-1]] = value
+        _set(data, dotted.strip().split("."), value, dotted)
     return data
+
+
+def _set(node, keys: list[str], value, dotted: str) -> None:
+    if len(keys) > 1 and keys[0] == "*" and isinstance(node, list):
+        for item in node:
+            _set(item, keys[1:], value, dotted)
+        return
+    if len(keys) == 1:
+        if isinstance(node, list):
+            _child(node, keys[0], dotted)  # raises: cannot replace a whole stage this way
+        node[keys[0]] = value
+        return
+    child = _child(node, keys[0], dotted)
+    if not isinstance(child, (dict, list)):
+        raise MedtuneError(f"override {dotted}: '{keys[0]}' is not a section")
+    _set(child, keys[1:], value, dotted)
 
 
 def stage_from_dict(data: dict, src: str) -> StageConfig:
@@ -85,34 +97,49 @@ PIPELINE_KEYS = ("base", "stages", "output")
 
 
 def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
-    """Return the pipeline's stage configs, each model path resolved to the stage it starts from."""
+    """Return the pipeline's stage configs, each model path resolved to the stage it starts from.
+
+    A stage starts from the previous stage's output, or from the stage named by ``from:``;
+    ``reward_model:`` may name an earlier ``rm`` stage instead of a dir.
+    """
     for key in data:
         if key not in PIPELINE_KEYS:
-            from medtune.errors import did_you_mean
-
             raise MedtuneError(f"{src}: unknown key '{key}'" + did_you_mean(key, PIPELINE_KEYS))
     base = build(ModelConfig, data.get("base") or {}, src, "base.")
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise MedtuneError(f"{src}: stages: expected a non-empty list of stage configs")
     root = Path(str(data.get("output") or "runs/pipeline"))
-    outputs: dict[str, str] = {}
+    done: dict[str, StageConfig] = {}
     configs, previous = [], base.path
     for i, raw in enumerate(stages):
-        raw = copy.deepcopy(raw) if isinstance(raw, dict) else raw
         if not isinstance(raw, dict):
             raise MedtuneError(f"{src}: stages[{i}]: expected a mapping")
+        raw = copy.deepcopy(raw)
         name = str(raw.get("name") or f"{i}_{raw.get('stage', 'stage')}")
-        start = raw.get("from")
-        if start and start not in outputs:
-            raise MedtuneError(f"{src}: stages[{i}].from: no earlier stage named '{start}'")
-        model = {**{k: v for k, v in base.__dict__.items()}, **(raw.get("model") or {})}
-        model["path"] = outputs[start] if start else previous
+        where = f"{src}: stages[{i}] ({name})"
+        if name in done:
+            raise MedtuneError(f"{where}: name '{name}' is used by an earlier stage; stage names must be unique")
+        start = raw.pop("from", None)
+        if start and start not in done:
+            raise MedtuneError(f"{where}: from: no earlier stage named '{start}'"
+                               + did_you_mean(start, list(done)))
+        model = {**base.__dict__, **(raw.get("model") or {})}
+        model["path"] = done[start].output if start else previous
         raw.update(name=name, model=model)
-        raw.pop("from", None)  # resolved into model.path above
         raw.setdefault("output", str(root / name))
-        cfg = stage_from_dict(raw, f"{src}: stages[{i}] ({name})")
-        outputs[name] = previous = cfg.output
+        rm = raw.get("reward_model")
+        if isinstance(rm, str) and rm in done:
+            if done[rm].stage != "rm":
+                raise MedtuneError(f"{where}: reward_model: stage '{rm}' is a {done[rm].stage} stage, not rm")
+            raw["reward_model"] = done[rm].output
+        cfg = stage_from_dict(raw, where)
+        parent = done[start] if start else (configs[-1] if configs else None)
+        if cfg.adapter.incremental and (parent is None or parent.adapter.method not in ("lora", "dora")):
+            raise MedtuneError(f"{where}: adapter.incremental continues the previous stage's LoRA/DoRA adapter, "
+                               "but the stage it starts from trains none")
+        done[name] = cfg
+        previous = cfg.output
         configs.append(cfg)
     return configs
 

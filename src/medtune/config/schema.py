@@ -255,6 +255,10 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
         raise MedtuneError(f"{src}: train.deepspeed and train.fsdp exclude each other; pick one")
     if cfg.data.curriculum != "none" and cfg.data.packing == "true":
         raise MedtuneError(f"{src}: data.curriculum orders samples; it cannot be combined with data.packing: true")
+    if cfg.data.curriculum == "perplexity" and cfg.stage not in ("pt", "sft"):
+        raise MedtuneError(f"{src}: data.curriculum: perplexity applies to pt and sft (use length or buckets)")
+    if cfg.data.curriculum != "none" and cfg.stage in RL_STAGES:
+        raise MedtuneError(f"{src}: data.curriculum does not apply to {cfg.stage} (TRL samples prompts per group)")
     _check_adapter(cfg.adapter, src)
     _check_sections(cfg, src)
     return cfg

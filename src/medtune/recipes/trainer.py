@@ -63,21 +63,46 @@ class OrderMixin:
     """Training order that depends on the global batch only, or the dataset's own (curriculum)."""
 
     def _get_train_sampler(self, train_dataset=None):
-        import torch
-        from torch.utils.data import RandomSampler, SequentialSampler
-        from transformers.trainer_pt_utils import LengthGroupedSampler
+        from torch.utils.data import SequentialSampler
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.curriculum:
             return SequentialSampler(dataset)
-        generator = torch.Generator().manual_seed(self.args.data_seed or self.args.seed)
-        if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
-            # Mega-batches of the *global* batch: the same order for any number of processes.
-            a = self.args
-            global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * max(1, a.world_size)
-            return LengthGroupedSampler(global_batch, dataset=dataset, lengths=dataset["length"],
-                                        generator=generator)
-        return RandomSampler(dataset, generator=generator)
+        a = self.args
+        lengths = None
+        if a.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
+            lengths = list(dataset["length"])
+        global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * max(1, a.world_size)
+        return EpochSampler(len(dataset), a.data_seed or a.seed, lengths, global_batch)
+
+
+class EpochSampler:
+    """A shuffled order that is a pure function of (seed, epoch).
+
+    Resumed runs draw the same order as uninterrupted ones (the trainer calls ``set_epoch``), and
+    every process of a distributed run draws the same global order, so one process at batch 4 and
+    two at batch 2 train on the same global batches. With ``lengths``, samples of similar length
+    are grouped into mega-batches of the global batch (less padding).
+    """
+
+    def __init__(self, n: int, seed: int, lengths=None, global_batch: int = 1):
+        self.n, self.seed, self.lengths, self.global_batch = n, seed, lengths, global_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.lengths is not None:
+            return iter(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def guarded(trainer_cls, order: bool = True):

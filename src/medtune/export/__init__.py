@@ -1,0 +1,1 @@
+"""Exports: adapters merged into full weights (``medtune export merge``)."""
