@@ -151,13 +151,28 @@ def main(argv=None) -> int:
         from medtune.cli.commands import configure_logging
 
         configure_logging(args.quiet, args.verbose)
-        return _call(args.handler, args)
+        code = _call(args.handler, args)
     except MedtuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    _end_distributed(code)
+    return code
+
+
+def _end_distributed(code: int) -> None:
+    """Under torchrun: leave the process group and exit at once (gloo can abort at interpreter exit)."""
+    torch_dist = sys.modules.get("torch.distributed")
+    if torch_dist is None or not torch_dist.is_available() or not torch_dist.is_initialized():
+        return
+    import os
+
+    torch_dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     check_launch(cfg)
     files, tokenizer, model = load_inputs(cfg, recipe)
     train_set, eval_set, stats = build_rows(cfg, recipe, tokenizer, files)
-    claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
+    if is_main_process():  # under torchrun rank 0 owns the output dir
+        claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
     set_seed(cfg.train.seed)  # adapter init is random too: same config, same run
     model = apply_adapter(model, cfg.adapter, adapter_dir=_adapter_to_continue(cfg))
     if cfg.data.curriculum != "none":
@@ -122,11 +123,17 @@ def claim_output(cfg: StageConfig, out: Path, replace: bool) -> None:
     save_config(cfg, out / "config.yaml")
 
 
+def is_main_process() -> bool:
+    """Return True in a single process, or in rank 0 of a torchrun / accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resume_point(out: Path):
     """Return the newest complete checkpoint of the run in ``out`` (partial ones are removed)."""
     from medtune.recipes.trainer import drop_partial_checkpoints, last_checkpoint
 
-    drop_partial_checkpoints(out / CHECKPOINTS)
+    if is_main_process():
+        drop_partial_checkpoints(out / CHECKPOINTS)
     found = last_checkpoint(out / CHECKPOINTS)
     if found:
         log.info("resuming from %s", found)
@@ -303,7 +310,10 @@ def save_cached_rows(key, train, evals, stats) -> None:
         evals.save_to_disk(str(tmp / "eval"))
     (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process (torchrun rank) stored the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dict:
@@ -385,6 +395,7 @@ def collect_metrics(trainer, train_out, has_eval: bool) -> dict:
         "train_loss": round(float(train_out.training_loss), 6),
         "global_steps": trainer.state.global_step,
         "train_runtime_s": round(m.get("train_runtime", 0.0), 2),
+        "world_size": trainer.args.world_size,
     }
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
