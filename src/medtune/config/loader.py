@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from medtune.config.schema import ModelConfig, StageConfig, build, check_stage
+from medtune.config.schema import ModelConfig, StageConfig, VocabStep, build, check_stage
 from medtune.errors import MedtuneError, did_you_mean
 
 
@@ -93,14 +93,33 @@ def save_config(cfg: StageConfig, path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
-PIPELINE_KEYS = ("base", "stages", "output")
+PIPELINE_KEYS = ("base", "vocab", "stages", "output")
 
 
-def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
+class Pipeline(list):
+    """The stage configs of a pipeline, in order; ``vocab`` is its vocabulary step (or None)."""
+
+    vocab: VocabStep | None = None
+
+
+def _vocab_step(data: dict, base: ModelConfig, root: Path, src: str) -> VocabStep | None:
+    if not data.get("vocab"):
+        return None
+    step = build(VocabStep, data["vocab"], src, "vocab.")
+    if not step.corpus or step.add < 1:
+        raise MedtuneError(f"{src}: vocab: needs corpus (files) and add (>= 1)")
+    if step.base or step.output:
+        raise MedtuneError(f"{src}: vocab: base and output are set by the pipeline (base.path, <output>/vocab)")
+    step.base, step.output = base.path, str(root / "vocab")
+    return step
+
+
+def pipeline_from_dict(data: dict, src: str) -> Pipeline:
     """Return the pipeline's stage configs, each model path resolved to the stage it starts from.
 
     A stage starts from the previous stage's output, or from the stage named by ``from:``;
-    ``reward_model:`` may name an earlier ``rm`` stage instead of a dir.
+    ``reward_model:`` may name an earlier ``rm`` stage instead of a dir. With a ``vocab:`` section
+    the first stage starts from the base with its vocabulary grown (``<output>/vocab``).
     """
     for key in data:
         if key not in PIPELINE_KEYS:
@@ -111,7 +130,9 @@ def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
         raise MedtuneError(f"{src}: stages: expected a non-empty list of stage configs")
     root = Path(str(data.get("output") or "runs/pipeline"))
     done: dict[str, StageConfig] = {}
-    configs, previous = [], base.path
+    configs = Pipeline()
+    configs.vocab = _vocab_step(data, base, root, src)
+    previous = configs.vocab.output if configs.vocab else base.path
     for i, raw in enumerate(stages):
         if not isinstance(raw, dict):
             raise MedtuneError(f"{src}: stages[{i}]: expected a mapping")
@@ -144,7 +165,7 @@ def pipeline_from_dict(data: dict, src: str) -> list[StageConfig]:
     return configs
 
 
-def load_pipeline_config(path, overrides=()) -> list[StageConfig]:
+def load_pipeline_config(path, overrides=()) -> Pipeline:
     """Return the validated stages of pipeline YAML ``path`` with overrides applied."""
     data = read_yaml(path)
     if "stage" in data and "stages" not in data:

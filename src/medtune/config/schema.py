@@ -166,6 +166,18 @@ class StageConfig:
         return data
 
 
+@dataclass
+class VocabStep:
+    """A pipeline's optional first step: grow the base vocabulary with domain tokens (Ziya TCM)."""
+
+    corpus: list[str] = field(default_factory=list)  # domain text files the new tokens are learned from
+    add: int = 0  # at most this many tokens are added
+    min_freq: int = 5  # candidates seen fewer times are ignored
+    max_chars: int = 4  # longest candidate token, in characters
+    base: str = ""  # filled by the pipeline: the model whose vocabulary grows
+    output: str = ""  # filled by the pipeline: <output>/vocab
+
+
 def _field_name(key: str) -> str:
     return "from_" if key == "from" else key
 

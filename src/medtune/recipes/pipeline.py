@@ -29,6 +29,13 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
     from medtune.recipes.run import read_stage_data
 
     outputs = {str(Path(c.output)) for c in stages}
+    vocab = getattr(stages, "vocab", None)
+    if vocab:
+        outputs.add(str(Path(vocab.output)))
+        _prefixed("vocab", _check_model, vocab.base)
+        for path in vocab.corpus:
+            if not Path(path).is_file():
+                raise MedtuneError(f"vocab: corpus file '{path}' not found")
     for cfg in stages:
         where = f"stage {cfg.name or cfg.stage}"
         _prefixed(where, read_stage_data, cfg, RECIPES[cfg.stage])
@@ -58,10 +65,12 @@ def _check_adapters(stages: list[StageConfig], outputs: set[str]) -> None:
     """Check every stage's adapter against the architecture of the pipeline's first model."""
     from medtune.models.adapters import check_adapter_fits
 
-    base = next((c.model for c in stages if str(Path(c.model.path)) not in outputs), None)
-    if base is None or not Path(base.path).is_dir():
+    vocab = getattr(stages, "vocab", None)
+    first = next((c.model for c in stages if str(Path(c.model.path)) not in outputs), stages[0].model)
+    base = vocab.base if vocab else first.path
+    if not Path(base).is_dir():
         return  # a hub id: checked when the stage loads it (no download just to validate)
-    skeleton = meta_model(base.path, base.trust_remote_code)
+    skeleton = meta_model(base, first.trust_remote_code)
     for cfg in stages:
         if cfg.stage == "rm":
             continue  # a different head; checked when the stage loads it
@@ -82,6 +91,28 @@ def meta_model(path: str, trust_remote_code: bool):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
+def run_vocab_step(step, report=print) -> dict:
+    """Grow the base vocabulary into ``step.output`` unless that exact step already ran there."""
+    import json
+
+    from medtune.models.vocab import extend_vocabulary
+
+    done = Path(step.output) / "vocab_report.json"
+    options = {"add": step.add, "min_freq": step.min_freq, "max_chars": step.max_chars}
+    if done.is_file():
+        old = json.loads(done.read_text(encoding="utf-8"))
+        if old.get("base") == step.base and old.get("corpus") == step.corpus and old.get("options") == options:
+            report(f"[vocab] {step.output} already holds this vocabulary; skipped")
+            return old
+    report(f"[vocab] learning up to {step.add} domain tokens from {len(step.corpus)} file(s)")
+    result = extend_vocabulary(step.base, step.corpus, step.add, step.output, step.min_freq, step.max_chars,
+                               overwrite=True)
+    c = result["corpus_tokens"]
+    report(f"[vocab] added {len(result['added'])} tokens; domain corpus {c['before']} -> {c['after']} tokens "
+           f"({c['ratio']:.2f}x)")
+    return result
+
+
 def run_pipeline(stages: list[StageConfig], overwrite: bool = False, quiet: bool = False, report=print):
     """Validate then run ``stages`` in order; return their ``StageResult`` list.
 
@@ -90,6 +121,9 @@ def run_pipeline(stages: list[StageConfig], overwrite: bool = False, quiet: bool
     from medtune.recipes.run import run_stage
 
     validate_pipeline(stages)
+    vocab = getattr(stages, "vocab", None)
+    if vocab:
+        run_vocab_step(vocab, report)
     results = []
     for i, cfg in enumerate(stages, 1):
         report(f"[{i}/{len(stages)}] {cfg.name}: {cfg.stage} ({cfg.adapter.method}) from {cfg.model.path}")
