@@ -326,6 +326,8 @@ def read_kto(rec: dict) -> dict:
 _DETECT: list[tuple[tuple[str, ...], str]] = [
     (("chosen", "rejected"), "preference"),
     (("response_chosen",), "preference"),
+    (("chosen",), "preference"),  # so a record missing "rejected" gets that message, not "cannot detect"
+    (("rejected",), "preference"),
     (("completion", "label"), "kto"),
     (("conversations",), "sharegpt"),
     (("messages",), "messages"),
