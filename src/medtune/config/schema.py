@@ -272,6 +272,12 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
     if cfg.data.curriculum != "none" and cfg.stage in RL_STAGES:
         raise MedtuneError(f"{src}: data.curriculum does not apply to {cfg.stage} (TRL samples prompts per group)")
     _check_adapter(cfg.adapter, src)
+    if cfg.adapter.method == "prefix":
+        if cfg.train.gradient_checkpointing:
+            raise MedtuneError(f"{src}: adapter.method prefix does not work with train.gradient_checkpointing (set it false)")
+        if cfg.data.packing == "true" or (cfg.data.packing == "auto" and cfg.stage == "pt"):
+            raise MedtuneError(f"{src}: adapter.method prefix cannot train packed rows (the prefix breaks sample "
+                               "isolation); set data.packing: false")
     _check_sections(cfg, src)
     return cfg
 

@@ -7,7 +7,8 @@ Example::
     model = load_model("runs/tiny", dtype="float32", device="cpu")
 
 ``trust_remote_code`` is off unless the config asks for it; weights load from safetensors only.
-An adapter dir (PEFT ``adapter_config.json``) loads its base model and merges the adapter in.
+An adapter dir (PEFT ``adapter_config.json``) loads its base model and merges the adapter in
+(prefix-tuning adapters cannot be merged: they come back as an unmerged ``PeftModel``).
 """
 
 from __future__ import annotations
@@ -144,7 +145,12 @@ def is_quantized(model) -> bool:
 
 
 def merge_adapter(model, adapter_dir: str):
-    """Return ``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights."""
+    """Return ``model`` with the PEFT adapter in ``adapter_dir`` applied, ready for inference.
+
+    LoRA / DoRA adapters are merged into the weights (a plain model comes back). Prompt-learning
+    adapters (prefix tuning) add learned key/values at run time and cannot be merged: the
+    ``PeftModel`` comes back unmerged, in eval mode.
+    """
     from peft import PeftModel
 
     if not is_adapter_dir(adapter_dir):
@@ -153,7 +159,10 @@ def merge_adapter(model, adapter_dir: str):
         raise MedtuneError(
             f"'{adapter_dir}': adapter weights must be adapter_model.safetensors (pickle files are not loaded)"
         )
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    if peft_model.peft_config[peft_model.active_adapter].is_prompt_learning:
+        return peft_model.eval()
+    merged = peft_model.merge_and_unload()
     # A new adapter trained on top must record this dir (not the bare base) as its parent.
     merged.name_or_path = merged.config._name_or_path = str(adapter_dir)
     return merged
