@@ -83,3 +83,23 @@ def test_incremental_lora_continues_and_lineage_chains_to_the_base(tiny_dir, tmp
     assert chain[0]["data"][0]["sha256"] and chain[1]["output"] == str(root / "a")
     again = run_pipeline(stages, quiet=True, report=lambda line: None)
     assert all(r.skipped for r in again) and len(results) == 4
+
+
+def test_vocab_step_grows_the_base_then_pt_trains_embeddings_and_head(tiny_dir, tmp_path):
+    stages = pipe(tiny_dir, tmp_path, [
+        {"name": "pt", "stage": "pt", "data": {"train": [str(SAMPLE / "pretrain.txt")], "max_length": 64},
+         "adapter": {"method": "lora", "rank": 4, "alpha": 8, "modules_to_save": ["embed_tokens", "lm_head"]},
+         "train": {"max_steps": 2, "batch_size": 4}}],
+        vocab={"corpus": [str(SAMPLE / "pretrain.txt")], "add": 30, "min_freq": 2})
+    lines = []
+    run_pipeline(stages, quiet=True, report=lines.append)
+    root = tmp_path / "p"
+    report = json.loads((root / "vocab" / "vocab_report.json").read_text())
+    assert 0 < len(report["added"]) <= 30 and report["corpus_tokens"]["ratio"] < 1
+    assert any(line.startswith("[vocab] added") for line in lines)
+    adapter = json.loads((root / "pt" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(root / "vocab")
+    assert "embed_tokens" in adapter["modules_to_save"]  # the tiny model ties lm_head to it
+    lines.clear()
+    run_pipeline(stages, quiet=True, report=lines.append)
+    assert lines[0].endswith("already holds this vocabulary; skipped")
