@@ -45,6 +45,10 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
             from medtune.recipes.rl import check_reward_model
 
             _prefixed(where, check_reward_model, cfg.reward_model)
+        for spec in cfg.rl.reward_functions:
+            from medtune.recipes.rewards import reward_function
+
+            _prefixed(where, reward_function, spec)
     _check_adapters(stages, outputs)
 
 

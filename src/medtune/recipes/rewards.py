@@ -1,0 +1,127 @@
+"""Reward functions for the online RL stages (grpo, rloo), and the lookup of user-supplied ones.
+
+Each built-in has TRL's reward-function signature: ``fn(prompts, completions, **kwargs)`` returns
+one float per completion; ``kwargs`` carry the dataset's other columns (``reference``: the answer
+text of the record) and ``completion_ids``. Completions are strings or assistant message lists.
+Example::
+
+    from medtune.recipes.rewards import reward_function
+    overlap = reward_function("reference_overlap")
+    overlap(prompts=[[]], completions=["头痛"], reference=["头痛头晕。"])  # [0.666…]
+
+In a config::
+
+    rl:
+      reward_functions: [reference_overlap, no_repetition, mypkg.scoring:cites_guideline]
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import unicodedata
+from collections import Counter
+
+from medtune.errors import MedtuneError, did_you_mean
+
+# A unit is one Latin word / number or one other visible character (a CJK character is a unit).
+_UNIT = re.compile(r"[A-Za-z0-9]+|\S")
+REPEAT_N = 4  # n-gram size for no_repetition: 4 CJK characters or 4 words
+
+
+def text_units(text: str, punctuation: bool = False) -> list[str]:
+    """Return the lower-cased units of ``text``: CJK characters and Latin words (punctuation dropped
+    unless ``punctuation``)."""
+    units = [u.lower() for u in _UNIT.findall(text)]
+    if punctuation:
+        return units
+    return [u for u in units if len(u) > 1 or unicodedata.category(u)[0] not in "PS"]
+
+
+def completion_text(completion) -> str:
+    """Return the text of a completion: a string, or the joined contents of a message list."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content") or "" for m in completion)
+
+
+def _references(kwargs: dict, name: str) -> list[str]:
+    if "reference" not in kwargs:
+        raise MedtuneError(f"reward {name} needs the dataset's 'reference' column (the record's answer)")
+    return kwargs["reference"]
+
+
+def overlap_f1(candidate: str, reference: str) -> float:
+    """Return the F1 of the unit multisets of ``candidate`` and ``reference`` (0 when either is empty)."""
+    cand, ref = Counter(text_units(candidate)), Counter(text_units(reference))
+    common = sum((cand & ref).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(cand.values()), common / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def reference_overlap(prompts, completions, **kwargs) -> list[float]:
+    """Return F1 in [0, 1] between each completion and its reference answer: character-level for
+    Chinese (each CJK character a unit), word-level for Latin script; punctuation ignored."""
+    refs = _references(kwargs, "reference_overlap")
+    return [overlap_f1(completion_text(c), r) for c, r in zip(completions, refs)]
+
+
+def length(prompts, completions, completion_ids=None, max_new_tokens=None, **kwargs) -> list[float]:
+    """Return a penalty in [-1, 0]: ``-|len(completion) - len(reference)| / len(reference)`` in units,
+    capped at -1; a completion cut off at ``max_new_tokens`` (it never ended) gets -1."""
+    refs = _references(kwargs, "length")
+    ids = completion_ids if completion_ids is not None else [None] * len(completions)
+    out = []
+    for c, r, c_ids in zip(completions, refs, ids):
+        if max_new_tokens and c_ids is not None and len(c_ids) >= max_new_tokens:
+            out.append(-1.0)
+            continue
+        n, target = len(text_units(completion_text(c))), max(len(text_units(r)), 1)
+        out.append(-min(1.0, abs(n - target) / target))
+    return out
+
+
+def repeated_fraction(text: str, n: int = REPEAT_N) -> float:
+    """Return the share of the ``n``-grams of ``text`` (units, punctuation kept) that repeat an
+    earlier one: 0 for text without repeats or shorter than ``n`` units."""
+    units = text_units(text, punctuation=True)
+    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def no_repetition(prompts, completions, **kwargs) -> list[float]:
+    """Return minus the repeated 4-gram share of each completion, in [-1, 0] (0: no loop)."""
+    return [-repeated_fraction(completion_text(c)) for c in completions]
+
+
+BUILTIN = {"reference_overlap": reference_overlap, "length": length, "no_repetition": no_repetition}
+
+
+def reward_function(spec: str):
+    """Return the reward function ``spec`` names: a built-in or ``package.module:function``.
+
+    Modules are imported with the current directory on ``sys.path`` (your own code next to the
+    config). Raises a one-line MedtuneError for a missing module, function or non-callable.
+    """
+    if ":" not in spec:
+        if spec not in BUILTIN:
+            raise MedtuneError(f"rl.reward_functions: '{spec}' is not a built-in reward"
+                               + did_you_mean(spec, BUILTIN) + " (or write package.module:function)")
+        return BUILTIN[spec]
+    module_name, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MedtuneError(f"rl.reward_functions: cannot import '{module_name}' for '{spec}': {exc}") from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise MedtuneError(f"rl.reward_functions: module '{module_name}' has no '{name}' (from '{spec}')")
+    if not callable(fn):
+        raise MedtuneError(f"rl.reward_functions: '{spec}' is a {type(fn).__name__}, not a function")
+    return fn

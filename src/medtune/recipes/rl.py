@@ -1,0 +1,261 @@
+"""Online RL shared by grpo and rloo: sample completions per prompt, score them, move towards the better.
+
+Example (``grpo.yaml``, after ``medtune model tiny -o runs/tiny``)::
+
+    stage: grpo
+    model: {path: runs/tiny}
+    data: {train: [src/medtune/assets/sample/messages.jsonl], max_length: 256}
+    train: {max_steps: 10, batch_size: 4, logging_steps: 1}
+    rl: {num_generations: 4, max_new_tokens: 32, reward_functions: [reference_overlap, no_repetition]}
+    output: runs/grpo
+
+    medtune train grpo.yaml
+    medtune train grpo.yaml reward_model=runs/rm rl.beta=0.04   # add a reward model from stage rm
+
+Each prompt (a conversation up to its last user turn) gets ``rl.num_generations`` sampled
+completions of at most ``rl.max_new_tokens`` tokens at ``rl.temperature``. Each is scored by the
+reward model (``reward_model:``, a dir written by stage rm) and/or ``rl.reward_functions``; the
+scores are summed with ``rl.reward_weights`` (reward model first). GRPO compares each completion
+with its group's mean, RLOO with the mean of the others. ``rl.beta`` > 0 keeps the starting model
+as a reference and penalises drifting from it (KL, logged as ``kl``). The record's answer (last
+assistant turn, or ``chosen``) is passed to reward functions as ``reference``. TRL's sampler
+draws each prompt's group, so ``train.group_by_length`` does not apply here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+SHAPES = ("messages", "preference")
+PACK_BY_DEFAULT = False  # rows are prompts to sample from; nothing to pack
+
+
+def split_record(record: dict):
+    """Return ``(prompt_messages, reference_text)``: the conversation up to its last user turn and
+    the answer after it (a messages record's last assistant turn, a preference record's chosen)."""
+    if "messages" not in record:
+        return record["prompt"], record["chosen"][-1]["content"]
+    msgs = record["messages"]
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if not users:
+        return None, None
+    answers = [m["content"] for m in msgs[users[-1] + 1:] if m["role"] == "assistant"]
+    return msgs[: users[-1] + 1], answers[-1] if answers else ""
+
+
+def make_examples(cfg, tokenizer, records, stats):
+    """Return ``{prompt, reference, length}`` rows; prompts over data.max_length tokens are skipped
+    (whatever data.overlength says: a cut prompt asks a different question)."""
+    from medtune.data.tokenize import apply_template
+
+    rows = []
+    for record in records:
+        prompt, reference = split_record(record)
+        if prompt is None:
+            stats.skip("no user turn to prompt with")
+            continue
+        n_tokens = len(apply_template(tokenizer, prompt, add_generation_prompt=True)["input_ids"])
+        if n_tokens > cfg.data.max_length:
+            stats.skip("prompt longer than data.max_length")
+            continue
+        rows.append({"prompt": prompt, "reference": reference, "length": n_tokens})
+    stats.examples += len(rows)
+    stats.rows += len(rows)
+    return rows
+
+
+def check_rl_stage(cfg) -> None:
+    """Raise a one-line MedtuneError for an RL option that cannot work: data options RL does not
+    read, an unknown reward function, a reward_model dir that is not a reward model."""
+    from medtune.recipes.rewards import reward_function
+
+    d, stage = cfg.data, cfg.stage
+    if d.packing == "true":
+        raise MedtuneError(f"data.packing does not apply to stage {stage}: its rows are prompts to sample from")
+    if d.train_on_prompt:
+        raise MedtuneError(f"data.train_on_prompt does not apply to stage {stage}: it learns from sampled completions")
+    for spec in cfg.rl.reward_functions:
+        reward_function(spec)
+    if cfg.reward_model:
+        check_reward_model(cfg.reward_model)
+
+
+def load_model(cfg, path: str):
+    """Return the policy to train, after checking the stage's rewards (so a bad reward_model or
+    reward function fails before the output dir is claimed and before any weights load)."""
+    from medtune.models.load import load_model as load_causal_lm
+
+    check_rl_stage(cfg)
+    m = cfg.model
+    return load_causal_lm(path, m.dtype, m.device, m.trust_remote_code,
+                          quant_bits=cfg.adapter.bits if cfg.adapter.method == "qlora" else None,
+                          merge_adapters=not cfg.adapter.incremental)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def check_reward_model(path: str) -> None:
+    """Raise a one-line MedtuneError unless ``path`` is a reward model dir (a one-label
+    ``*ForSequenceClassification`` model or a SEQ_CLS adapter, with a chat template); reads
+    config files only, no weights."""
+    from medtune.models.load import check_model_path
+
+    p = Path(path)
+    if not p.is_dir():
+        raise MedtuneError(f"reward model '{path}' not found (expected a dir written by stage rm)")
+    adapter = _read_json(p / "adapter_config.json")
+    if adapter:
+        if adapter.get("task_type") != "SEQ_CLS":
+            raise MedtuneError(f"'{path}' is not a reward model (an adapter with task_type "
+                               f"{adapter.get('task_type')}); train one with stage: rm")
+        check_model_path(adapter.get("base_model_name_or_path") or "")
+    else:
+        config = _read_json(p / "config.json")
+        if not config:
+            raise MedtuneError(f"'{path}' is not a reward model (no config.json); train one with stage: rm")
+        archs = config.get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise MedtuneError(f"'{path}' is not a reward model (architectures: {', '.join(archs) or 'none'}); "
+                               "train one with stage: rm")
+        labels = len(config.get("id2label") or {0: 0, 1: 1})  # none saved: the default two labels
+        if labels != 1:
+            raise MedtuneError(f"'{path}' is a classifier with {labels} labels; a reward model has one score")
+    tok_config = _read_json(p / "tokenizer_config.json")
+    if not tok_config:
+        raise MedtuneError(f"reward model '{path}' has no tokenizer (tokenizer_config.json)")
+    if not ((p / "chat_template.jinja").is_file() or tok_config.get("chat_template")):
+        raise MedtuneError(f"reward model '{path}' has no chat template; it scores conversations rendered with it")
+
+
+def load_reward_model(path: str, dtype: str = "auto", device: str = "cpu"):
+    """Return ``(model, tokenizer)`` of the reward model in ``path``, frozen, in eval mode.
+
+    An adapter dir (stage rm with LoRA) is merged into the classifier built on its base.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from medtune.models import load
+
+    check_reward_model(path)
+    tokenizer = load.load_tokenizer(path)
+    if load.is_adapter_dir(path):
+        model = load.merge_adapter(_classifier_on(load.adapter_base(path), dtype, device), path)
+    else:
+        model = load._from_pretrained(AutoModelForSequenceClassification, path, num_labels=1,
+                                      dtype=load.resolve_dtype(dtype, device), use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
+    model.requires_grad_(False)
+    return model.to(device).eval(), tokenizer
+
+
+def _classifier_on(base: str, dtype: str, device: str):
+    """Return a one-label classifier with the backbone of the causal LM ``base`` (a model dir, or
+    an adapter dir merged first, as stage rm builds it); its score head is the adapter's to set."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from medtune.models import load
+
+    torch_dtype = load.resolve_dtype(dtype, device)
+    if not load.is_adapter_dir(base):
+        return load._from_pretrained(AutoModelForSequenceClassification, base, num_labels=1, dtype=torch_dtype,
+                                     use_safetensors=True)
+    causal = load.load_model(base, dtype, device)
+    config = copy.deepcopy(causal.config)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
+    getattr(model, model.base_model_prefix).load_state_dict(getattr(causal, causal.base_model_prefix).state_dict())
+    return model
+
+
+def reward_sources(cfg, device: str):
+    """Return ``(reward_funcs, reward_processing_classes)`` for TRL, the reward model first.
+
+    TRL renders prompt + completion with the reward model's own chat template and tokenizer and
+    reads its score; built-in ``length`` also gets ``rl.max_new_tokens`` to spot cut-off answers.
+    """
+    import functools
+
+    from medtune.recipes.rewards import length, reward_function
+
+    funcs, classes = [], []
+    if cfg.reward_model:
+        model, tokenizer = load_reward_model(str(Path(cfg.reward_model).resolve()), cfg.model.dtype, device)
+        funcs.append(model)
+        classes.append(tokenizer)
+    for spec in cfg.rl.reward_functions:
+        fn = reward_function(spec)
+        funcs.append(functools.partial(fn, max_new_tokens=cfg.rl.max_new_tokens) if fn is length else fn)
+        classes.append(None)
+    return funcs, classes
+
+
+def rl_arguments(cfg, kwargs: dict, config_cls):
+    """Return the TRL ``GRPOConfig`` / ``RLOOConfig`` for ``cfg`` from the shared trainer kwargs."""
+    r = cfg.rl
+    args = dict(kwargs)
+    # TRL's sampler repeats each prompt num_generations times; length grouping does not apply.
+    args["train_sampling_strategy"] = "random"
+    # An eval batch must hold whole groups too.
+    groups = math.ceil(args["per_device_eval_batch_size"] / r.num_generations)
+    args["per_device_eval_batch_size"] = groups * r.num_generations
+    return config_cls(
+        **args,
+        num_generations=r.num_generations,
+        max_completion_length=r.max_new_tokens,
+        temperature=r.temperature,
+        beta=r.beta,
+        reward_weights=list(r.reward_weights) or None,
+    )
+
+
+def build_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs: dict, trainer_cls, config_cls):
+    """Return the guarded TRL RL trainer (``GRPOTrainer`` / ``RLOOTrainer``) for this stage."""
+    from medtune.recipes.run import quiet_trainer
+    from medtune.recipes.trainer import guarded
+
+    funcs, classes = reward_sources(cfg, str(next(model.parameters()).device))
+    trainer = guarded(trainer_cls, order=False)(
+        model=model,
+        reward_funcs=funcs,
+        args=rl_arguments(cfg, kwargs, config_cls),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,  # its chat template renders the prompts
+        reward_processing_classes=classes,
+    )
+    return quiet_trainer(trainer, kwargs["disable_tqdm"])
+
+
+def drop_reference_adapter(model) -> None:
+    """Remove the frozen ``ref`` adapter TRL adds to a PEFT policy when beta > 0 (not an output)."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config and "ref" in peft_config:
+        model.delete_adapter("ref")
+
+
+def extra_metrics(cfg, trainer, eval_set) -> dict:
+    """Return the mean reward at the first and last log (total and per reward), and the last KL.
+
+    Called by run_stage after training and evaluation, right before saving: the reference adapter
+    is dropped here so that only the trained adapter is saved.
+    """
+    drop_reference_adapter(trainer.model)
+    logs = [h for h in trainer.state.log_history if h.get("reward") is not None]
+    if not logs:
+        return {}
+    first, last = logs[0], logs[-1]
+    metrics = {"reward_start": round(first["reward"], 6), "reward_end": round(last["reward"], 6)}
+    names = [k for k in first if k.startswith("rewards/") and k.endswith("/mean")]
+    metrics["rewards"] = {k[len("rewards/"):-len("/mean")]: [round(first[k], 6), round(last[k], 6)]
+                          for k in names if last.get(k) is not None}
+    if last.get("kl") is not None:
+        metrics["kl_end"] = round(last["kl"], 6)
+    return metrics
