@@ -41,11 +41,19 @@ def _print_result(name: str, result) -> None:
           f"{m['global_steps']} steps, {m['train_runtime_s']:.1f}s)")
 
 
+def _quiet_datasets(quiet: bool) -> None:
+    if quiet:  # the env var only works if set before datasets is first imported
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def cmd_train(args) -> int:
     from medtune.config import load_stage_config
     from medtune.recipes.run import run_stage
 
     cfg = load_stage_config(args.config, args.overrides)
+    _quiet_datasets(args.quiet)
     _print_result(cfg.stage, run_stage(cfg, overwrite=args.overwrite, quiet=args.quiet))
     return 0
 
@@ -55,6 +63,7 @@ def cmd_pipeline(args) -> int:
     from medtune.recipes.pipeline import run_pipeline
 
     stages = load_pipeline_config(args.config, args.overrides)
+    _quiet_datasets(args.quiet)
     results = run_pipeline(stages, overwrite=args.overwrite, quiet=args.quiet,
                            report=(lambda line: None) if args.quiet else print)
     for cfg, result in zip(stages, results):

@@ -156,7 +156,8 @@ def pipeline_from_dict(data: dict, src: str) -> Pipeline:
             raw["reward_model"] = done[rm].output
         cfg = stage_from_dict(raw, where)
         parent = done[start] if start else (configs[-1] if configs else None)
-        if cfg.adapter.incremental and (parent is None or parent.adapter.method not in ("lora", "dora")):
+        # A first stage may continue the adapter base.path holds (checked when it loads).
+        if cfg.adapter.incremental and parent is not None and parent.adapter.method not in ("lora", "dora"):
             raise MedtuneError(f"{where}: adapter.incremental continues the previous stage's LoRA/DoRA adapter, "
                                "but the stage it starts from trains none")
         done[name] = cfg
