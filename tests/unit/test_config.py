@@ -65,6 +65,8 @@ def test_unknown_top_level_key():
      r"multiple of rl.num_generations"),
     ({"reward_model": "runs/rm"}, r"reward_model applies to grpo and rloo"),
     ({"data__curriculum": "length", "data__packing": "true"}, r"cannot be combined with data.packing"),
+    ({"stage": "rm", "preference__beta": 0.3}, r"preference.beta does not apply to stage rm"),
+    ({"stage": "dpo", "preference__label_smoothing": 0.6}, r"label_smoothing must be in \[0, 0.5\)"),
     ({"adapter__method": "prefix", "train__gradient_checkpointing": True}, r"prefix does not work with train.gradient"),
     ({"stage": "pt", "adapter__method": "prefix"}, r"prefix cannot train packed rows"),
     ({"data__eval_split": 1.5}, r"eval_split must be in \[0, 1\)"),

@@ -322,6 +322,12 @@ def _check_sections(cfg: StageConfig, src: str) -> None:
         raise MedtuneError(f"{src}: preference.desirable_weight / undesirable_weight apply to kto only")
     if p.simpo_gamma != 0.5 and cfg.stage != "simpo":
         raise MedtuneError(f"{src}: preference.simpo_gamma applies to simpo only")
+    if cfg.stage == "rm" and _changed(p, "beta"):
+        raise MedtuneError(f"{src}: preference.beta does not apply to stage rm (the pairwise loss has no temperature)")
+    if cfg.stage == "rm" and cfg.data.train_on_prompt:
+        raise MedtuneError(f"{src}: data.train_on_prompt does not apply to stage rm (it scores whole answers)")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        raise MedtuneError(f"{src}: preference.label_smoothing must be in [0, 0.5)")
     if p.beta < 0:
         raise MedtuneError(f"{src}: preference.beta must be >= 0 (0: the stage's default)")
     if cfg.reward_model and cfg.stage not in RL_STAGES:
