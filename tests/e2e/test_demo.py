@@ -19,7 +19,7 @@ def test_demo_learns_facts_and_reports(tmp_path):
     acc = report["heldout_accuracy"]
     assert list(acc) == ["base", "pt", "sft"]
     assert acc["base"] < 0.05
-    assert acc["sft"] >= 0.85, acc  # held-out question phrasing, measured 0.958 on 2 CPU cores
+    assert acc["sft"] >= 0.85, acc  # held-out question phrasing, measured 0.903 on 2 CPU cores (0.958 with the sampler of issue 2)
     cloze = report["cloze_accuracy"]
     assert cloze["pt"] >= cloze["base"] + 0.5, cloze  # pretraining alone stores the facts
     assert (out / "loss.png").stat().st_size > 10_000
