@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import publish
+from results import publish, section_header
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -130,7 +129,6 @@ def main() -> int:
     if not DATA.is_file():
         print(f"skipped: {DATA} not found (needs ../shared/data)", file=sys.stderr)
         return 0
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -142,9 +140,7 @@ def main() -> int:
             rows["medtune sft (packing)"] = run_medtune(model, data, work / "packed", packing=True)
     tokens = rows["medtune sft"]["tokens"]
     ratio = rows["trl SFTTrainer"]["train_s"] / rows["medtune sft"]["train_s"]
-    report = (f"\n## sft_speed — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n"
-              f"`python bench/sft_speed.py {' '.join(sys.argv[1:])}`: tiny Llama (hidden 256, 4 layers, "
+    report = (section_header("sft_speed") + ": tiny Llama (hidden 256, 4 layers, "
               f"vocab 8000), first {args.records} HuaTuo records ({tokens} real tokens), LoRA r8 all-linear, "
               f"cutoff 512, batch 8, 1 epoch, fp32 CPU.\n\n{table(rows, tokens)}\n\n"
               f"**Speed-up (TRL train time / medtune train time): {ratio:.2f}×**\n")

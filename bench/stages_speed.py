@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import publish
+from results import publish, section_header
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -221,7 +220,6 @@ def main() -> int:
     if args.child:
         child(args.child, Path(args.work), args.steps)
         return 0
-    import torch
 
     n_records, steps = (40, 3) if args.quick else (200, 10)
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,9 +233,7 @@ def main() -> int:
         ours = {s: measure(f"medtune:{s}:lora:precomputed", work, steps, n) for s in STAGES if s != "dpo"}
         ours["dpo"] = refs[("lora", "precomputed")]
         pairs = {s: (measure(f"trl:{s}:lora:-", work, steps, n), ours[s]) for s in STAGES}
-    report = (f"\n## stages_speed — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n"
-              f"`python bench/stages_speed.py {' '.join(sys.argv[1:])}`: tiny Llama (hidden 128, 4 layers, vocab "
+    report = (section_header("stages_speed") + ": tiny Llama (hidden 128, 4 layers, vocab "
               f"4000), {n_records} pairs ({source}, {per_pair:.0f} tokens a pair), LoRA r8 all-linear unless "
               f"noted, cutoff {HP['max_length']}, batch {HP['batch_size']}, {steps} steps, fp32 CPU.\n\n"
               f"DPO reference: precomputed (one pass before training) vs live (a forward every step)\n\n"

@@ -25,7 +25,13 @@ MERGE_RECORD = "merge.json"
 def merge_to_dir(adapter: str, out: str, base: str | None = None, dtype: str = "auto",
                  overwrite: bool = False) -> Path:
     """Write ``adapter`` merged into ``base`` (default: its recorded base) to ``out``; return ``out``."""
-    from medtune.models.load import adapter_base, is_adapter_dir, load_model, load_tokenizer, merge_adapter
+    from medtune.models.load import (
+        adapter_base,
+        is_adapter_dir,
+        load_model,
+        load_tokenizer,
+        merge_adapter,
+    )
 
     if not is_adapter_dir(adapter):
         raise MedtuneError(f"--adapter '{adapter}' is not an adapter dir (no adapter_config.json)")

@@ -122,6 +122,36 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remot
     return model if quant_bits else model.to(device)
 
 
+def load_classifier(path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                    quant_bits: int | None = None):
+    """Return a one-label sequence classifier (a reward model) at ``path`` on ``device``.
+
+    A causal LM dir keeps its backbone and gets a new score head (seeded by the caller); an adapter
+    dir is merged into its base first; a classifier dir loads as saved.
+    """
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if is_adapter_dir(path):
+        causal = load_model(path, dtype, device, trust_remote_code)
+        config = copy.deepcopy(causal.config)
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype,
+                                                                trust_remote_code=trust_remote_code)
+        getattr(model, model.base_model_prefix).load_state_dict(getattr(causal, causal.base_model_prefix).state_dict())
+        return model.to(device)
+    check_model_path(path)
+    extra = {}
+    if quant_bits:
+        extra = {"quantization_config": quantization_config(quant_bits, device, torch_dtype), "device_map": {"": device}}
+    model = _from_pretrained(AutoModelForSequenceClassification, path, num_labels=1, dtype=torch_dtype,
+                             trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
+    return model if quant_bits else model.to(device)
+
+
 def quantization_config(bits: int, device: str, compute_dtype):
     """Return a bitsandbytes config for a ``bits``-bit base (nf4 + double quant for 4 bits)."""
     import importlib.util

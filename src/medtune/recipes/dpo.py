@@ -16,13 +16,8 @@ SHAPES = pref.PREFERENCE_SHAPES
 PACK_BY_DEFAULT = False
 
 
-def make_examples(cfg, tokenizer, records, stats):
-    """Return pair rows (chosen and rejected answers tokenized with the chat template)."""
-    if not 0.0 <= cfg.preference.label_smoothing < 0.5:
-        from medtune.errors import MedtuneError
-
-        raise MedtuneError("preference.label_smoothing must be in [0, 0.5) (the assumed share of flipped labels)")
-    return pref.make_pair_examples(cfg, tokenizer, records, stats)
+make_examples = pref.make_pair_examples  # chosen and rejected answers, chat template (label_smoothing
+# is range-checked by schema.check_stage)
 
 
 class DPOTrainer(pref.ReferenceMixin, pref.PreferenceTrainer):

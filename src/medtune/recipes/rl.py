@@ -138,41 +138,17 @@ def load_reward_model(path: str, dtype: str = "auto", device: str = "cpu"):
 
     An adapter dir (stage rm with LoRA) is merged into the classifier built on its base.
     """
-    from transformers import AutoModelForSequenceClassification
-
     from medtune.models import load
 
     check_reward_model(path)
     tokenizer = load.load_tokenizer(path)
     if load.is_adapter_dir(path):
-        model = load.merge_adapter(_classifier_on(load.adapter_base(path), dtype, device), path)
+        model = load.merge_adapter(load.load_classifier(load.adapter_base(path), dtype, device), path)
     else:
-        model = load._from_pretrained(AutoModelForSequenceClassification, path, num_labels=1,
-                                      dtype=load.resolve_dtype(dtype, device), use_safetensors=True)
+        model = load.load_classifier(path, dtype, device)
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
     model.requires_grad_(False)
     return model.to(device).eval(), tokenizer
-
-
-def _classifier_on(base: str, dtype: str, device: str):
-    """Return a one-label classifier with the backbone of the causal LM ``base`` (a model dir, or
-    an adapter dir merged first, as stage rm builds it); its score head is the adapter's to set."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
-    from medtune.models import load
-
-    torch_dtype = load.resolve_dtype(dtype, device)
-    if not load.is_adapter_dir(base):
-        return load._from_pretrained(AutoModelForSequenceClassification, base, num_labels=1, dtype=torch_dtype,
-                                     use_safetensors=True)
-    causal = load.load_model(base, dtype, device)
-    config = copy.deepcopy(causal.config)
-    config.num_labels = 1
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
-    getattr(model, model.base_model_prefix).load_state_dict(getattr(causal, causal.base_model_prefix).state_dict())
-    return model
 
 
 def reward_sources(cfg, device: str):

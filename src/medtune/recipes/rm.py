@@ -12,21 +12,13 @@ Example::
 
 from __future__ import annotations
 
-from medtune.errors import MedtuneError
 from medtune.recipes import preference as pref
 
 SHAPES = pref.PREFERENCE_SHAPES
 PACK_BY_DEFAULT = False
 
 
-def make_examples(cfg, tokenizer, records, stats):
-    """Return pair rows (chosen and rejected answers tokenized with the chat template)."""
-    if cfg.data.train_on_prompt:
-        raise MedtuneError("data.train_on_prompt does not apply to stage rm "
-                           "(a reward model scores whole sequences)")
-    if cfg.preference.beta:
-        raise MedtuneError("preference.beta does not apply to stage rm (its loss has no temperature)")
-    return pref.make_pair_examples(cfg, tokenizer, records, stats)
+make_examples = pref.make_pair_examples  # chosen and rejected answers, chat template
 
 
 def load_model(cfg, path):
@@ -34,33 +26,14 @@ def load_model(cfg, path):
 
     The score head is new (seeded by ``train.seed``); an adapter dir is merged into its base first.
     """
-    import copy
+    from transformers import set_seed
 
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    from medtune.models import load
+    from medtune.models.load import load_classifier
 
     m = cfg.model
-    device = load.resolve_device(m.device)
-    dtype = load.resolve_dtype(m.dtype, device)
     set_seed(cfg.train.seed)
-    if load.is_adapter_dir(path):
-        causal = load.load_model(path, m.dtype, device, m.trust_remote_code)
-        config = copy.deepcopy(causal.config)
-        config.num_labels = 1
-        model = AutoModelForSequenceClassification.from_config(config, dtype=dtype,
-                                                                trust_remote_code=m.trust_remote_code)
-        backbone = getattr(model, model.base_model_prefix)
-        backbone.load_state_dict(getattr(causal, causal.base_model_prefix).state_dict())
-        return model.to(device)
-    extra = {}
-    if cfg.adapter.method == "qlora":
-        extra = {"quantization_config": load.quantization_config(cfg.adapter.bits, device, dtype),
-                 "device_map": {"": device}}
-    load.check_model_path(path)
-    model = load._from_pretrained(AutoModelForSequenceClassification, path, num_labels=1, dtype=dtype,
-                                  trust_remote_code=m.trust_remote_code, use_safetensors=True, **extra)
-    return model if extra else model.to(device)
+    bits = cfg.adapter.bits if cfg.adapter.method == "qlora" else None
+    return load_classifier(path, m.dtype, m.device, m.trust_remote_code, quant_bits=bits)
 
 
 def pair_scores(model, batch):

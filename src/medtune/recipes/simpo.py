@@ -15,9 +15,7 @@ SHAPES = pref.PREFERENCE_SHAPES
 PACK_BY_DEFAULT = False
 
 
-def make_examples(cfg, tokenizer, records, stats):
-    """Return pair rows (chosen and rejected answers tokenized with the chat template)."""
-    return pref.make_pair_examples(cfg, tokenizer, records, stats)
+make_examples = pref.make_pair_examples  # chosen and rejected answers, chat template
 
 
 class SimPOTrainer(pref.PreferenceTrainer):
