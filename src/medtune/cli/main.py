@@ -21,6 +21,8 @@ EPILOG = """examples:
   medtune model tiny --arch llama -o runs/tiny     tiny random model + locally trained tokenizer
   medtune train sft.yaml train.epochs=1            one stage; key=value overrides the YAML
   medtune pipeline pipe.yaml                       stages in order, each from the previous output
+  medtune data convert huatuo.json -o sft.jsonl    any layout -> unified JSONL (also clean, generate,
+                                                   mix, split, stats)
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
   medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
@@ -123,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_pipeline, _add_model, _add_tokenizer, _add_export, _add_chat):
+    from medtune.cli.data_args import add_data
+
+    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer,
+                _add_export, _add_chat):
         add(sub)
     return parser
 

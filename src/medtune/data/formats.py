@@ -11,9 +11,9 @@ Shapes (one dict per record):
   "label": bool}`` (unpaired feedback: was this answer desirable?).
 
 Formats are small functions ``record dict -> unified dict`` registered by name with
-:func:`register_format`. A reader raises ``_Bad`` for a problem the user must fix (it becomes a
+:func:`register_format`. A reader raises ``Bad`` for a problem the user must fix (it becomes a
 one-line :class:`~medtune.errors.MedtuneError` naming ``file:line``, the field and the format) and
-``_Skip`` for a well-formed but empty record (counted in :attr:`FileData.skipped`, never dropped
+``Skip`` for a well-formed but empty record (counted in :attr:`FileData.skipped`, never dropped
 silently).
 
 Files are read as UTF-8 (a BOM is tolerated). JSON arrays and JSONL are told apart by content, not
@@ -65,7 +65,7 @@ _WS = re.compile(r"[ \t\n\r]*")
 _MAX_KEYS = 12
 
 
-class _Bad(Exception):
+class Bad(Exception):
     """A record problem the user must fix; ``keys`` (the record's) is shown for a missing field."""
 
     def __init__(self, message: str, keys=None):
@@ -73,7 +73,7 @@ class _Bad(Exception):
         self.keys = keys
 
 
-class _Skip(Exception):
+class Skip(Exception):
     """A well-formed but empty record; ``reason`` is the key counted in ``FileData.skipped``."""
 
     def __init__(self, reason: str):
@@ -83,7 +83,7 @@ class _Skip(Exception):
 
 def register_format(name: str, shape: str):
     """Decorator: register ``fn(record) -> unified record`` as format ``name`` producing ``shape``."""
-    if shape not in ("text", "messages", "preference", "kto"):
+    if shape not in ("text", "messages", "preference", "kto", "prompt", "choice", "label"):
         raise ValueError(f"unknown shape {shape!r}")
 
     def deco(fn):
@@ -100,7 +100,7 @@ def register_format(name: str, shape: str):
 # field helpers
 
 
-def _type(value) -> str:
+def json_type(value) -> str:
     """JSON name of ``value``'s type, for error messages."""
     if value is None:
         return "null"
@@ -117,11 +117,11 @@ def _get(rec: dict, key: str, kind=str, required: bool = True, label: str | None
     value = rec.get(key)
     if value is None and (not required or key not in rec):
         if required:
-            raise _Bad(f'field "{label}" missing', keys=list(rec))
+            raise Bad(f'field "{label}" missing', keys=list(rec))
         return None
     if not isinstance(value, kind):
-        article = "an object" if kind is dict else f"a {_type(kind())}"
-        raise _Bad(f'field "{label}" must be {article}, got {_type(value)}')
+        article = "an object" if kind is dict else f"a {json_type(kind())}"
+        raise Bad(f'field "{label}" must be {article}, got {json_type(value)}')
     return value
 
 
@@ -135,10 +135,10 @@ def _turns(turns: list, label: str, role_key: str, text_key: str, roles: dict) -
     for i, turn in enumerate(turns):
         name = f"{label}[{i}]"
         if not isinstance(turn, dict):
-            raise _Bad(f'field "{name}" must be an object, got {_type(turn)}')
+            raise Bad(f'field "{name}" must be an object, got {json_type(turn)}')
         role = _get(turn, role_key, label=f"{name}.{role_key}")
         if role not in roles:
-            raise _Bad(
+            raise Bad(
                 f'field "{name}.{role_key}" has unknown value {role!r}' + did_you_mean(role, roles)
             )
         out.append(_msg(roles[role], _get(turn, text_key, label=f"{name}.{text_key}")))
@@ -158,28 +158,28 @@ def _message_turns(turns: list, label: str) -> list[dict]:
 def _check_turns(msgs: list[dict], label: str, last: str = "assistant") -> list[dict]:
     """Check ``[system?] user assistant user ...`` ending with ``last``; drop an empty system turn.
 
-    Structural problems raise ``_Bad`` (indices are those of ``label``); empty turns ``_Skip``.
+    Structural problems raise ``Bad`` (indices are those of ``label``); empty turns ``Skip``.
     """
     start = 1 if msgs and msgs[0]["role"] == "system" else 0
     for i, m in enumerate(msgs[start:], start):
         want = "user" if (i - start) % 2 == 0 else "assistant"
         if m["role"] != want:
-            raise _Bad(
-                f'field "{label}[{i}]" is a {m["role"]} turn, expected {want} '
+            raise Bad(
+                f'field "{label}[{i}]" is {"an" if m["role"] == "assistant" else "a"} {m["role"]} turn, expected {want} '
                 "(an optional system turn first, then user/assistant alternating)"
             )
     if start and not msgs[0]["content"].strip():
         msgs = msgs[1:]
         start = 0
     if len(msgs) == start:
-        raise _Skip("empty conversation")
+        raise Skip("empty conversation")
     if msgs[-1]["role"] != last:
-        raise _Bad(
+        raise Bad(
             f'field "{label}" must end with a{"n" if last[0] == "a" else ""} {last} turn '
             f"(the last is a {msgs[-1]['role']} turn)"
         )
     if any(not m["content"].strip() for m in msgs):
-        raise _Skip("empty turn")
+        raise Skip("empty turn")
     return msgs
 
 
@@ -189,7 +189,7 @@ def _with_system(rec: dict, msgs: list[dict], label: str) -> list[dict]:
     if system is None or not system.strip():
         return msgs
     if msgs and msgs[0]["role"] == "system":
-        raise _Bad(f'field "system" given twice (top-level and as the first turn of "{label}")')
+        raise Bad(f'field "system" given twice (top-level and as the first turn of "{label}")')
     return [_msg("system", system)] + msgs
 
 
@@ -207,15 +207,15 @@ def read_alpaca(rec: dict) -> dict:
     for i, pair in enumerate(_get(rec, "history", list, required=False) or []):
         ok = isinstance(pair, (list, tuple)) and len(pair) == 2
         if not ok or not all(isinstance(x, str) for x in pair):
-            raise _Bad(f'field "history[{i}]" must be a [user, assistant] pair of strings')
+            raise Bad(f'field "history[{i}]" must be a [user, assistant] pair of strings')
         msgs += [_msg("user", pair[0]), _msg("assistant", pair[1])]
     if not output.strip():
-        raise _Skip("empty output")
+        raise Skip("empty output")
     user = "\n".join(part for part in (instruction, extra) if part.strip())
     if not user:
-        raise _Skip("empty instruction")
+        raise Skip("empty instruction")
     if any(not m["content"].strip() for m in msgs):
-        raise _Skip("empty history turn")
+        raise Skip("empty history turn")
     return {"messages": msgs + [_msg("user", user), _msg("assistant", output)]}
 
 
@@ -239,7 +239,7 @@ def read_text(rec: dict) -> dict:
     """``{"text": str}`` (also each non-blank line of a ``.txt`` file)."""
     text = _get(rec, "text")
     if not text.strip():
-        raise _Skip("empty text")
+        raise Skip("empty text")
     return {"text": text}
 
 
@@ -248,6 +248,8 @@ def _pref_prompt(rec: dict) -> list[dict]:
     try:
         if "question" in rec or "response_chosen" in rec:
             label, msgs = "question", [_msg("user", _get(rec, "question"))]
+        elif "user_input" in rec:
+            label, msgs = "user_input", [_msg("user", _get(rec, "user_input"))]
         elif "conversations" in rec:
             label = "conversations"
             msgs = _sharegpt_turns(_get(rec, label, list), label)
@@ -256,8 +258,8 @@ def _pref_prompt(rec: dict) -> list[dict]:
         else:
             label, msgs = "prompt", [_msg("user", _get(rec, "prompt"))]
         return _with_system(rec, _check_turns(msgs, label, last="user"), label)
-    except _Skip:
-        raise _Skip("empty prompt") from None
+    except Skip:
+        raise Skip("empty prompt") from None
 
 
 def _pref_answer(rec: dict, key: str) -> list[dict]:
@@ -267,29 +269,39 @@ def _pref_answer(rec: dict, key: str) -> list[dict]:
         msgs = _message_turns(value, key)
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
-                raise _Bad(f'field "{key}[{i}].role" must be assistant, got {m["role"]!r}')
+                raise Bad(f'field "{key}[{i}].role" must be assistant, got {m["role"]!r}')
     else:
         msgs = [_msg("assistant", _get(rec, key))]
     if not msgs or any(not m["content"].strip() for m in msgs):
-        raise _Skip(f"empty {key.removeprefix('response_')}")
+        raise Skip(f"empty {key.removeprefix('response_')}")
     return msgs
+
+
+# Answer-key pairs of each preference layout: (chosen, rejected). Ranked comparisons
+# (GPT-4-LLM comparison_data) put the better completion first.
+_PREF_KEYS = (("response_chosen", "response_rejected"), ("completion_a", "completion_b"),
+              ("chosen", "rejected"))
 
 
 @register_format("preference", "preference")
 def read_preference(rec: dict) -> dict:
     """``{conversations, chosen, rejected}``, ``{question, response_chosen, response_rejected}``,
-    or ``{prompt, chosen, rejected}`` (strings or message lists)."""
-    old = "question" in rec or "response_chosen" in rec
-    keys = ("response_chosen", "response_rejected") if old else ("chosen", "rejected")
+    ``{user_input, completion_a, completion_b}`` (a ranked above b) or ``{prompt, chosen, rejected}``
+    (strings or message lists)."""
+    keys = next((k for k in _PREF_KEYS if k[0] in rec or k[1] in rec), _PREF_KEYS[-1])
     prompt = _pref_prompt(rec)
     chosen, rejected = (_pref_answer(rec, k) for k in keys)
+    if chosen == rejected:
+        raise Bad(f'fields "{keys[0]}" and "{keys[1]}" are identical (a pair teaches nothing)')
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 # Single-turn prompt/response pairs under the column names the seeds use: ADGEN (P-Tuning v2),
-# ChatGLM-Med, query/response dumps, question/answer sets. The first pair present wins.
+# ChatGLM-Med, query/response dumps, question/answer sets, Zhongjing's safety rows, the Toyhom
+# doctor-dialogue CSVs, HuatuoGPT's Med-dialog eval. The first pair present wins.
 PAIR_COLUMNS = (("content", "summary"), ("context", "target"), ("query", "response"),
-                ("question", "answer"), ("prompt", "response"), ("input", "output"))
+                ("question", "answer"), ("prompt", "response"), ("input", "output"),
+                ("instruct", "output"), ("ask", "answer"), ("medical_case", "doctor_diagnosis"))
 
 
 @register_format("pair", "messages")
@@ -300,13 +312,13 @@ def read_pair(rec: dict) -> dict:
         if prompt_key in rec and answer_key in rec:
             prompt, answer = _get(rec, prompt_key), _get(rec, answer_key)
             if not prompt.strip():
-                raise _Skip(f"empty {prompt_key}")
+                raise Skip(f"empty {prompt_key}")
             if not answer.strip():
-                raise _Skip(f"empty {answer_key}")
+                raise Skip(f"empty {answer_key}")
             msgs = [_msg("user", prompt), _msg("assistant", answer)]
             return {"messages": _with_system(rec, msgs, prompt_key)}
     pairs = ", ".join("/".join(p) for p in PAIR_COLUMNS)
-    raise _Bad(f"no prompt/response column pair found (expected one of {pairs})", keys=list(rec))
+    raise Bad(f"no prompt/response column pair found (expected one of {pairs})", keys=list(rec))
 
 
 @register_format("kto", "kto")
@@ -316,8 +328,50 @@ def read_kto(rec: dict) -> dict:
     completion = _pref_answer(rec, "completion")
     label = rec.get("label")
     if not isinstance(label, bool):
-        raise _Bad(f'field "label" must be true or false, got {_type(label)}', keys=list(rec))
+        raise Bad(f'field "label" must be true or false, got {json_type(label)}', keys=list(rec))
     return {"prompt": prompt, "completion": completion, "label": label}
+
+
+@register_format("prompt", "prompt")
+def read_prompt(rec: dict) -> dict:
+    """A prompt without an answer (inference inputs, eval prompts): ``{messages}`` ending with a user
+    turn, ``{prompt}`` (string or messages), ``{query}``, or ``{instruction, input?}``."""
+    if "messages" in rec:
+        label, msgs = "messages", _message_turns(_get(rec, "messages", list), "messages")
+    elif isinstance(rec.get("prompt"), list):
+        label, msgs = "prompt", _message_turns(rec["prompt"], "prompt")
+    else:
+        label = next((k for k in ("prompt", "query", "instruction") if k in rec), "prompt")
+        text = _get(rec, label)
+        if label == "instruction" and (_get(rec, "input", required=False) or "").strip():
+            text = f"{text}\n{rec['input']}"
+        msgs = [_msg("user", text)]
+    return {"prompt": _with_system(rec, _check_turns(msgs, label, last="user"), label)}
+
+
+@register_format("cmb-clin", "messages")
+def read_case_qa(rec: dict) -> dict:
+    """CMB-Clin case: ``{title?, description, QA_pairs: [{question, answer|solution}]}`` -> one
+    dialogue whose first user turn carries the case description."""
+    description = _get(rec, "description")
+    msgs = []
+    for i, qa in enumerate(_get(rec, "QA_pairs", list)):
+        if not isinstance(qa, dict):
+            raise Bad(f'field "QA_pairs[{i}]" must be an object, got {json_type(qa)}')
+        answer_key = "solution" if "solution" in qa and "answer" not in qa else "answer"
+        question = _get(qa, "question", label=f"QA_pairs[{i}].question")
+        msgs += [_msg("user", f"{description}\n\n{question}" if i == 0 else question),
+                 _msg("assistant", _get(qa, answer_key, label=f"QA_pairs[{i}].{answer_key}"))]
+    return {"messages": _check_turns(msgs, "QA_pairs")}
+
+
+@register_format("label", "label")
+def read_label(rec: dict) -> dict:
+    """An answer key row ``{id, answer}`` (PubMedQA's test_ground_truth.json maps id -> label)."""
+    answer = rec.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise Bad('field "answer" must be a non-empty string', keys=list(rec))
+    return {"id": str(rec.get("id")), "answer": answer}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,12 +382,21 @@ _DETECT: list[tuple[tuple[str, ...], str]] = [
     (("response_chosen",), "preference"),
     (("chosen",), "preference"),  # so a record missing "rejected" gets that message, not "cannot detect"
     (("rejected",), "preference"),
+    (("user_input", "completion_a"), "preference"),
     (("completion", "label"), "kto"),
+    (("QUESTION", "final_decision"), "pubmedqa"),
+    (("question", "options"), "choice"),
+    (("question", "option"), "choice"),
+    (("Question", "Answer"), "choice"),
+    (("description", "QA_pairs"), "cmb-clin"),
     (("conversations",), "sharegpt"),
     (("messages",), "messages"),
     (("instruction", "output"), "alpaca"),
     (("text",), "text"),
     *((cols, "pair") for cols in PAIR_COLUMNS),
+    (("query",), "prompt"),
+    (("prompt",), "prompt"),
+    (("id", "answer"), "label"),
 ]
 
 
@@ -347,129 +410,17 @@ def detect_format(record) -> str | None:
     return None
 
 
-def _keys_text(keys) -> str:
+def keys_text(keys) -> str:
     keys = [str(k) for k in keys]
     more = f", … ({len(keys)} keys)" if len(keys) > _MAX_KEYS else ""
     return ", ".join(keys[:_MAX_KEYS]) + more
 
 
-def _format_name(fmt) -> str:
+def format_name(fmt) -> str:
     name = "auto" if fmt is None else str(fmt).strip().lower()
     if name != "auto" and name not in READERS:
         raise MedtuneError(f"unknown format {str(fmt)!r}" + did_you_mean(name, (*FORMATS, "auto")))
     return name
-
-
-def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise MedtuneError(f"{path}: is a directory, not a data file")
-    if not path.is_file():
-        hint = ""
-        if path.parent.is_dir():
-            hint = did_you_mean(path.name, [p.name for p in path.parent.iterdir()])
-            hint = hint if hint.startswith(" (did you mean") else ""
-        raise MedtuneError(f"{path}: no such file{hint}")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise MedtuneError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise MedtuneError(
-            f"{where(path, line)}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
-            "re-save the file as UTF-8"
-        ) from None
-
-
-def _json_error(path: Path, line: int, e: json.JSONDecodeError) -> MedtuneError:
-    return MedtuneError(f"{where(path, line)}: invalid JSON ({e.msg} at column {e.colno})")
-
-
-def _array_line(text: str, index: int) -> int:
-    """1-based line where element ``index`` of the (valid) top-level JSON array in ``text`` starts."""
-    decoder = json.JSONDecoder()
-    pos = _WS.match(text, _WS.match(text).end() + 1).end()
-    for _ in range(index):
-        _, end = decoder.raw_decode(text, pos)
-        pos = _WS.match(text, _WS.match(text, end).end() + 1).end()  # past the comma
-    return text.count("\n", 0, pos) + 1
-
-
-def _parse_array(path: Path, text: str):
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _json_error(path, e.lineno, e) from None
-    return rows, lambda i: _array_line(text, i)
-
-
-def _parse_jsonl(path: Path, text: str):
-    rows, lines = [], []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if not rows and (single := _single_object(text)) is not None:
-                return [single], lambda _i, line=n: line  # one pretty-printed object
-            raise _json_error(path, n, e) from None
-        lines.append(n)
-    return rows, lines.__getitem__
-
-
-def _single_object(text: str):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _parse_lines(text: str):
-    rows, lines = [], []
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            rows.append({"text": line.rstrip("\r")})
-            lines.append(n)
-    return rows, lines.__getitem__
-
-
-def _parse(path: Path, text: str, fmt: str):
-    """Return ``(rows, line_of)``: the raw records and ``index -> 1-based line``."""
-    body = text.lstrip()
-    plain = path.suffix.lower() == ".txt" and fmt in ("auto", "text")
-    if plain or (fmt == "text" and body[:1] not in ("[", "{")):
-        return _parse_lines(text)
-    if body.startswith("["):
-        return _parse_array(path, text)
-    if not body.startswith("{"):
-        line = text.count("\n", 0, len(text) - len(body)) + 1
-        raise MedtuneError(
-            f"{where(path, line)}: not JSON or JSONL (a JSON array or one object per "
-            "line expected); plain text needs a .txt file or format text"
-        )
-    return _parse_jsonl(path, text)
-
-
-def _convert(path: Path, fmt: str, rows: list, line_of) -> tuple[list[dict], dict[str, int]]:
-    reader, records, skipped = READERS[fmt], [], {}
-    for i, row in enumerate(rows):
-        try:
-            if not isinstance(row, dict):
-                raise _Bad(f"record must be a JSON object, got {_type(row)}")
-            records.append(reader(row))
-        except _Skip as s:
-            skipped[s.reason] = skipped.get(s.reason, 0) + 1
-        except _Bad as b:
-            keys = f"; record keys: {_keys_text(b.keys)}" if b.keys is not None else ""
-            raise MedtuneError(f"{where(path, line_of(i))}: {b} (format {fmt}){keys}") from None
-    return records, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,37 +446,20 @@ class FileData:
         return SHAPES[self.format]
 
 
-def _resolve_format(path: Path, fmt: str, rows: list, line_of) -> str:
-    if fmt != "auto":
-        return fmt
-    found = detect_format(rows[0])
-    if found is None:
-        seen = _keys_text(rows[0]) if isinstance(rows[0], dict) else f"a {_type(rows[0])}"
-        raise MedtuneError(
-            f"{where(path, line_of(0))}: cannot detect the data format from keys "
-            f"[{seen}]; pass format= one of {', '.join(FORMATS)}"
-        )
-    return found
-
-
 def read_file(path, format: str = "auto") -> FileData:
-    """Read one data file (JSON array, JSONL, or ``.txt``) into unified records.
+    """Read one data file (JSONL, JSON array, ``.txt``, CSV/TSV, Parquet) into unified records.
 
     Raises :class:`MedtuneError` naming ``file:line`` and the field for any problem; empty records
     are skipped and counted in :attr:`FileData.skipped`.
     """
-    fmt, p = _format_name(format), Path(path)
-    data = _read_bytes(p)
-    text = _decode(p, data)
-    rows, line_of = _parse(p, text, fmt) if text.strip() else ([], None)
-    if not rows:
-        raise MedtuneError(f"{p}: empty (no records)")
-    fmt = _resolve_format(p, fmt, rows, line_of)
-    records, skipped = _convert(p, fmt, rows, line_of)
-    if not records:
-        counts = ", ".join(f"{reason} {n}" for reason, n in skipped.items())
-        raise MedtuneError(f"{p}: empty (no records left after skipping: {counts})")
-    return FileData(str(path), fmt, records, skipped, hashlib.sha256(data).hexdigest())
+    from medtune.data.stream import ReadOptions, read_all
+
+    records, tally = read_all(path, ReadOptions(format=format, on_error="bad"))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return FileData(str(path), tally.format, records, dict(tally.skipped), digest.hexdigest())
 
 
 def _check_same_shape(files: list[FileData]) -> None:
@@ -558,3 +492,6 @@ def to_dataset(files) -> datasets.Dataset:
     import datasets
 
     return datasets.Dataset.from_list([r for f in files for r in f.records])
+
+
+from medtune.data import choice as _choice  # noqa: E402,F401  (registers the choice formats)

@@ -1,0 +1,147 @@
+"""Argument parsers of ``medtune data ...`` (argparse only: ``medtune --help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+H = "medtune.cli.data:"
+
+
+def add_data(sub) -> None:
+    """Add ``medtune data convert|clean|generate|mix|split|stats``."""
+    p = sub.add_parser("data", help="convert, clean, de-identify, generate, mix, split, inspect data")
+    dsub = p.add_subparsers(dest="data_command", required=True,
+                            metavar="{convert,clean,generate,mix,split,stats}")
+    for add in (_convert, _clean, _generate, _mix, _split, _stats):
+        add(dsub)
+
+
+def _reading(p, many: bool = True) -> None:
+    """Options shared by every command that reads data files."""
+    p.add_argument("inputs", nargs="+" if many else None, metavar="IN",
+                   help="data files: JSONL/JSON/.txt/CSV/TSV/Parquet in any supported layout")
+    p.add_argument("--format", default="auto", help="input layout (default: auto-detect)")
+    p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
+                   help="rename an input column before reading, e.g. --map ask=question")
+    p.add_argument("--encoding", help="input text encoding (default: detect UTF-8 / UTF-16 / GB18030)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error at the first record that cannot be used "
+                        "(default: skip it, count it, report file:line)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+
+
+def _convert(dsub) -> None:
+    p = dsub.add_parser(
+        "convert", help="any supported layout -> unified JSONL (messages / preference / choice ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data convert huatuo.json chatdoctor.json -o sft.jsonl
+  medtune data convert dialogues.csv --encoding gb18030 --map ask=question -o qa.jsonl
+  medtune data convert AdvertiseGen/train.json --prompt-column content --response-column summary -o adgen.jsonl
+  medtune data convert apollo/test/zh.json -o apollo_zh.jsonl        # multiple choice
+""")
+    _reading(p)
+    p.add_argument("-o", "--out", required=True, help="output JSONL")
+    p.add_argument("--prompt-column", help="column holding the prompt (as P-Tuning v2's --prompt_column)")
+    p.add_argument("--response-column", help="column holding the answer (as --response_column)")
+    p.add_argument("--source", help="the `source` of every record (default: its own, else the file name)")
+    p.add_argument("--report", help="write the per-file counts and skip examples to this JSON file")
+    p.set_defaults(handler=H + "cmd_convert")
+
+
+def _clean(dsub) -> None:
+    p = dsub.add_parser(
+        "clean", help="dedup, quality filters, language, decontamination, PII de-identification",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data clean sft.jsonl -o sft.clean.jsonl --report clean_report.json
+  medtune data clean sft.jsonl -o out.jsonl --lang zh --max-chars 4000 --decontaminate apollo/test/zh.json
+  medtune data clean sft.jsonl -o out.jsonl --tokenizer runs/tiny --max-tokens 1024 --no-near-dup
+""")
+    _reading(p)
+    p.add_argument("-o", "--out", required=True, help="output JSONL")
+    p.add_argument("--report", help="write what was removed and why (counts + sampled examples), JSON")
+    p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    p.add_argument("--no-near-dup", action="store_true", help="keep near duplicates")
+    p.add_argument("--near-threshold", type=float, default=0.8,
+                   help="MinHash Jaccard above which two records are near duplicates (default 0.8)")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip the empty / garbled / truncated / repetitive checks")
+    p.add_argument("--no-pii", action="store_true", help="keep personal data (default: replace it)")
+    p.add_argument("--min-chars", type=int, default=1, help="shortest response kept (characters)")
+    p.add_argument("--max-chars", type=int, help="longest response kept (characters)")
+    p.add_argument("--max-tokens", type=int, help="longest record kept in tokens (needs --tokenizer)")
+    p.add_argument("--tokenizer", help="model or tokenizer dir for --max-tokens")
+    p.add_argument("--lang", choices=["zh", "en"], help="keep only records in this language")
+    p.add_argument("--decontaminate", nargs="+", metavar="EVAL",
+                   help="evaluation files: drop training records sharing an n-gram with their questions")
+    p.add_argument("--ngram", type=int, default=13, help="n-gram size for --decontaminate (default 13)")
+    p.set_defaults(handler=H + "cmd_clean")
+
+
+def _generate(dsub) -> None:
+    p = dsub.add_parser("generate", help="instructions from a knowledge graph or from passages via an LLM")
+    gsub = p.add_subparsers(dest="generate_command", required=True, metavar="{kg,passage}")
+    kg = gsub.add_parser("kg", help="knowledge-graph triples (head, relation, tail) -> Q&A",
+                         epilog="example: medtune data generate kg cmekg.csv -o kg_qa.jsonl --phrasings 3")
+    kg.add_argument("triples", help="CSV/TSV/JSONL of head,relation,tail triples")
+    kg.add_argument("-o", "--out", required=True, help="output JSONL (messages)")
+    kg.add_argument("--phrasings", type=int, default=3, help="question phrasings per head+relation")
+    kg.add_argument("--lang", default="auto", choices=["auto", "zh", "en"])
+    kg.add_argument("--seed", type=int, default=0)
+    kg.add_argument("--strict", action="store_true", help="stop at the first bad triple")
+    kg.set_defaults(handler=H + "cmd_generate_kg")
+    ps = gsub.add_parser(
+        "passage", help="an OpenAI-compatible LLM writes Q&A grounded in each passage",
+        epilog="example: medtune data generate passage tcm_texts.txt -o tcm_qa.jsonl "
+               "--endpoint http://127.0.0.1:8000/v1 --model qwen2.5-7b-instruct --cache runs/gen-cache")
+    ps.add_argument("passages", help=".txt (paragraphs) or JSONL with text (+id)")
+    ps.add_argument("-o", "--out", required=True, help="output JSONL (messages)")
+    ps.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
+    ps.add_argument("--model", required=True, help="model name the endpoint serves")
+    ps.add_argument("--api-key", help="Bearer key (default: $OPENAI_API_KEY if set)")
+    ps.add_argument("--questions", type=int, default=3, help="Q&A pairs asked per passage")
+    ps.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ps.add_argument("--retries", type=int, default=4, help="retries per request (backoff doubles)")
+    ps.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    ps.add_argument("--temperature", type=float, default=0.7)
+    ps.add_argument("--min-support", type=float, default=0.6,
+                    help="fraction of an answer's words that must occur in the passage (default 0.6)")
+    ps.add_argument("--cache", help="cache dir: replies are kept so a re-run pays nothing twice "
+                                    "(default: OUT.cache/)")
+    ps.set_defaults(handler=H + "cmd_generate_passage")
+
+
+def _mix(dsub) -> None:
+    p = dsub.add_parser(
+        "mix", help="mix sources by weight (down/up-sampling), seeded; `source` kept per record",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data mix medical.jsonl:0.7 general.jsonl:0.3 --total 50000 -o mix.jsonl
+  medtune data mix a.jsonl b.jsonl -o all.jsonl        # no weights: everything, shuffled
+""")
+    p.add_argument("sources", nargs="+", metavar="FILE[:WEIGHT]", help="unified JSONL (or any format)")
+    p.add_argument("-o", "--out", required=True, help="output JSONL; counts go to OUT.mix.json")
+    p.add_argument("--total", type=int, help="records in the output (default: no source upsampled)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-shuffle", action="store_true", help="keep sources in order, one after another")
+    p.set_defaults(handler=H + "cmd_mix")
+
+
+def _split(dsub) -> None:
+    p = dsub.add_parser("split", help="train / validation split, stratified by source",
+                        epilog="example: medtune data split mix.jsonl --val 0.05 -o data/")
+    p.add_argument("input", help="unified JSONL (or any format)")
+    p.add_argument("-o", "--out", required=True, help="output dir: train.jsonl, validation.jsonl")
+    p.add_argument("--val", required=True, help="validation fraction (0.05) or record count (500)")
+    p.add_argument("--stratify", default="source", help="record key to stratify by (default source; "
+                                                        "'none' to turn off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=H + "cmd_split")
+
+
+def _stats(dsub) -> None:
+    p = dsub.add_parser("stats", help="records, tokens, turns, languages, duplicates, length histogram",
+                        epilog="example: medtune data stats sft.jsonl --tokenizer runs/tiny --plot len.png")
+    _reading(p)
+    p.add_argument("--tokenizer", help="count tokens with this model / tokenizer dir")
+    p.add_argument("--plot", help="write a length histogram PNG here")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(handler=H + "cmd_stats")
