@@ -116,3 +116,136 @@ def cmd_convert(args) -> int:
     if not any(t.written for t in tallies):
         raise MedtuneError(f"{out}: no records written (every input record was skipped)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# clean
+
+
+def cmd_clean(args) -> int:
+    from medtune.data.clean import CleanOptions, clean_files
+
+    out = _check_out(args.inputs, args.out)
+    if args.max_tokens and not args.tokenizer:
+        raise MedtuneError("--max-tokens needs --tokenizer (a model or tokenizer dir)")
+    if not 0.0 < args.near_threshold < 1.0:
+        raise MedtuneError(f"--near-threshold must be between 0 and 1, got {args.near_threshold}")
+    for path in args.decontaminate or []:
+        if not Path(path).is_file():
+            raise MedtuneError(f"--decontaminate {path}: no such file")
+    options = CleanOptions(
+        read=read_options(args), dedup=not args.no_dedup, near_dup=not args.no_near_dup,
+        near_threshold=args.near_threshold, quality=not args.no_quality, pii=not args.no_pii,
+        min_chars=args.min_chars, max_chars=args.max_chars, lang=args.lang,
+        max_tokens=args.max_tokens, tokenizer=args.tokenizer,
+        decontaminate=list(args.decontaminate or []), ngram=args.ngram, workers=args.workers)
+    total = 2 * sum(Path(p).stat().st_size for p in args.inputs if Path(p).is_file())
+    with progress_bar(total, args.quiet, desc="clean") as advance:
+        report = clean_files(args.inputs, out, options, progress=advance)
+    print_clean_report(report)
+    if args.report:
+        write_json(args.report, report)
+        print(f"report -> {args.report}")
+    if not report["kept"]:
+        raise MedtuneError(f"{out}: no records kept (see the counts above)")
+    return 0
+
+
+def print_clean_report(report: dict) -> None:
+    """Counts per removal reason with one example each, PII replacements per type."""
+    print(f"read {report['read']:,} records ({report['unreadable']:,} unreadable), "
+          f"kept {report['kept']:,}, removed {report['checked'] - report['kept']:,} "
+          f"-> {report['output']} ({report['seconds']:.1f}s)")
+    for skip in report["read_skips"]:
+        for reason, n in skip["skipped"].items():
+            print(f"    {n:>8,}  unreadable: {reason}   e.g. {skip['examples'][reason][0]}")
+    for reason, n in report["removed"].items():
+        example = report["examples"].get(reason, [{}])[0]
+        note = f" ({example['note']})" if example.get("note") else ""
+        print(f"    {n:>8,}  {reason}   e.g. {example.get('where', '')}{note}")
+    if report["pii_replaced"] is not None:
+        counts = ", ".join(f"{k} {v:,}" for k, v in report["pii_replaced"].items()) or "none found"
+        print(f"personal data replaced: {counts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def _write_records(records, out: Path) -> int:
+    """Write records as JSONL atomically; return how many."""
+    from medtune.data.convert import dump_record
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, n = out.with_name(out.name + ".tmp"), 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(dump_record(rec) + "\n")
+                n += 1
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _skip_collector(path: str, strict: bool):
+    """``(tally, on_skip)``: on_skip counts bad rows, or is None (raise) under ``--strict``."""
+    from medtune.data.stream import Tally
+
+    tally = Tally(path)
+    return tally, None if strict else (lambda line, reason: tally.skip(reason, line))
+
+
+def cmd_generate_kg(args) -> int:
+    from medtune.data.generate import kg_to_qa, read_triples
+
+    if args.phrasings < 1:
+        raise MedtuneError(f"--phrasings must be at least 1, got {args.phrasings}")
+    tally, on_skip = _skip_collector(args.triples, args.strict)
+    triples = list(read_triples(args.triples, on_skip=on_skip))
+    n = _write_records(kg_to_qa(triples, phrasings=args.phrasings, seed=args.seed, lang=args.lang),
+                       Path(args.out))
+    skipped = sum(tally.skipped.values())
+    print(f"{args.triples}: {len(triples):,} triples ({skipped:,} bad rows skipped) -> "
+          f"{n:,} Q&A records -> {args.out}")
+    _print_skips(tally)
+    if not n:
+        raise MedtuneError(f"{args.triples}: no usable triples")
+    return 0
+
+
+def _print_skips(tally) -> None:
+    for reason, count in tally.skipped.most_common():
+        print(f"    {count:>8,}  {reason}   e.g. {tally.examples[reason][0]}")
+
+
+def cmd_generate_passage(args) -> int:
+    import os
+
+    from medtune.data.generate import PassageQAGenerator, read_passages
+
+    tally, on_skip = _skip_collector(args.passages, False)
+    passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
+    if not passages:
+        _print_skips(tally)
+        raise MedtuneError(f"{args.passages}: no passages (see the skips above)")
+    gen = PassageQAGenerator(
+        args.endpoint, args.model, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+        questions_per_passage=args.questions, concurrency=args.concurrency, retries=args.retries,
+        timeout=args.timeout, cache_dir=Path(args.cache or f"{args.out}.cache"),
+        temperature=args.temperature, min_support=args.min_support)
+    with progress_bar(len(passages), args.quiet, unit="passage", desc="generate") as advance:
+        n = _write_records(gen.run(passages, progress=lambda _id: advance(1)), Path(args.out))
+    s = gen.summary
+    print(f"{s['passages']:,} passages: {s['requests']:,} requests, {s['cache_hits']:,} from cache, "
+          f"{s['failed']:,} failed; {s['pairs_generated']:,} Q&A generated, {s['ungrounded']:,} "
+          f"not grounded in the passage, {n:,} kept -> {args.out}")
+    print(f"tokens: {s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} completion paid, "
+          f"{s['saved_tokens']:,} saved by the cache")
+    _print_skips(tally)
+    for passage_id, reason in gen.failures[:SHOWN_EXAMPLES]:
+        print(f"    failed: {passage_id}: {reason}")
+    write_json(f"{args.out}.summary.json", {**s, "failures": gen.failures,
+                                             "skipped_passages": tally.to_dict()})
+    return 0

@@ -98,6 +98,8 @@ def _generate(dsub) -> None:
     ps.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
     ps.add_argument("--model", required=True, help="model name the endpoint serves")
     ps.add_argument("--api-key", help="Bearer key (default: $OPENAI_API_KEY if set)")
+    ps.add_argument("--min-chars", type=int, default=50,
+                    help="skip passages shorter than this (counted; default 50)")
     ps.add_argument("--questions", type=int, default=3, help="Q&A pairs asked per passage")
     ps.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ps.add_argument("--retries", type=int, default=4, help="retries per request (backoff doubles)")

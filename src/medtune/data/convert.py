@@ -104,16 +104,23 @@ def run_piece(piece: Piece) -> tuple[str, Tally]:
     return "".join(line + "\n" for line in lines), tally
 
 
-def parallel_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` in input order, over ``workers`` processes when more than one."""
+def parallel_map(fn: Callable, items: Iterable, workers: int, initializer: Callable | None = None,
+                 initargs: tuple = ()) -> Iterator:
+    """``map(fn, items)`` in input order, over ``workers`` processes when more than one.
+
+    ``initializer(*initargs)`` runs once in each process (or here, when running in-process): the
+    place for state every item needs (a tokenizer, an n-gram index) without pickling it per item.
+    """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
+        if initializer:
+            initializer(*initargs)
         yield from map(fn, items)
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once threads (tokenizers) exist
-    with ctx.Pool(min(workers, len(items))) as pool:
+    with ctx.Pool(min(workers, len(items)), initializer, initargs) as pool:
         yield from pool.imap(fn, items)
 
 

@@ -360,8 +360,9 @@ class ReadOptions:
 
 
 def iter_records(path, options: ReadOptions | None = None, tally: Tally | None = None,
-                 byte_range=None) -> Iterator[dict]:
-    """Yield the unified records of ``path`` (see the module docstring for the error policies)."""
+                 byte_range=None, with_lines: bool = False) -> Iterator:
+    """Yield the unified records of ``path`` (see the module docstring for the error policies);
+    ``(line, record)`` pairs with ``with_lines``."""
     opts, p = options or ReadOptions(), Path(path)
     check_readable(p)
     tally = tally if tally is not None else Tally(str(path))
@@ -375,7 +376,7 @@ def iter_records(path, options: ReadOptions | None = None, tally: Tally | None =
     for line, row in iter_rows(p, enc, kind, fmt, byte_range):
         rec = converter.convert(line, row)
         if rec is not None:
-            yield rec
+            yield (line, rec) if with_lines else rec
 
 
 class _Converter:
