@@ -71,17 +71,16 @@ def _answer(rec: dict, options: dict[str, str]) -> str:
     raw = rec.get("answer_idx", rec.get("answer", rec.get("Answer")))
     if not isinstance(raw, str) or not raw.strip():
         raise Bad('field "answer" missing or empty', keys=list(rec))
-    letters = _ANSWER_NOISE.sub("", raw).upper()
-    if not letters.isalpha() or not letters.isascii():
-        text_match = [k for k, v in options.items() if v.strip().rstrip(".") == raw.strip().rstrip(".")]
-        if len(text_match) != 1:
-            raise Bad(f'field "answer" {raw!r} is neither option letters nor one option\'s text')
-        letters = text_match[0]
-    missing = [a for a in letters if a not in options]
-    if missing:
-        raise Bad(f'field "answer" letter "{missing[0]}" is not among the options '
-                  f"{', '.join(options)}")
-    return "".join(sorted(set(letters)))
+    letters = _ANSWER_NOISE.sub("", raw)
+    if letters and all(a in options for a in letters):
+        return "".join(sorted(set(letters)))
+    by_text = [k for k, v in options.items() if v.rstrip(".") == raw.strip().rstrip(".")]
+    if len(by_text) == 1:
+        return by_text[0]
+    if letters.isascii() and letters.isupper():
+        missing = next(a for a in letters if a not in options)
+        raise Bad(f'field "answer" letter "{missing}" is not among the options {", ".join(options)}')
+    raise Bad(f'field "answer" {raw!r} is neither option letters nor one option\'s text')
 
 
 @register_format("choice", "choice")

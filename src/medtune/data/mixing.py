@@ -255,6 +255,13 @@ def _plan_picks(offsets: list[np.ndarray], plan: list[int], rng, shuffle: bool):
     return source_ids, chosen
 
 
+def _pairs(source_ids: np.ndarray, chosen: np.ndarray, block: int = 1 << 16):
+    """Yield ``(source id, offset)`` as Python ints, converting a block at a time (a million-item
+    ``tolist()`` would cost ~60 MB of int objects)."""
+    for start in range(0, len(chosen), block):
+        yield from zip(source_ids[start:start + block].tolist(), chosen[start:start + block].tolist())
+
+
 def _write_mix(paths: list[Path], names: list[str], source_ids, chosen, out_path: Path,
                progress: bool) -> None:
     """Write the chosen records (each with its ``source``) to ``out_path``, via a temporary file so
@@ -265,8 +272,8 @@ def _write_mix(paths: list[Path], names: list[str], source_ids, chosen, out_path
     files = [_open_binary(p) for p in paths]
     try:
         with open(tmp, "wb") as out:
-            for sid, offset in tqdm(zip(source_ids.tolist(), chosen.tolist()), total=len(chosen),
-                                    desc="mixing", unit="rec", disable=not progress, delay=1):
+            for sid, offset in tqdm(_pairs(source_ids, chosen), total=len(chosen), desc="mixing",
+                                    unit="rec", disable=not progress, delay=1):
                 f, path = files[sid], paths[sid]
                 f.seek(offset)
                 line = f.readline()

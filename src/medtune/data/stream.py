@@ -169,7 +169,8 @@ def container_kind(path: Path, enc: str) -> str:
     if body.startswith("{"):
         first = body.split("\n", 1)[0]
         try:
-            return "jsonl" if isinstance(json.loads(first), dict) else "json"
+            value = json.loads(first)
+            return "jsonl" if isinstance(value, dict) and not _is_keyed(value) else "json"
         except json.JSONDecodeError:
             return "json" if first.strip() == "{" or "\n" not in body else "jsonl"
     return "notjson" if body else "empty"
