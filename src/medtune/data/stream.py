@@ -244,7 +244,10 @@ def _is_keyed(value: dict) -> bool:
     if len(value) < 2 or formats.detect_format(value) is not None:
         return False
     rows = list(value.values())
-    return all(isinstance(r, dict) for r in rows) or all(isinstance(r, str) for r in rows)
+    if all(isinstance(r, dict) for r in rows):
+        return True
+    # id -> label maps (PubMedQA's answer key) have numeric ids; other string maps are records
+    return all(isinstance(r, str) for r in rows) and all(str(k).isdigit() for k in value)
 
 
 class _KeyLine:
