@@ -180,3 +180,37 @@ def test_tokenization_is_cached_across_runs(tiny_dir, tmp_path, monkeypatch):
     third = run_stage(config(tiny_dir, data, tmp_path / "three", data={"max_length": 64},
                              train={"max_steps": 2}), quiet=True)  # another setting: tokenized anew
     assert json.loads((third.output / "lineage.json").read_text())["tokenization"]["from_cache"] is False
+
+
+def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, monkeypatch):
+    from medtune.recipes import run as run_mod
+    from medtune.recipes import sft
+
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_mod, "SHARD_RECORDS", 4)  # 16 records, 2 for eval
+    rows = [{"messages": c} for c in CONVERSATIONS] * 4
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    real, calls = sft.make_examples, []
+
+    def crashing(cfg, tok, records, stats):
+        calls.append(len(records))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies in the middle of tokenizing
+        return real(cfg, tok, records, stats)
+
+    cfg = config(tiny_dir, data, tmp_path / "one", data={"eval_split": 0.1}, train={"max_steps": 2})
+    monkeypatch.setattr(sft, "make_examples", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, quiet=True)
+    assert calls == [4, 4, 4]
+    calls.clear()
+    monkeypatch.setattr(sft, "make_examples", lambda *a: calls.append(len(a[2])) or real(*a))
+    resumed = run_stage(cfg, quiet=True)
+    assert calls == [4, 2, 2]  # only the unfinished train shards (14 = 4+4+4+2), then eval (2)
+    assert not list((tmp_path / "cache" / "tokenized").glob("*.parts"))
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache2"))  # an uninterrupted run, no cache
+    fresh = run_stage(config(tiny_dir, data, tmp_path / "two", data={"eval_split": 0.1},
+                             train={"max_steps": 2}), quiet=True, overwrite=True)
+    stats = [json.loads((r.output / "lineage.json").read_text())["tokenization"] for r in (resumed, fresh)]
+    assert stats[0]["label_tokens"] == stats[1]["label_tokens"] and stats[0]["examples"] == 14
+    assert resumed.metrics["train_loss"] == pytest.approx(fresh.metrics["train_loss"], rel=1e-6)

@@ -124,9 +124,10 @@ def _scan_piece(item: tuple[int, Piece]) -> _Scan:
             if reasons[i] is None and check_tokens(n, ctx.options.max_tokens):
                 reasons[i], notes[i] = check_tokens(n, ctx.options.max_tokens), f"{n:,} tokens"
     if ctx.index is not None:
-        for i, text in enumerate(texts):
-            if reasons[i] is None and ctx.index.matches(text):
-                reasons[i], notes[i] = "benchmark leak", f"shares: {ctx.index.first_match(text)}"
+        open_ = [i for i, r in enumerate(reasons) if r is None]
+        hits = ctx.index.matches_many([texts[i] for i in open_])
+        for i in np.asarray(open_)[hits > 0]:
+            reasons[i], notes[i] = "benchmark leak", f"shares: {ctx.index.first_match(texts[i])}"
     keys = np.frombuffer(b"".join(exact_key(t) for t in texts), dtype=np.uint64).copy()
     sig_path = None
     if _CTX["hasher"] is not None:
@@ -229,9 +230,8 @@ def load_eval_index(paths, n: int):
 
     index = NgramIndex(n=n, min_units=min(8, n))
     for path in paths:
-        for rec in iter_records(path, ReadOptions(on_error="count")):
-            for text in eval_texts(rec):
-                index.add(text)
+        index.add_many([t for rec in iter_records(path, ReadOptions(on_error="count"))
+                        for t in eval_texts(rec)])
     return index
 
 

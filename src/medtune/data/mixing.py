@@ -277,7 +277,7 @@ def _write_mix(paths: list[Path], names: list[str], source_ids, chosen, out_path
                 f, path = files[sid], paths[sid]
                 f.seek(offset)
                 line = f.readline()
-                record = _parse_record(line, path, lambda: _line_number(path, offset))
+                record = _parse_record(line, path, lambda p=path, o=offset: _line_number(p, o))
                 out.write(_source_line(line, record, names[sid]))
         os.replace(tmp, out_path)
     finally:
@@ -313,7 +313,7 @@ def mix(sources: Mapping[str, str | Path], weights: Mapping[str, float] | None, 
     return {
         "sources": {name: {"available": counts[name], "taken": plan[name],
                            "upsampled": plan[name] > counts[name]} for name in names},
-        "total": int(len(chosen)),
+        "total": len(chosen),
         "seed": seed,
         "weights": {n: round(float(s), 6) for n, s in shares.items()} if shares else None,
     }
@@ -403,7 +403,7 @@ def _write_split(path: Path, mask: np.ndarray, out_dir: Path, progress: bool) ->
             tmp.unlink(missing_ok=True)
 
 
-def split(path, out_dir, val: float | int, seed: int, stratify: str | None = "source",
+def split(path, out_dir, val: float, seed: int, stratify: str | None = "source",
           progress: bool = False) -> dict:
     """Split the JSONL ``path`` into ``out_dir/train.jsonl`` and ``out_dir/validation.jsonl``;
     return ``{"train", "validation", "groups": {label: {"train", "validation"}}}``.

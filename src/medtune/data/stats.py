@@ -217,8 +217,8 @@ def format_stats(stats: dict) -> str:
     lines = [
         f"{'records':<16}{n:,}",
         f"{'duplicates':<16}{dup['exact']:,} ({100 * dup['rate']:.2f}%, exact after normalising)",
-        f"{'user turns':<16}mean {turns['mean']:.2f} · max {turns['max']} · "
-        f"multi-turn {turns['multi_turn']:,}",
+        (f"{'user turns':<16}mean {turns['mean']:.2f} · max {turns['max']} · "
+         f"multi-turn {turns['multi_turn']:,}"),
         f"{'shapes':<16}{_counts_line(stats['shapes'], n)}",
         f"{'languages':<16}{_counts_line(stats['languages'], n)}",
         f"{'sources':<16}{_counts_line(stats['sources'], n)}",

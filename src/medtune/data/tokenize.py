@@ -30,6 +30,21 @@ class TokenStats:
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
+    def merge(self, other: TokenStats) -> None:
+        """Add the counts of ``other`` (one shard of the same data)."""
+        self.merge_dict({"examples": other.examples, "truncated": other.truncated,
+                         "skipped": other.skipped, "real_tokens": other.real_tokens,
+                         "rows": other.rows})
+
+    def merge_dict(self, counts: dict) -> None:
+        """Add counts saved as a dict (``dataclasses.asdict`` of another TokenStats)."""
+        self.examples += counts.get("examples", 0)
+        self.truncated += counts.get("truncated", 0)
+        self.real_tokens += counts.get("real_tokens", 0)
+        self.rows += counts.get("rows", 0)
+        for reason, n in counts.get("skipped", {}).items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+
 
 def apply_template(tokenizer, messages, **kwargs):
     """Return ``tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)``.

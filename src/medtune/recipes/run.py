@@ -225,6 +225,8 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
         log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
     result = (_as_dataset(train), _as_dataset(evals) if evals else None, stats)
     save_cached_rows(key, *result)
+    if key:
+        shutil.rmtree(cache_dir() / f"{key}.parts", ignore_errors=True)
     return result
 
 
@@ -240,12 +242,17 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
     n_eval = round(len(records) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
-    train = []
+    key, train = cache_key(cfg, tokenizer, files), []
+
+    def make(part, part_stats):
+        return recipe.make_examples(cfg, tokenizer, part, part_stats)
+
     for bucket in range(len(files)):
-        rows = recipe.make_examples(cfg, tokenizer, [r for i, r in records[n_eval:] if i == bucket], stats)
+        part = [r for i, r in records[n_eval:] if i == bucket]
+        rows = checkpointed_examples(key, f"train{bucket}", part, make, stats)
         train += [{**row, "bucket": bucket} for row in rows]
     random.Random(cfg.train.seed).shuffle(train)
-    evals = recipe.make_examples(cfg, tokenizer, [r for _, r in records[:n_eval]], TokenStats())
+    evals = checkpointed_examples(key, "eval", [r for _, r in records[:n_eval]], make, TokenStats())
     if not train:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
     if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
@@ -254,6 +261,59 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
         evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
         stats.rows = len(train)
     return train, evals
+
+
+SHARD_RECORDS = 20_000  # tokenization work lost to a crash is at most one shard
+
+
+def checkpointed_examples(key, name: str, records: list, make, stats) -> list[dict]:
+    """``make(records, stats)`` shard by shard, each finished shard kept under the cache key.
+
+    A crashed run leaves its finished shards in ``cache_dir()/<key>.parts``; the next run loads
+    them instead of tokenizing again (the parts are removed once the whole result is cached).
+    """
+    from medtune.data.tokenize import TokenStats
+
+    if key is None:
+        return make(records, stats)
+    parts, out = cache_dir() / f"{key}.parts", []
+    for start in range(0, len(records), SHARD_RECORDS):
+        path = parts / f"{name}-{start // SHARD_RECORDS}"
+        part_stats = TokenStats()
+        rows = _load_part(path, part_stats)
+        if rows is None:
+            rows = make(records[start:start + SHARD_RECORDS], part_stats)
+            _save_part(path, rows, part_stats)
+        stats.merge(part_stats)
+        out += rows
+    return out
+
+
+def _load_part(path: Path, stats):
+    import pyarrow as pa
+
+    if not (path / "stats.json").is_file():
+        return None
+    with pa.memory_map(str(path / "rows.arrow")) as source:
+        rows = pa.ipc.open_file(source).read_all().to_pylist()
+    stats.merge_dict(json.loads((path / "stats.json").read_text(encoding="utf-8")))
+    return rows
+
+
+def _save_part(path: Path, rows: list[dict], stats) -> None:
+    import pyarrow as pa
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        tmp.rename(path)
+    except OSError:  # another rank stored it first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _as_dataset(rows):
