@@ -156,3 +156,36 @@ def test_generate_passage_against_fake_endpoint_resumes_from_cache(tmp_path):
         assert wrong.returncode == 2 and "refused the API key" in wrong.stderr
     recs = lines(out)
     assert len(recs) == 4 and all(r["source"] == "passage" for r in recs)
+
+
+def test_mix_split_stats(tmp_path):
+    a = tmp_path / "med.jsonl"
+    a.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"问题{i}"},
+                                                  {"role": "assistant", "content": f"回答{i}"}]},
+                                    ensure_ascii=False) + "\n" for i in range(30)), "utf-8")
+    b = tmp_path / "general.json"  # not unified: converted on the fly
+    b.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]))
+    out = tmp_path / "mix.jsonl"
+    proc = medtune("data", "mix", f"{a}:0.5", f"{b}:0.5", "--total", "20", "--seed", "3", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    recs = lines(out)
+    assert len(recs) == 20 and sum(r["source"] == "med" for r in recs) == 10
+    summary = json.loads((tmp_path / "mix.jsonl.mix.json").read_text())
+    assert summary["sources"]["general"] == {"available": 5, "taken": 10, "upsampled": True}
+    again = tmp_path / "mix2.jsonl"
+    medtune("data", "mix", f"{a}:0.5", f"{b}:0.5", "--total", "20", "--seed", "3", "-o", again)
+    assert again.read_bytes() == out.read_bytes()
+    assert medtune("data", "mix", f"{a}:0.5", b, "-o", tmp_path / "x.jsonl").returncode == 2
+
+    proc = medtune("data", "split", out, "--val", "0.2", "-o", tmp_path / "sp")
+    assert proc.returncode == 0, proc.stderr
+    val = lines(tmp_path / "sp" / "validation.jsonl")
+    assert len(val) == 4 and sum(r["source"] == "med" for r in val) == 2
+    assert len(lines(tmp_path / "sp" / "train.jsonl")) == 16
+
+    png, stats = tmp_path / "len.png", tmp_path / "stats.json"
+    proc = medtune("data", "stats", out, "--plot", png, "--json", stats)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(stats.read_text())
+    assert s["records"] == 20 and s["duplicates"]["exact"] == 5  # the upsampled copies
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

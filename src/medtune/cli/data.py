@@ -249,3 +249,134 @@ def cmd_generate_passage(args) -> int:
     write_json(f"{args.out}.summary.json", {**s, "failures": gen.failures,
                                              "skipped_passages": tally.to_dict()})
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# mix, split, stats
+
+
+def _is_unified_jsonl(path: Path) -> bool:
+    """True when ``path`` is JSONL whose first record already has a unified shape."""
+    from medtune.data.records import record_shape
+
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        record_shape(json.loads(first))
+        return True
+    except (ValueError, AttributeError, TypeError, json.JSONDecodeError):
+        return False
+
+
+def _unified(path: str, tmp: Path, quiet: bool) -> Path:
+    """``path`` itself when it is unified JSONL, else a converted copy under ``tmp``."""
+    from medtune.data.convert import ConvertOptions, convert_files
+
+    p = Path(path)
+    if _is_unified_jsonl(p):
+        return p
+    out = tmp / f"{len(list(tmp.iterdir()))}-{p.stem}.jsonl"
+    [tally] = convert_files([p], out, ConvertOptions())
+    skipped = sum(tally.skipped.values())
+    if not quiet:
+        print(f"{p}: converted {tally.written:,} records ({skipped:,} skipped)")
+    return out
+
+
+def parse_sources(specs: list[str]) -> tuple[dict[str, str], dict[str, float] | None]:
+    """``["a.jsonl:0.7", "b.jsonl:0.3"]`` -> names -> paths, names -> weights (None: no weights)."""
+    paths, weights = {}, {}
+    for spec in specs:
+        path, sep, weight = spec.rpartition(":")
+        if not sep or not _is_number(weight):
+            path, weight = spec, None
+        name = Path(path).stem
+        if name in paths:
+            raise MedtuneError(f"two sources are named {name!r}; rename one of the files")
+        paths[name] = path
+        if weight is not None:
+            if float(weight) < 0:
+                raise MedtuneError(f"{spec}: a weight must be >= 0")
+            weights[name] = float(weight)
+    if weights and len(weights) != len(paths):
+        missing = ", ".join(n for n in paths if n not in weights)
+        raise MedtuneError(f"give every source a weight or none (no weight: {missing})")
+    return paths, weights or None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def cmd_mix(args) -> int:
+    import tempfile
+
+    from medtune.data.mixing import mix
+
+    paths, weights = parse_sources(args.sources)
+    out = _check_out(paths.values(), args.out)
+    with tempfile.TemporaryDirectory(prefix="medtune-mix-") as tmp:
+        unified = {name: _unified(p, Path(tmp), args.quiet) for name, p in paths.items()}
+        summary = mix(unified, weights, args.total, args.seed, out, shuffle=not args.no_shuffle,
+                      progress=not args.quiet)
+    summary["files"] = paths
+    write_json(f"{out}.mix.json", summary)
+    for name, s in summary["sources"].items():
+        note = "  (upsampled)" if s["upsampled"] else ""
+        print(f"{name:<24} available {s['available']:>9,}  taken {s['taken']:>9,}{note}")
+    print(f"total {summary['total']:,} records (seed {args.seed}) -> {out}; counts -> {out}.mix.json")
+    return 0
+
+
+def cmd_split(args) -> int:
+    import tempfile
+
+    from medtune.data.mixing import split
+
+    try:
+        val = int(args.val) if args.val.strip().isdigit() else float(args.val)
+    except ValueError:
+        raise MedtuneError(f"--val {args.val!r}: a fraction (0.05) or a record count (500)") from None
+    stratify = None if args.stratify.lower() == "none" else args.stratify
+    with tempfile.TemporaryDirectory(prefix="medtune-split-") as tmp:
+        src = _unified(args.input, Path(tmp), args.quiet)
+        result = split(src, args.out, val, args.seed, stratify=stratify, progress=not args.quiet)
+    for group, counts in result["groups"].items():
+        print(f"{str(group):<24} train {counts['train']:>9,}  validation {counts['validation']:>7,}")
+    print(f"train {result['train']:,}, validation {result['validation']:,} -> "
+          f"{args.out}/train.jsonl, {args.out}/validation.jsonl")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from medtune.data.stats import compute_stats, format_stats, plot_lengths
+    from medtune.data.stream import Tally, iter_records
+
+    tokenizer = None
+    if args.tokenizer:
+        from medtune.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    options, tallies = read_options(args), []
+
+    def records():
+        for path in args.inputs:
+            tallies.append(Tally(str(path)))
+            yield from iter_records(path, options, tallies[-1])
+
+    stats = compute_stats(records(), tokenizer=tokenizer, progress=not args.quiet)
+    print(format_stats(stats))
+    for tally in tallies:
+        _print_skips(tally)
+    if args.plot:
+        plot_lengths(stats, args.plot)
+        print(f"length histogram -> {args.plot}")
+    if args.json:
+        write_json(args.json, {**stats, "files": [t.to_dict() for t in tallies]})
+    return 0
