@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers.fake_openai import FakeOpenAI
 
 

@@ -198,7 +198,8 @@ def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, mon
             raise KeyboardInterrupt  # the process dies in the middle of tokenizing
         return real(cfg, tok, records, stats)
 
-    cfg = config(tiny_dir, data, tmp_path / "one", data={"eval_split": 0.1}, train={"max_steps": 2})
+    cfg = config(tiny_dir, data, tmp_path / "one", data={"eval_split": 0.1, "workers": 1},
+                 train={"max_steps": 2})
     monkeypatch.setattr(sft, "make_examples", crashing)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, quiet=True)
@@ -214,3 +215,26 @@ def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, mon
     stats = [json.loads((r.output / "lineage.json").read_text())["tokenization"] for r in (resumed, fresh)]
     assert stats[0]["label_tokens"] == stats[1]["label_tokens"] and stats[0]["examples"] == 14
     assert resumed.metrics["train_loss"] == pytest.approx(fresh.metrics["train_loss"], rel=1e-6)
+
+
+def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch):
+    from medtune.data.formats import read_file
+    from medtune.data.tokenize import TokenStats
+    from medtune.models.load import load_tokenizer
+    from medtune.recipes import run as run_mod
+    from medtune.recipes import sft
+
+    monkeypatch.setattr(run_mod, "SHARD_RECORDS", 5)
+    data = sft_data(tmp_path)
+    tok = load_tokenizer(str(tiny_dir))
+    results = []
+    for workers in (1, 2):
+        monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / f"cache{workers}"))
+        cfg = config(tiny_dir, data, tmp_path / "o", data={"workers": workers})
+        stats = TokenStats()
+        make = run_mod.ExampleMaker(sft.__name__, cfg, tok)
+        assert run_mod.tokenize_workers(workers, 4) == workers
+        rows = run_mod.checkpointed_examples("k", "train", read_file(data).records, make, stats, workers)
+        results.append((rows, stats))
+    assert results[0][0] == results[1][0] and len(results[0][0]) == 16
+    assert results[0][1] == results[1][1]

@@ -1,5 +1,6 @@
 """Streaming readers and convert: containers, encodings, policies, chunked == whole, shared data counts."""
 
+import itertools
 import json
 import pathlib
 
@@ -49,7 +50,7 @@ def test_jsonl_chunks_cover_file_at_line_starts(tmp_path):
     data = src.read_bytes()
     chunks = jsonl_chunks(src, 100)
     assert chunks[0][0] == 0 and chunks[-1][1] == len(data)
-    for (s, e, line), (s2, _, line2) in zip(chunks, chunks[1:]):
+    for (s, e, line), (s2, _, line2) in itertools.pairwise(chunks):
         assert e == s2 and data[e - 1:e] == b"\n" and line2 == line + data[s:e].count(b"\n")
 
 

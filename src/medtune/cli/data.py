@@ -198,7 +198,7 @@ def _skip_collector(path: str, strict: bool):
 
 
 def cmd_generate_kg(args) -> int:
-    from medtune.data.generate import kg_to_qa, read_triples
+    from medtune.data.kg import kg_to_qa, read_triples
 
     if args.phrasings < 1:
         raise MedtuneError(f"--phrasings must be at least 1, got {args.phrasings}")
@@ -223,7 +223,7 @@ def _print_skips(tally) -> None:
 def cmd_generate_passage(args) -> int:
     import os
 
-    from medtune.data.generate import PassageQAGenerator, read_passages
+    from medtune.data.passage_qa import PassageQAGenerator, read_passages
 
     tally, on_skip = _skip_collector(args.passages, False)
     passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
@@ -348,7 +348,7 @@ def cmd_split(args) -> int:
         src = _unified(args.input, Path(tmp), args.quiet)
         result = split(src, args.out, val, args.seed, stratify=stratify, progress=not args.quiet)
     for group, counts in result["groups"].items():
-        print(f"{str(group):<24} train {counts['train']:>9,}  validation {counts['validation']:>7,}")
+        print(f"{group!s:<24} train {counts['train']:>9,}  validation {counts['validation']:>7,}")
     print(f"train {result['train']:,}, validation {result['validation']:,} -> "
           f"{args.out}/train.jsonl, {args.out}/validation.jsonl")
     return 0

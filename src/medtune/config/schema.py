@@ -68,6 +68,9 @@ class DataConfig:
     # packed rows are slower than length-grouped batches; packing pays with FlashAttention on GPU).
     packing: str = field(default="auto", metadata=_choices("auto", "true", "false"))
     train_on_prompt: bool = False  # false: loss on assistant tokens only
+    # Processes that tokenize (0: one per core for data over one shard of 20k records; 1: this
+    # process only). The result is the same for any value.
+    workers: int = 0
 
 
 @dataclass
@@ -259,6 +262,8 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
             raise MedtuneError(f"{src}: train.{key} must be >= 1")
     if cfg.train.save_steps < -1:
         raise MedtuneError(f"{src}: train.save_steps must be -1 (never), 0 (each epoch) or a step count")
+    if cfg.data.workers < 0:
+        raise MedtuneError(f"{src}: data.workers must be >= 0 (0 = one per core), got {cfg.data.workers}")
     if cfg.data.max_length < 8:
         raise MedtuneError(f"{src}: data.max_length must be >= 8")
     if cfg.train.neftune_alpha < 0:

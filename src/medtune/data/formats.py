@@ -24,15 +24,13 @@ document per non-blank line (blank lines separate documents and are not counted 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtune.errors import MedtuneError, did_you_mean, where
+from medtune.errors import MedtuneError, did_you_mean
 
 if TYPE_CHECKING:
     import datasets
@@ -494,4 +492,4 @@ def to_dataset(files) -> datasets.Dataset:
     return datasets.Dataset.from_list([r for f in files for r in f.records])
 
 
-from medtune.data import choice as _choice  # noqa: E402,F401  (registers the choice formats)
+from medtune.data import choice as _choice  # noqa: F401  (registers the choice formats)

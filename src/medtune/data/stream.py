@@ -415,7 +415,6 @@ class _Converter:
         if self.opts.on_error == "raise" or (bad and self.opts.on_error == "bad"):
             raise MedtuneError(f"{where(self.path, line)}: {message}")
         self.tally.skip(reason, line, message)
-        return None
 
     def _read(self, line, row) -> dict:
         if not isinstance(row, dict):

@@ -242,17 +242,15 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
     n_eval = round(len(records) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
+    make = ExampleMaker(recipe.__name__, cfg, tokenizer)
     key, train = cache_key(cfg, tokenizer, files), []
-
-    def make(part, part_stats):
-        return recipe.make_examples(cfg, tokenizer, part, part_stats)
-
     for bucket in range(len(files)):
         part = [r for i, r in records[n_eval:] if i == bucket]
-        rows = checkpointed_examples(key, f"train{bucket}", part, make, stats)
+        rows = checkpointed_examples(key, f"train{bucket}", part, make, stats, cfg.data.workers)
         train += [{**row, "bucket": bucket} for row in rows]
     random.Random(cfg.train.seed).shuffle(train)
-    evals = checkpointed_examples(key, "eval", [r for _, r in records[:n_eval]], make, TokenStats())
+    evals = checkpointed_examples(key, "eval", [r for _, r in records[:n_eval]], make, TokenStats(),
+                                  cfg.data.workers)
     if not train:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
     if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
@@ -266,38 +264,89 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
 SHARD_RECORDS = 20_000  # tokenization work lost to a crash is at most one shard
 
 
-def checkpointed_examples(key, name: str, records: list, make, stats) -> list[dict]:
+class ExampleMaker:
+    """``recipe.make_examples(cfg, tokenizer, records, stats)`` as a picklable callable, so shards
+    can be tokenized in worker processes (the recipe is re-imported there by name)."""
+
+    def __init__(self, recipe_module: str, cfg: StageConfig, tokenizer):
+        self.recipe_module, self.cfg, self.tokenizer = recipe_module, cfg, tokenizer
+
+    def __call__(self, records: list, stats) -> list[dict]:
+        import importlib
+
+        recipe = importlib.import_module(self.recipe_module)
+        return recipe.make_examples(self.cfg, self.tokenizer, records, stats)
+
+    def shard(self, records: list):
+        """``(rows, stats)`` of one shard (what a worker process returns)."""
+        from medtune.data.tokenize import TokenStats
+
+        stats = TokenStats()
+        return self(records, stats), stats
+
+
+def tokenize_workers(workers: int, shards: int) -> int:
+    """Processes for ``shards`` pending shards: 1 under torchrun (every rank tokenizes) or for one
+    shard (spawning costs seconds), else ``workers`` (0: one per core)."""
+    from medtune.data.convert import default_workers
+
+    if shards <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    return min(default_workers(workers), shards)
+
+
+def checkpointed_examples(key, name: str, records: list, make, stats, workers: int = 1) -> list[dict]:
     """``make(records, stats)`` shard by shard, each finished shard kept under the cache key.
 
     A crashed run leaves its finished shards in ``cache_dir()/<key>.parts``; the next run loads
     them instead of tokenizing again (the parts are removed once the whole result is cached).
+    Pending shards are tokenized by ``workers`` processes when ``make`` is an ExampleMaker.
     """
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.convert import parallel_map
 
     if key is None:
         return make(records, stats)
-    parts, out = cache_dir() / f"{key}.parts", []
-    for start in range(0, len(records), SHARD_RECORDS):
-        path = parts / f"{name}-{start // SHARD_RECORDS}"
-        part_stats = TokenStats()
-        rows = _load_part(path, part_stats)
-        if rows is None:
-            rows = make(records[start:start + SHARD_RECORDS], part_stats)
-            _save_part(path, rows, part_stats)
+    parts = cache_dir() / f"{key}.parts"
+    shards = [records[i:i + SHARD_RECORDS] for i in range(0, len(records), SHARD_RECORDS)]
+    paths = [parts / f"{name}-{n}" for n in range(len(shards))]
+    done = {n: _load_part(path) for n, path in enumerate(paths)}
+    todo = [n for n, part in done.items() if part is None]
+    n_proc = tokenize_workers(workers, len(todo)) if isinstance(make, ExampleMaker) else 1
+    fn = make.shard if isinstance(make, ExampleMaker) else _shard_with(make)
+    for n, result in zip(todo, parallel_map(fn, [shards[n] for n in todo], n_proc)):
+        _save_part(paths[n], *result)
+        done[n] = result
+    out = []
+    for n in range(len(shards)):
+        rows, part_stats = done[n]
         stats.merge(part_stats)
         out += rows
     return out
 
 
-def _load_part(path: Path, stats):
+def _shard_with(make):
+    from medtune.data.tokenize import TokenStats
+
+    def shard(records):
+        stats = TokenStats()
+        return make(records, stats), stats
+
+    return shard
+
+
+def _load_part(path: Path):
+    """``(rows, stats)`` of a finished shard, or None."""
     import pyarrow as pa
+
+    from medtune.data.tokenize import TokenStats
 
     if not (path / "stats.json").is_file():
         return None
     with pa.memory_map(str(path / "rows.arrow")) as source:
         rows = pa.ipc.open_file(source).read_all().to_pylist()
+    stats = TokenStats()
     stats.merge_dict(json.loads((path / "stats.json").read_text(encoding="utf-8")))
-    return rows
+    return rows, stats
 
 
 def _save_part(path: Path, rows: list[dict], stats) -> None:
