@@ -234,7 +234,7 @@ def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch)
         stats = TokenStats()
         make = run_mod.ExampleMaker(sft.__name__, cfg, tok)
         assert run_mod.tokenize_workers(workers, 4) == workers
-        rows = run_mod.checkpointed_examples("k", "train", read_file(data).records, make, stats, workers)
-        results.append((rows, stats))
+        table = run_mod.checkpointed_examples("k", "train", read_file(data).records, make, stats, workers)
+        results.append((table.to_pylist(), stats))
     assert results[0][0] == results[1][0] and len(results[0][0]) == 16
     assert results[0][1] == results[1][1]

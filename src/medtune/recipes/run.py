@@ -223,7 +223,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
         log.warning("skipped %d examples: %s", count, reason)
     if stats.truncated:
         log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
-    result = (_as_dataset(train), _as_dataset(evals) if evals else None, stats)
+    result = (_as_dataset(train), _as_dataset(evals) if evals is not None and len(evals) else None, stats)
     save_cached_rows(key, *result)
     if key:
         shutil.rmtree(cache_dir() / f"{key}.parts", ignore_errors=True)
@@ -231,10 +231,13 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
 
 
 def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
-    """Return ``(train_rows, eval_rows)`` as lists of examples (packed if configured).
+    """Return ``(train, eval)`` examples: Arrow tables, or lists of dicts when packed.
 
     Each train example carries ``bucket``: the index of the file it came from (for curricula).
+    Rows stay in Arrow (memory-mapped shards) unless packing needs them as Python lists.
     """
+    import pyarrow as pa
+
     from medtune.data.tokenize import TokenStats, pack_sequences
 
     records = [(i, r) for i, f in enumerate(files) for r in f.records]
@@ -243,20 +246,25 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
     make = ExampleMaker(recipe.__name__, cfg, tokenizer)
-    key, train = cache_key(cfg, tokenizer, files), []
+    key, tables = cache_key(cfg, tokenizer, files), []
     for bucket in range(len(files)):
         part = [r for i, r in records[n_eval:] if i == bucket]
-        rows = checkpointed_examples(key, f"train{bucket}", part, make, stats, cfg.data.workers)
-        train += [{**row, "bucket": bucket} for row in rows]
-    random.Random(cfg.train.seed).shuffle(train)
+        table = checkpointed_examples(key, f"train{bucket}", part, make, stats, cfg.data.workers)
+        if table.num_rows:
+            tables.append(table.append_column("bucket", pa.array([bucket] * table.num_rows, pa.int64())))
+    if not tables:
+        raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
+    train = pa.concat_tables(tables)
+    order = list(range(train.num_rows))
+    random.Random(cfg.train.seed).shuffle(order)  # the same order as shuffling the rows themselves
+    train = train.take(order)
     evals = checkpointed_examples(key, "eval", [r for _, r in records[:n_eval]], make, TokenStats(),
                                   cfg.data.workers)
-    if not train:
-        raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
+    evals = evals if evals.num_rows else None
     if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
                                       and cfg.data.curriculum == "none"):
-        train = pack_sequences(train, cfg.data.max_length)
-        evals = pack_sequences(evals, cfg.data.max_length) if evals else evals
+        train = pack_sequences(train.to_pylist(), cfg.data.max_length)
+        evals = pack_sequences(evals.to_pylist(), cfg.data.max_length) if evals is not None else None
         stats.rows = len(train)
     return train, evals
 
@@ -277,12 +285,15 @@ class ExampleMaker:
         recipe = importlib.import_module(self.recipe_module)
         return recipe.make_examples(self.cfg, self.tokenizer, records, stats)
 
-    def shard(self, records: list):
-        """``(rows, stats)`` of one shard (what a worker process returns)."""
+    def shard(self, job: tuple[Path, list]):
+        """Tokenize one shard into its part directory; return its stats (rows stay on disk, so
+        workers never send them back through a pipe)."""
         from medtune.data.tokenize import TokenStats
 
+        path, records = job
         stats = TokenStats()
-        return self(records, stats), stats
+        _save_part(path, self(records, stats), stats)
+        return stats
 
 
 def tokenize_workers(workers: int, shards: int) -> int:
@@ -295,58 +306,45 @@ def tokenize_workers(workers: int, shards: int) -> int:
     return min(default_workers(workers), shards)
 
 
-def checkpointed_examples(key, name: str, records: list, make, stats, workers: int = 1) -> list[dict]:
-    """``make(records, stats)`` shard by shard, each finished shard kept under the cache key.
+def checkpointed_examples(key, name: str, records: list, make: ExampleMaker, stats,
+                          workers: int = 1):
+    """The examples of ``records`` as one Arrow table, tokenized shard by shard.
 
-    A crashed run leaves its finished shards in ``cache_dir()/<key>.parts``; the next run loads
-    them instead of tokenizing again (the parts are removed once the whole result is cached).
-    Pending shards are tokenized by ``workers`` processes when ``make`` is an ExampleMaker.
+    Each finished shard is kept under the cache key (``cache_dir()/<key>.parts``), so a crashed
+    run's next attempt loads finished shards instead of tokenizing them again (the parts go once
+    the whole result is cached). Pending shards are tokenized by ``workers`` processes.
     """
+    import pyarrow as pa
+
     from medtune.data.convert import parallel_map
 
     if key is None:
-        return make(records, stats)
+        return pa.Table.from_pylist(make(records, stats))
     parts = cache_dir() / f"{key}.parts"
     shards = [records[i:i + SHARD_RECORDS] for i in range(0, len(records), SHARD_RECORDS)]
-    paths = [parts / f"{name}-{n}" for n in range(len(shards))]
-    done = {n: _load_part(path) for n, path in enumerate(paths)}
-    todo = [n for n, part in done.items() if part is None]
-    n_proc = tokenize_workers(workers, len(todo)) if isinstance(make, ExampleMaker) else 1
-    fn = make.shard if isinstance(make, ExampleMaker) else _shard_with(make)
-    for n, result in zip(todo, parallel_map(fn, [shards[n] for n in todo], n_proc)):
-        _save_part(paths[n], *result)
-        done[n] = result
-    out = []
-    for n in range(len(shards)):
-        rows, part_stats = done[n]
+    jobs = [(parts / f"{name}-{n}", shard) for n, shard in enumerate(shards)]
+    todo = [job for job in jobs if not (job[0] / "stats.json").is_file()]
+    for _ in parallel_map(make.shard, todo, tokenize_workers(workers, len(todo))):
+        pass  # each shard is on disk when its worker returns
+    tables = []
+    for path, _ in jobs:
+        table, part_stats = _load_part(path)
         stats.merge(part_stats)
-        out += rows
-    return out
-
-
-def _shard_with(make):
-    from medtune.data.tokenize import TokenStats
-
-    def shard(records):
-        stats = TokenStats()
-        return make(records, stats), stats
-
-    return shard
+        if table.num_rows:
+            tables.append(table)
+    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def _load_part(path: Path):
-    """``(rows, stats)`` of a finished shard, or None."""
+    """``(table, stats)`` of a finished shard (the table memory-mapped, not copied)."""
     import pyarrow as pa
 
     from medtune.data.tokenize import TokenStats
 
-    if not (path / "stats.json").is_file():
-        return None
-    with pa.memory_map(str(path / "rows.arrow")) as source:
-        rows = pa.ipc.open_file(source).read_all().to_pylist()
+    table = pa.ipc.open_file(pa.memory_map(str(path / "rows.arrow"))).read_all()
     stats = TokenStats()
     stats.merge_dict(json.loads((path / "stats.json").read_text(encoding="utf-8")))
-    return rows, stats
+    return table, stats
 
 
 def _save_part(path: Path, rows: list[dict], stats) -> None:
@@ -366,9 +364,14 @@ def _save_part(path: Path, rows: list[dict], stats) -> None:
 
 
 def _as_dataset(rows):
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from datasets import Dataset
 
-    return Dataset.from_list([{**r, "length": r.get("length") or len(r["input_ids"])} for r in rows])
+    table = pa.Table.from_pylist(rows) if isinstance(rows, list) else rows
+    if "length" not in table.column_names:
+        table = table.append_column("length", pc.list_value_length(table["input_ids"]).cast(pa.int64()))
+    return Dataset(table)
 
 
 def cache_dir() -> Path:
