@@ -88,6 +88,25 @@ def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
+TEMPLATE_BATCH = 256  # conversations rendered and tokenized per call (the Rust tokenizer batches)
+
+
+def _encoded(tokenizer, conversations, train_on_prompt: bool):
+    """``(input_ids, labels)`` per conversation, as :func:`encode_conversation` gives them;
+    templates with generation blocks are applied to batches (~2.5x faster than one by one)."""
+    if not _GENERATION_TAG.search(tokenizer.chat_template or ""):
+        for messages in conversations:
+            yield encode_conversation(tokenizer, messages, train_on_prompt)
+        return
+    conversations = list(conversations)
+    for start in range(0, len(conversations), TEMPLATE_BATCH):
+        batch = conversations[start:start + TEMPLATE_BATCH]
+        enc = apply_template(tokenizer, batch, return_assistant_tokens_mask=True)
+        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"]):
+            ids = list(ids)
+            yield ids, list(ids) if train_on_prompt else [t if m else IGNORE for t, m in zip(ids, mask)]
+
+
 def prefix_assistant_mask(tokenizer, messages):
     """Return ``(input_ids, mask)`` where mask is 1 on the tokens of each assistant reply.
 
@@ -121,8 +140,7 @@ def encode_conversations(tokenizer, conversations, max_length: int, overlength: 
     """Return training examples ``{input_ids, labels}``; overlength ones truncated or skipped."""
     stats = stats or TokenStats()
     out = []
-    for messages in conversations:
-        ids, labels = encode_conversation(tokenizer, messages, train_on_prompt)
+    for ids, labels in _encoded(tokenizer, conversations, train_on_prompt):
         if len(ids) > max_length:
             if overlength == "skip":
                 stats.skip("overlength")
