@@ -216,6 +216,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
     key = cache_key(cfg, tokenizer, files)
     cached = load_cached_rows(key)
     if cached is not None:
+        log.info("tokenized data loaded from cache %s", cache_dir() / key)
         return cached
     stats = TokenStats()
     train, evals = tokenize_rows(cfg, recipe, tokenizer, files, stats)
@@ -227,6 +228,9 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
     save_cached_rows(key, *result)
     if key:
         shutil.rmtree(cache_dir() / f"{key}.parts", ignore_errors=True)
+        cached = load_cached_rows(key)  # memory-mapped from disk instead of held in memory
+        if cached is not None:
+            return cached[0], cached[1], stats
     return result
 
 
@@ -352,7 +356,7 @@ def _save_part(path: Path, rows: list[dict], stats) -> None:
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows)
+    table = _compact(pa.Table.from_pylist(rows))
     with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
         w.write_table(table)
     (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
@@ -361,6 +365,16 @@ def _save_part(path: Path, rows: list[dict], stats) -> None:
         tmp.rename(path)
     except OSError:  # another rank stored it first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compact(table):
+    """``table`` with token-id lists stored as int32 (ids and -100 labels fit): half the memory."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) and pa.types.is_int64(f.type.value_type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.int32())))
+    return table
 
 
 def _as_dataset(rows):
@@ -406,7 +420,6 @@ def load_cached_rows(key):
     stats = TokenStats(**json.loads((path / "stats.json").read_text(encoding="utf-8")))
     stats.from_cache = True
     evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
-    log.info("tokenized data loaded from cache %s", path)
     return load_from_disk(str(path / "train")), evals, stats
 
 
