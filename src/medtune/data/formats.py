@@ -1,4 +1,4 @@
-"""Data readers: every supported source format turned into one of three unified record shapes.
+"""Data readers: every supported source layout turned into one of a few unified record shapes.
 
 Shapes (one dict per record):
 
@@ -9,23 +9,28 @@ Shapes (one dict per record):
   "rejected": [assistant msg]}`` (TRL's conversational preference format).
 - ``kto``:        ``{"prompt": [messages ending with a user turn], "completion": [assistant msg],
   "label": bool}`` (unpaired feedback: was this answer desirable?).
+- ``prompt``:     ``{"prompt": [messages ending with a user turn]}`` (inference / eval inputs).
+- ``choice``:     ``{"question", "options": {"A": ...}, "answer": "A"|"BCD"}`` (see
+  :mod:`medtune.data.choice`).
+- ``label``:      ``{"id", "answer"}`` (an answer key such as PubMedQA's test_ground_truth.json).
 
 Formats are small functions ``record dict -> unified dict`` registered by name with
 :func:`register_format`. A reader raises ``Bad`` for a problem the user must fix (it becomes a
-one-line :class:`~medtune.errors.MedtuneError` naming ``file:line``, the field and the format) and
-``Skip`` for a well-formed but empty record (counted in :attr:`FileData.skipped`, never dropped
-silently).
+one-line :class:`~medtune.errors.MedtuneError` naming ``file:line``, the field and the format, or
+a counted skip under ``medtune data``'s default policy) and ``Skip`` for a well-formed but empty
+record (counted in :attr:`FileData.skipped`, never dropped silently).
 
-Files are read as UTF-8 (a BOM is tolerated). JSON arrays and JSONL are told apart by content, not
-by extension (``.json`` files that are really JSONL work); ``.txt`` files are plain text, one
-document per non-blank line (blank lines separate documents and are not counted as skipped).
+Files are found, decoded and split into rows by :mod:`medtune.data.stream` (JSONL, JSON arrays,
+keyed JSON objects, ``.txt``, CSV / TSV, Parquet; UTF-8, UTF-16, GB18030).
+
+>>> read_alpaca({"instruction": "头痛怎么办", "output": "休息"})["messages"][1]
+{'role': 'assistant', 'content': '休息'}
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,7 +64,6 @@ _FROM = {
     "assistant": "assistant",
     "system": "system",
 }
-_WS = re.compile(r"[ \t\n\r]*")
 _MAX_KEYS = 12
 
 
