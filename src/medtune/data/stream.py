@@ -176,29 +176,40 @@ def container_kind(path: Path, enc: str) -> str:
     return "notjson" if body else "empty"
 
 
-def jsonl_chunks(path, chunk_bytes: int = 8 << 20) -> list[tuple[int, int, int]]:
-    """``(start, end, first_line)`` byte ranges that split a line file at newlines."""
-    size, chunks, start, line = Path(path).stat().st_size, [], 0, 1
+def iter_chunks(path, chunk_bytes: int = 8 << 20) -> Iterator[tuple[int, int, int]]:
+    """``(start, end, first_line)`` byte ranges that split a line file at newlines, lazily."""
+    size, start, line = Path(path).stat().st_size, 0, 1
     with open(path, "rb") as f:
         while start < size:
-            f.seek(min(start + chunk_bytes, size))
-            f.readline()
-            end = min(f.tell(), size) if start + chunk_bytes < size else size
-            chunks.append((start, end, line))
             f.seek(start)
-            line += f.read(end - start).count(b"\n")
+            data = f.read(chunk_bytes)
+            if start + len(data) < size:
+                data += f.readline()  # finish the last line of the chunk
+            end = start + len(data)
+            yield start, end, line
+            line += data.count(b"\n")
             start = end
-    return chunks
+
+
+def jsonl_chunks(path, chunk_bytes: int = 8 << 20) -> list[tuple[int, int, int]]:
+    """All of :func:`iter_chunks` (one pass over the file, one chunk in memory at a time)."""
+    return list(iter_chunks(path, chunk_bytes))
 
 
 def line_file(path: Path, enc: str, plain: bool, byte_range=None) -> Iterator[tuple[int, object]]:
-    """Rows of a JSONL (``plain=False``) or text file, optionally one ``(start, end, first_line)``
-    byte range; undecodable lines and broken JSON come back as :class:`RowError` rows."""
-    start, end, line = byte_range or (0, None, 1)
+    """Rows of a JSONL (``plain=False``) or text file, or of one ``(start, end, first_line)`` byte
+    range of it; undecodable lines and broken JSON come back as :class:`RowError` rows. The file
+    is read a chunk at a time."""
+    for chunk in [byte_range] if byte_range else iter_chunks(path):
+        yield from _line_range(path, enc, plain, chunk)
+
+
+def _line_range(path: Path, enc: str, plain: bool, byte_range) -> Iterator[tuple[int, object]]:
+    start, end, line = byte_range
     dec = "utf-8" if enc == "utf-8-sig" else enc
     with open(path, "rb") as f:
         f.seek(start)
-        data = f.read() if end is None else f.read(end - start)
+        data = f.read(end - start)
     if start == 0 and data.startswith(codecs.BOM_UTF8):
         data = data[3:]
     for n, raw in enumerate(data.split(b"\n"), line):
