@@ -16,9 +16,9 @@ def add_data(sub) -> None:
         add(dsub)
 
 
-def _reading(p, many: bool = True) -> None:
-    """Options shared by every command that reads data files."""
-    p.add_argument("inputs", nargs="+" if many else None, metavar="IN",
+def _reading(p, workers: bool = True) -> None:
+    """Options shared by every command that reads data files (``--workers`` where it is used)."""
+    p.add_argument("inputs", nargs="+", metavar="IN",
                    help="data files: JSONL/JSON/.txt/CSV/TSV/Parquet in any supported layout")
     p.add_argument("--format", default="auto", help="input layout (default: auto-detect)")
     p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
@@ -27,7 +27,8 @@ def _reading(p, many: bool = True) -> None:
     p.add_argument("--strict", action="store_true",
                    help="stop with an error at the first record that cannot be used "
                         "(default: skip it, count it, report file:line)")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    if workers:
+        p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
 
 
 def _convert(dsub) -> None:
@@ -142,7 +143,7 @@ def _split(dsub) -> None:
 def _stats(dsub) -> None:
     p = dsub.add_parser("stats", help="records, tokens, turns, languages, duplicates, length histogram",
                         epilog="example: medtune data stats sft.jsonl --tokenizer runs/tiny --plot len.png")
-    _reading(p)
+    _reading(p, workers=False)  # one streaming pass
     p.add_argument("--tokenizer", help="count tokens with this model / tokenizer dir")
     p.add_argument("--plot", help="write a length histogram PNG here")
     p.add_argument("--json", help="also write the numbers to this JSON file")

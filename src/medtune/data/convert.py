@@ -48,6 +48,8 @@ class ConvertOptions:
 
 def default_workers(workers: int = 0) -> int:
     """``workers`` or, for 0, the number of usable cores (at most 8)."""
+    if workers < 0:
+        raise MedtuneError(f"--workers must be >= 0 (0 = one per core), got {workers}")
     if workers > 0:
         return workers
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
