@@ -106,8 +106,9 @@ def cmd_demo(args) -> int:
 def cmd_chat(args) -> int:
     from medtune.inference.chat import ChatModel
 
-    bot = ChatModel.load(args.model, adapter=args.adapter, device=args.device, template=args.template,
-                         trust_remote_code=args.trust_remote_code,
+    from medtune.cli.model_args import model_kwargs
+
+    bot = ChatModel.load(args.model, **model_kwargs(args),
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     chat_loop(bot, args.system, sys.stdin, sys.stdout)
     return 0

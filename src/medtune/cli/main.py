@@ -26,6 +26,9 @@ EPILOG = """examples:
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
   medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
+  medtune infer --model runs/sft --input q.jsonl --output a.jsonl      batch generation, resumable
+  medtune serve api --model runs/sft --api-key KEY  OpenAI-compatible API on 127.0.0.1:8000
+  medtune serve web --model runs/sft                Gradio chat page on 127.0.0.1:7860
 """
 
 
@@ -73,17 +76,72 @@ def _add_model(sub):
 
 
 def _add_chat(sub):
+    from medtune.cli.model_args import add_model_args
+
     p = sub.add_parser("chat", help="interactive chat with a model dir (full or adapter)",
                        epilog="example: medtune chat --model runs/demo/sft   ('clear' resets, 'stop' quits)")
-    p.add_argument("--model", required=True, help="model dir, adapter dir, or hub id")
-    p.add_argument("--adapter", help="LoRA adapter dir to apply on --model")
-    p.add_argument("--template", default="auto", help="override the checkpoint's chat template")
+    add_model_args(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
+
+
+def _add_infer(sub):
+    from medtune.cli.model_args import add_model_args
+
+    p = sub.add_parser(
+        "infer", help="batch generation over a JSONL file (resumable)",
+        epilog="example: medtune infer --model runs/sft --input questions.jsonl --output answers.jsonl\n"
+               "rows carry 'messages' or 'prompt' / 'instruction' (+'input'), and an optional 'id'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--input", required=True, help="JSONL of messages / prompt / instruction(+input) rows")
+    p.add_argument("--output", required=True, help="JSONL written row by row; a re-run continues it")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (with --temperature > 0)")
+    p.add_argument("--system", help="system prompt added to rows that have none")
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
+    p.set_defaults(handler="medtune.cli.serve:cmd_infer")
+
+
+def _add_serve(sub):
+    from medtune.cli.model_args import add_model_args
+
+    p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API or web chat")
+    ssub = p.add_subparsers(dest="serve_command", required=True, metavar="{api,web}")
+    a = ssub.add_parser(
+        "api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)",
+        epilog="example: medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key $KEY")
+    add_model_args(a, adapter=False)
+    a.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=DIR",
+                   help="LoRA adapter on --model served as model NAME (repeatable)")
+    a.add_argument("--name", help="model name of --model itself (default: its directory name)")
+    a.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set)")
+    a.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
+    a.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
+    a.add_argument("--max-batch", type=int, default=16, help="requests generated together (default 16)")
+    a.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
+    a.add_argument("--max-prompt-tokens", type=int, default=4096)
+    a.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens accepted")
+    a.add_argument("--max-body-kb", type=int, default=1024, help="largest request body (default 1024 KiB)")
+    a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
+    w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
+                        epilog="example: medtune serve web --model runs/sft --port 7860")
+    add_model_args(w)
+    w.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=7860)
+    w.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 
 def _add_tokenizer(sub):
@@ -128,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medtune.cli.data_args import add_data
 
     for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer,
-                _add_export, _add_chat):
+                _add_export, _add_chat, _add_infer, _add_serve):
         add(sub)
     return parser
 

@@ -97,3 +97,10 @@ def render(source: str, messages, *, add_generation_prompt: bool = False, bos_to
         eos_token=eos_token,
     )
     return rendered[0]
+
+
+def template_name(source: str | None) -> str:
+    """Return the built-in name whose text is ``source``, else ``"custom"`` (``"none"`` if empty)."""
+    if not source:
+        return "none"
+    return next((n for n in TEMPLATE_NAMES if template_source(n).strip() == source.strip()), "custom")

@@ -1,0 +1,32 @@
+"""Model-loading arguments shared by ``chat``, ``infer``, ``serve api`` and ``serve web``.
+
+Example::
+
+    medtune infer --model runs/sft --load-in int8-cpu --input q.jsonl --output a.jsonl
+"""
+
+from __future__ import annotations
+
+LOAD_IN = ("none", "8bit", "4bit", "int8-cpu")
+
+
+def add_model_args(p, adapter: bool = True) -> None:
+    """Add --model, --adapter (unless ``adapter`` is False), --template, --device, --dtype,
+    --load-in, --trust-remote-code."""
+    p.add_argument("--model", required=True, help="model dir (full or adapter) or hub id")
+    if adapter:
+        p.add_argument("--adapter", help="LoRA adapter dir to apply on --model")
+    p.add_argument("--template", default="auto", help="override the checkpoint's chat template")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16 (default auto)")
+    p.add_argument("--load-in", default="none", choices=LOAD_IN,
+                   help="8bit/4bit: bitsandbytes on a CUDA GPU; int8-cpu: dynamic int8 linear layers "
+                        "on CPU (faster, slightly less exact); default none")
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+
+
+def model_kwargs(args) -> dict:
+    """Return ``ChatModel.load`` / engine keyword arguments from parsed model arguments."""
+    return {"adapter": getattr(args, "adapter", None), "template": args.template, "device": args.device,
+            "dtype": args.dtype, "load_in": None if args.load_in == "none" else args.load_in,
+            "trust_remote_code": args.trust_remote_code}
