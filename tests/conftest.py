@@ -43,6 +43,27 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def varied_dir(tmp_path_factory, tiny_dir) -> Path:
+    """``tiny_dir`` with weights redrawn at std 0.3: greedy replies differ from prompt to prompt
+    (the small default init answers every prompt alike), for tests that must tell outputs apart."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("varied") / "llama"
+    shutil.copytree(tiny_dir, out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_dir):
     """``(model, tokenizer)`` loaded from ``tiny_dir`` in fp32 on CPU."""
     from medtune.models.load import load_model, load_tokenizer

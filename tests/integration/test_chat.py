@@ -45,11 +45,20 @@ def test_system_prompt_is_used_but_not_returned(bot):
         != bot.prompt_ids([{"role": "user", "content": "你好"}])
 
 
-def test_text_end_markers_are_trimmed_in_stream(bot):
-    bot.stop_texts = ["<|im_end|>"]
-    try:
-        assert "".join(bot._trim_stream(["ab<|im", "_end|>cd"])) == "ab"
-        assert "".join(bot._trim_stream(["a", "b", "<", "c"])) == "ab<c"
-        assert bot.trim("reply<|im_end|>\n<|im_start|>user") == "reply"
-    finally:
-        bot.stop_texts = []
+def test_generate_takes_queries_and_conversations(bot):
+    q = "感冒挂什么科？"
+    assert bot.generate([q, [{"role": "user", "content": q}]]) == [bot.chat(q)[0]] * 2
+    assert bot.generate([q], system="你是医生。") == [bot.chat(q, system="你是医生。")[0]]
+
+
+def test_stream_stops_when_the_stop_event_is_set(bot):
+    import threading
+
+    stop = threading.Event()
+    sampled = dict(max_new_tokens=200, temperature=1.0, seed=0)  # the random model's greedy reply is blank
+    stream = bot.stream_chat("你好", stop_event=stop, **sampled)
+    first = next(stream)
+    stop.set()
+    rest = "".join(stream)
+    full = bot.chat("你好", **sampled)[0]
+    assert full.startswith((first + rest).strip()) and len(first + rest) < len(full)

@@ -1,0 +1,78 @@
+"""``medtune infer`` and ``medtune serve api``: batch generation and the OpenAI-compatible server.
+
+Example::
+
+    medtune infer --model runs/sft --input questions.jsonl --output answers.jsonl
+    medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key "$KEY"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+
+def _engine(args, adapters=None):
+    from medtune.cli.model_args import model_kwargs
+    from medtune.inference.engines import load_engine
+
+    kwargs = model_kwargs(args)
+    if args.backend == "vllm":
+        kwargs["tensor_parallel_size"] = args.tensor_parallel_size
+    elif args.tensor_parallel_size != 1:
+        raise MedtuneError("--tensor-parallel-size needs --backend vllm")
+    return load_engine(args.model, adapters, backend=args.backend, name=getattr(args, "name", None),
+                       **kwargs)
+
+
+def cmd_infer(args) -> int:
+    from medtune.inference.batch import meta_file, run_infer
+    from medtune.inference.engines import SamplingParams
+
+    if not Path(args.input).is_file():
+        raise MedtuneError(f"--input '{args.input}' not found")
+    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                            seed=args.seed if args.temperature > 0 else None)
+    engine = _engine(args)
+    summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
+                        system=args.system, model_label=args.model, adapter=args.adapter,
+                        overwrite=args.overwrite, strict=args.strict, progress=not args.quiet)
+    skipped = sum(summary.skipped.values())
+    reasons = "; ".join(f"{k}: {v}" for k, v in summary.skipped.items())
+    print(f"infer: {summary.generated} generated, {summary.done_before} already in {args.output}, "
+          f"{skipped} skipped{' (' + reasons + ')' if skipped else ''} | {summary.rows_per_s:.2f} rows/s, "
+          f"{summary.tokens_per_s:.1f} new tokens/s in {summary.seconds:.1f}s | settings: "
+          f"{meta_file(args.output)}")
+    return 0
+
+
+def parse_adapters(specs) -> dict:
+    """Return ``{name: dir}`` from ``NAME=DIR`` strings."""
+    adapters = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise MedtuneError(f"--adapter '{spec}': expected NAME=DIR")
+        if name in adapters:
+            raise MedtuneError(f"--adapter name '{name}' given twice")
+        if not Path(folder).is_dir():
+            raise MedtuneError(f"--adapter {name}: '{folder}' is not a directory")
+        adapters[name] = folder
+    return adapters
+
+
+def cmd_serve_api(args) -> int:
+    from medtune.serving.api import ServerLimits, serve
+
+    api_key = args.api_key or os.environ.get("MEDTUNE_API_KEY") or None
+    limits = ServerLimits(max_batch=args.max_batch, max_queue=args.max_queue,
+                          max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
+                          max_body_bytes=args.max_body_kb * 1024)
+    engine = _engine(args, parse_adapters(args.adapters))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it")
+    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet)
+    return 0

@@ -1,0 +1,256 @@
+"""Batch inference over a JSONL file: length-sorted batches, resumable output, recorded settings.
+
+Example::
+
+    medtune infer --model runs/sft --input questions.jsonl --output answers.jsonl --batch-size 16
+
+Input rows carry ``messages`` (ending with a user turn), or ``prompt``, or ``instruction`` (+
+``input``), and an optional ``id`` (default: the line number). Every output row is the input row
+plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``, written
+(and flushed) batch by batch; ``OUT.meta.json`` records the model, template, sampling parameters and
+throughput. Re-running the same command continues an interrupted run: rows already in the output
+are kept and not generated again; a half-written last line is dropped and redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+
+@dataclass
+class InferRow:
+    id: str | int
+    messages: list
+    source: dict  # the input row, copied to the output
+
+
+@dataclass
+class InferSummary:
+    rows: int = 0
+    done_before: int = 0
+    generated: int = 0
+    skipped: dict = field(default_factory=dict)
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.generated / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+
+def row_messages(row: dict, where: str, system: str | None = None) -> list:
+    """Return the chat messages a row asks to answer; raise naming ``where`` when it has none."""
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in
+                ("system", "user", "assistant") for m in messages):
+            raise MedtuneError(f'{where}: field "messages" must be a list of {{role, content}} messages')
+        if messages[-1]["role"] != "user":
+            raise MedtuneError(f'{where}: field "messages" must end with a user turn')
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    elif isinstance(row.get("instruction"), str):
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise MedtuneError(f'{where}: field "input" must be a string')
+        messages = [{"role": "user", "content": row["instruction"] + ("\n" + extra if extra else "")}]
+    else:
+        raise MedtuneError(f'{where}: no "messages", "prompt" or "instruction" field')
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + list(messages)
+    return messages
+
+
+def read_rows(path, system=None, strict=False) -> tuple[list[InferRow], dict]:
+    """Return the rows of a JSONL file and ``{reason: count}`` of skipped lines (``strict``: raise)."""
+    rows, skipped, seen = [], {}, set()
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for n, line in enumerate(_lines(f, path), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = _parse(line, where)
+                rid = row.get("id", n)
+                if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+                    raise MedtuneError(f'{where}: field "id" must be a string or an integer')
+                if rid in seen:
+                    raise MedtuneError(f'{where}: id {rid!r} appears twice')
+                rows.append(InferRow(rid, row_messages(row, where, system), row))
+                seen.add(rid)
+            except MedtuneError as exc:
+                if strict:
+                    raise
+                reason = str(exc).split(": ", 1)[1]
+                skipped[reason] = skipped.get(reason, 0) + 1
+                _warn_once(skipped, reason, str(exc))
+    return rows, skipped
+
+
+def _lines(f, path):
+    try:
+        yield from f
+    except UnicodeDecodeError as exc:
+        raise MedtuneError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _parse(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MedtuneError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise MedtuneError(f"{where}: a row must be a JSON object")
+    return row
+
+
+def _warn_once(skipped: dict, reason: str, message: str) -> None:
+    import logging
+
+    if skipped[reason] == 1:
+        logging.getLogger("medtune").warning("skipped %s", message)
+
+
+def finished_ids(out: Path) -> set:
+    """Return the ids already in ``out``; cut off a half-written last line first."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(out, "r+b") as f:
+            f.truncate(end)
+    ids = set()
+    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise MedtuneError(f"{out}:{n}: not a medtune infer row; use --overwrite to start over") from None
+    return ids
+
+
+def _settings_fingerprint(meta: dict) -> str:
+    keys = ("model", "adapter", "template_sha256", "params", "system")
+    return json.dumps({k: meta.get(k) for k in keys}, sort_keys=True)
+
+
+def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
+    """Refuse to continue an output made with other settings (unless ``overwrite``)."""
+    if overwrite or not meta_path.exists():
+        return
+    old = json.loads(meta_path.read_text(encoding="utf-8"))
+    if _settings_fingerprint(old) != _settings_fingerprint(meta):
+        changed = [k for k in ("model", "adapter", "template_sha256", "params", "system")
+                   if old.get(k) != meta.get(k)]
+        raise MedtuneError(f"{meta_path.with_suffix('').with_suffix('')}: written with different "
+                           f"{', '.join(changed)}; pass --overwrite to start over")
+
+
+def run_infer(engine, input_path, output_path, params, batch_size=16, system=None, model_label="",
+              adapter=None, overwrite=False, strict=False, progress=True) -> InferSummary:
+    """Generate a response for every row of ``input_path`` not yet in ``output_path``."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise MedtuneError("--batch-size must be >= 1")
+    out, meta_path = Path(output_path), meta_file(output_path)
+    rows, skipped = read_rows(input_path, system, strict)
+    meta = _meta(engine, input_path, params, system, model_label, adapter, batch_size)
+    check_meta(meta_path, meta, overwrite)
+    if overwrite and out.exists():
+        out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(out)
+    todo = [r for r in rows if r.id not in done]
+    summary = InferSummary(rows=len(rows), done_before=len(rows) - len(todo), skipped=skipped)
+    _write_meta(meta_path, meta, summary, "running")
+    started = time.perf_counter()
+    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), disable=not progress,
+                                                     unit="row", desc="infer") as bar:
+        for batch, prompts in _length_sorted_batches(engine, todo, batch_size):
+            answers = engine.generate(prompts, _batch_params(params, batch))
+            for row, got in zip(batch, _per_prompt(answers, params.n)):
+                f.write(json.dumps(_output_row(row, got), ensure_ascii=False) + "\n")
+                summary.completion_tokens += sum(c.completion_tokens for c in got)
+            f.flush()
+            summary.generated += len(batch)
+            bar.update(len(batch))
+    summary.seconds = time.perf_counter() - started
+    _write_meta(meta_path, meta, summary, "finished")
+    return summary
+
+
+def meta_file(output_path) -> Path:
+    out = Path(output_path)
+    return out.with_name(out.name + ".meta.json")
+
+
+def _length_sorted_batches(engine, rows, batch_size):
+    """Yield ``(rows, prompt ids)`` batches, longest prompts first (less padding, early OOM)."""
+    encoded = sorted(((engine.encode_chat(r.messages), r) for r in rows), key=lambda p: -len(p[0]))
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i:i + batch_size]
+        yield [r for _, r in chunk], [ids for ids, _ in chunk]
+
+
+def _batch_params(params, batch):
+    """Sampling seeds follow the batch's first id, so a resumed run does not replay one seed."""
+    if params.temperature == 0 or params.seed is None:
+        return params
+    from dataclasses import replace
+
+    digest = hashlib.sha256(f"{params.seed}:{batch[0].id}".encode()).digest()
+    return replace(params, seed=int.from_bytes(digest[:4], "little"))
+
+
+def _per_prompt(completions, n):
+    return [completions[i:i + n] for i in range(0, len(completions), n)]
+
+
+def _output_row(row: InferRow, got) -> dict:
+    out = {**row.source, "id": row.id, "response": got[0].text.strip(),
+           "finish_reason": got[0].finish_reason, "prompt_tokens": got[0].prompt_tokens,
+           "completion_tokens": got[0].completion_tokens}
+    if len(got) > 1:
+        out["responses"] = [c.text.strip() for c in got]
+    return out
+
+
+def _meta(engine, input_path, params, system, model_label, adapter, batch_size) -> dict:
+    from medtune.data.templates import template_name
+
+    template = engine.template()
+    return {"model": model_label, "adapter": adapter, "backend": engine.backend,
+            "template": template_name(template), "chat_template": template,
+            "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "params": asdict(params), "system": system, "batch_size": batch_size,
+            "input": str(input_path), "input_sha256": _sha256(input_path)}
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> None:
+    record = {**meta, "status": status, "rows": summary.rows, "done_before": summary.done_before,
+              "generated": summary.generated, "skipped": summary.skipped,
+              "completion_tokens": summary.completion_tokens, "seconds": round(summary.seconds, 3),
+              "rows_per_s": round(summary.rows_per_s, 3), "tokens_per_s": round(summary.tokens_per_s, 2)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,292 @@
+"""OpenAI-compatible HTTP API over a medtune engine.
+
+Example::
+
+    medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key "$KEY"
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
+    reply = client.chat.completions.create(model="tcm", messages=[{"role": "user", "content": "失眠怎么办？"}])
+
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
+``POST /v1/completions`` (plain and ``stream: true`` server-sent events ending with
+``data: [DONE]``). Bad requests get OpenAI-style error JSON: 400 (bad values, unsupported
+parameters, prompt too long), 401 (missing or wrong key), 404 (unknown model or path), 413 (body too
+large), 422 (wrong JSON shape or types), 429 (queue full). Requests only name models that were
+loaded at start-up: nothing a client sends is used as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medtune.errors import MedtuneError
+from medtune.serving.schema import (ChatRequest, CompletionRequest, RequestError, parse_request,
+                                    to_sampling_params)
+
+
+@dataclass
+class ServerLimits:
+    max_batch: int = 16
+    max_queue: int = 256
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 2048  # largest max_tokens a request may ask for
+    default_max_tokens: int = 512
+    max_body_bytes: int = 1 << 20
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None):
+    """Return the FastAPI app serving ``engine`` (one batching worker thread)."""
+    from medtune.serving.scheduler import BatchScheduler
+
+    limits = limits or ServerLimits()
+    scheduler = BatchScheduler(engine, limits.max_batch, limits.max_queue)
+    app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.engine, app.state.started = scheduler, engine, int(time.time())
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, exc: RequestError):
+        return JSONResponse(error_body(exc.status, exc.message, exc.param, exc.code), exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc):  # a bug or an engine failure, never bad input
+        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}"), 500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/") and not _authorized(request, api_key):
+            return JSONResponse(error_body(401, "missing or invalid API key (Authorization: Bearer KEY)",
+                                           code="invalid_api_key"), 401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "pending": scheduler.pending()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": app.state.started, "owned_by": "medtune"}
+            for name in engine.model_names()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse_request(await _read_body(request, limits), ChatRequest)
+        prompt = _encode(engine, req.model, lambda: engine.encode_chat(req.chat_messages(), req.model))
+        return await _respond(request, scheduler, req, [prompt], limits, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = parse_request(await _read_body(request, limits), CompletionRequest)
+        prompts = [_encode(engine, req.model, lambda t=t: engine.encode_text(t, req.model))
+                   for t in req.prompts()]
+        return await _respond(request, scheduler, req, prompts, limits, chat=False)
+
+    return app
+
+
+def _authorized(request, api_key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+async def _read_body(request, limits: ServerLimits) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(413, f"request body over {limits.max_body_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise RequestError(413, f"request body over {limits.max_body_bytes} bytes")
+    return bytes(body)
+
+
+def _encode(engine, model: str, encode) -> list[int]:
+    if model not in engine.model_names():
+        raise RequestError(404, f"model '{model}' not found (serving: {', '.join(engine.model_names())})",
+                           "model", "model_not_found")
+    try:
+        return encode()
+    except MedtuneError as exc:
+        raise RequestError(400, str(exc), "messages") from None
+    except Exception as exc:  # a chat template refusing this conversation (e.g. role order)
+        raise RequestError(400, f"the model's chat template cannot render these messages: {exc}",
+                           "messages") from None
+
+
+def _check_limits(prompts, req, limits: ServerLimits) -> None:
+    longest = max(len(p) for p in prompts)
+    if longest > limits.max_prompt_tokens:
+        raise RequestError(400, f"prompt is {longest} tokens; this server accepts at most "
+                                f"{limits.max_prompt_tokens}", "messages", "context_length_exceeded")
+    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if asked is not None and asked > limits.max_tokens:
+        raise RequestError(400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens}",
+                           "max_tokens")
+
+
+async def _respond(request, scheduler, req, prompts, limits, chat: bool):
+    _check_limits(prompts, req, limits)
+    params = to_sampling_params(req, limits.default_max_tokens)
+    meta = _Meta(req.model, chat)
+    if req.stream:
+        jobs, events = _submit_streaming(scheduler, prompts, params, req.model)
+        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n),
+                                 media_type="text/event-stream")
+    jobs = [_submit(scheduler, p, params, req.model) for p in prompts]
+    try:
+        results = [await fut for _, fut in jobs]
+    except asyncio.CancelledError:
+        for job, _ in jobs:
+            job.cancel.set()
+        raise
+    return JSONResponse(meta.full_response(results, prompts))
+
+
+@dataclass
+class _Meta:
+    model: str
+    chat: bool
+
+    def __post_init__(self):
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.object = "chat.completion" if self.chat else "text_completion"
+
+    def choice(self, index: int, text: str | None, finish: str | None, delta: bool = False) -> dict:
+        finish = "stop" if finish == "cancelled" else finish
+        if not self.chat:
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        body = {} if text is None else {"content": text}
+        if delta:
+            return {"index": index, "delta": body, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", **body}, "logprobs": None,
+                "finish_reason": finish}
+
+    def full_response(self, results, prompts) -> dict:
+        choices, completion = [], 0
+        for completions in results:
+            for c in completions:
+                choices.append(self.choice(len(choices), c.text, c.finish_reason))
+                completion += c.completion_tokens
+        prompt = sum(len(p) for p in prompts)
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+                "choices": choices, "usage": _usage(prompt, completion)}
+
+    def chunk(self, choices, usage=None) -> str:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        body = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _submit(scheduler, prompt, params, model):
+    """Queue one prompt; return ``(job, future of its completions)`` (429 when the queue is full)."""
+    from medtune.serving.scheduler import Job
+
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    job = Job(prompt, params, model)
+    job.on_done = lambda: loop.call_soon_threadsafe(_settle, fut, job)
+    if not scheduler.submit(job):
+        raise RequestError(429, "server busy: too many requests waiting; retry later", code="rate_limit")
+    return job, fut
+
+
+def _settle(fut, job) -> None:
+    if fut.done():
+        return
+    if job.error is not None:
+        fut.set_exception(job.error)
+    else:
+        fut.set_result(job.result)
+
+
+def _submit_streaming(scheduler, prompts, params, model):
+    """Queue prompts whose text deltas arrive on one asyncio queue as ``(choice, delta, finish)``."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    jobs = []
+    for p_index, prompt in enumerate(prompts):
+        job, fut = _submit(scheduler, prompt, params, model)
+
+        def on_text(sample, delta, finish, base=p_index * params.n):
+            loop.call_soon_threadsafe(events.put_nowait, (base + sample, delta, finish))
+
+        job.on_text = on_text
+        jobs.append((job, fut))
+    return jobs, events
+
+
+async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
+    """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``."""
+    total, finished = len(prompts) * n, 0
+    try:
+        if meta.chat:
+            yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
+                              for i in range(total)])
+        while finished < total:
+            choice, delta, finish = await _next_event(events, jobs)
+            if delta:
+                yield meta.chunk([meta.choice(choice, delta, None, delta=True)])
+            if finish:
+                finished += 1
+                yield meta.chunk([meta.choice(choice, None if meta.chat else "", finish, delta=True)])
+        if req.include_usage:
+            results = [await fut for _, fut in jobs]
+            completion = sum(c.completion_tokens for r in results for c in r)
+            yield meta.chunk([], usage=_usage(sum(len(p) for p in prompts), completion))
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # headers are sent: report in the stream, as OpenAI does
+        yield f"data: {json.dumps(error_body(500, f'internal error: {type(exc).__name__}'))}\n\n"
+    finally:  # the client went away (or we are done): stop generating for it
+        for job, _ in jobs:
+            job.cancel.set()
+
+
+async def _next_event(events, jobs):
+    """Return the next text event; raise the engine's error if a job failed before finishing."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            for job, fut in jobs:
+                if fut.done() and fut.exception() is not None:
+                    raise fut.exception()
+
+
+def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          limits: ServerLimits | None = None, quiet: bool = False) -> None:
+    """Run the API with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(engine, api_key, limits)
+    print(f"medtune API on http://{host}:{port}/v1  models: {', '.join(engine.model_names())}"
+          f"  auth: {'bearer key' if api_key else 'none'}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
