@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,13 +87,13 @@ def read_rows(path, system=None, strict=False) -> tuple[list[InferRow], dict]:
                 if not isinstance(rid, (str, int)) or isinstance(rid, bool):
                     raise MedtuneError(f'{where}: field "id" must be a string or an integer')
                 if rid in seen:
-                    raise MedtuneError(f'{where}: id {rid!r} appears twice')
+                    raise MedtuneError(f'{where}: duplicate id ({rid!r})')
                 rows.append(InferRow(rid, row_messages(row, where, system), row))
                 seen.add(rid)
             except MedtuneError as exc:
                 if strict:
                     raise
-                reason = str(exc).split(": ", 1)[1]
+                reason = re.sub(r" \(.*\)$", "", str(exc).split(": ", 1)[1])  # counted without details
                 skipped[reason] = skipped.get(reason, 0) + 1
                 _warn_once(skipped, reason, str(exc))
     return rows, skipped
