@@ -4,44 +4,18 @@ adapters by name, and no request reaching the disk."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 
+from tests.helpers.servers import Server
+
 pytestmark = pytest.mark.slow
 
 KEY = "test-key"
 QUESTIONS = ["高血压有哪些典型症状？", "感冒挂什么科？", "What should I do about a fever?", "糖尿病吃什么药？"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn running ``app`` on a free 127.0.0.1 port in a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
