@@ -108,6 +108,7 @@ def _add_infer(sub):
     p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input row (exit 2)")
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
@@ -161,8 +162,8 @@ def _add_tokenizer(sub):
 
 
 def _add_export(sub):
-    p = sub.add_parser("export", help="merge adapters into full weights")
-    esub = p.add_subparsers(dest="export_command", required=True, metavar="{merge}")
+    p = sub.add_parser("export", help="merge adapters, write GGUF (llama.cpp / Ollama), quantize")
+    esub = p.add_subparsers(dest="export_command", required=True, metavar="{merge,gguf,quantize}")
     m = esub.add_parser("merge", help="merge a LoRA/DoRA adapter into its base: a plain HF model dir",
                         epilog="example: medtune export merge --adapter runs/sft-lora -o runs/sft-merged")
     m.add_argument("--adapter", required=True, help="adapter dir (adapter_config.json)")
@@ -171,6 +172,83 @@ def _add_export(sub):
     m.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16 (default auto)")
     m.add_argument("--overwrite", action="store_true", help="replace a non-empty output dir")
     m.set_defaults(handler="medtune.cli.export:cmd_export_merge")
+    g = esub.add_parser("gguf", help="write a GGUF file for llama.cpp / Ollama (llama, qwen2 models)",
+                        epilog="example: medtune export gguf --model runs/sft -o runs/sft.gguf --dtype q8_0 --modelfile")
+    g.add_argument("--model", required=True, help="model dir, or adapter dir (merged into its base first)")
+    g.add_argument("-o", "--out", required=True, help="output .gguf file")
+    g.add_argument("--dtype", default="f16", choices=("f32", "f16", "q8_0"),
+                   help="f16 (default): half the size of f32; q8_0: ~1/4 of f32, small rounding")
+    g.add_argument("--modelfile", action="store_true", help="also write OUT's stem + .Modelfile for Ollama")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    g.set_defaults(handler="medtune.cli.export:cmd_export_gguf")
+    q = esub.add_parser("quantize", help="save a bitsandbytes 8-bit or 4-bit (nf4) model dir (CUDA GPU)",
+                        epilog="example: medtune export quantize --model runs/sft-merged --bits 4 -o runs/sft-nf4")
+    q.add_argument("--model", required=True, help="full model dir (merge adapters first)")
+    q.add_argument("--bits", type=int, required=True, choices=(8, 4), help="8: int8; 4: nf4 + double quant")
+    q.add_argument("-o", "--out", required=True, help="output dir")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty output dir")
+    q.set_defaults(handler="medtune.cli.export:cmd_export_quantize")
+
+
+def _add_eval(sub):
+    from medtune.cli.model_args import add_model_args
+
+    p = sub.add_parser("eval", help="evaluate models: generation metrics, benchmarks, perplexity, judges, reports")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{gen,choice,ppl,judge,report}")
+    g = esub.add_parser("gen", help="ROUGE-1/2/L and BLEU-4 of generated (or given) answers",
+                        epilog="example: medtune eval gen --model runs/sft --data test.jsonl --output runs/eval/gen\n"
+                               "         medtune eval gen --predictions preds.jsonl --output runs/eval/gen",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _eval_gen_args(g, add_model_args)
+    c = esub.add_parser("choice", help="multiple-choice benchmarks in their native formats (CMB, CMExam, MedQA, ...)",
+                        epilog="example: medtune eval choice --model runs/sft --data apollo/test/zh.json --shots 3 "
+                               "--limit 200 --output runs/eval/choice")
+    _eval_choice_args(c, add_model_args)
+    q = esub.add_parser("ppl", help="perplexity on held-out text (sliding window)",
+                        epilog="example: medtune eval ppl --model runs/pt --data heldout.txt --output runs/eval/ppl")
+    _eval_ppl_args(q, add_model_args)
+    j = esub.add_parser("judge", help="LLM-as-judge through an OpenAI-compatible endpoint",
+                        epilog="example: medtune eval judge --endpoint http://127.0.0.1:8000/v1 --judge-model qwen "
+                               "--answers a.jsonl b.jsonl --rubric dreamer --output runs/eval/judge")
+    _eval_judge_args(j)
+    r = esub.add_parser("report", help="markdown + HTML report comparing runs and eval outputs",
+                        epilog="example: medtune eval report runs/demo/pt runs/demo/sft runs/eval/* --output runs/report")
+    _eval_report_args(r)
+
+
+def _eval_gen_args(p, add_model_args):
+    from medtune.cli.eval_args import add_gen_args
+
+    add_gen_args(p, add_model_args)
+    p.set_defaults(handler="medtune.cli.eval_gen:cmd_eval_gen")
+
+
+def _eval_choice_args(p, add_model_args):
+    from medtune.cli.eval_args import add_choice_args
+
+    add_choice_args(p, add_model_args)
+    p.set_defaults(handler="medtune.cli.eval_choice:cmd_eval_choice")
+
+
+def _eval_ppl_args(p, add_model_args):
+    from medtune.cli.eval_args import add_ppl_args
+
+    add_ppl_args(p, add_model_args)
+    p.set_defaults(handler="medtune.cli.eval_gen:cmd_eval_ppl")
+
+
+def _eval_judge_args(p):
+    from medtune.cli.eval_args import add_judge_args
+
+    add_judge_args(p)
+    p.set_defaults(handler="medtune.cli.eval_judge:cmd_eval_judge")
+
+
+def _eval_report_args(p):
+    from medtune.cli.eval_args import add_report_args
+
+    add_report_args(p)
+    p.set_defaults(handler="medtune.cli.eval_report:cmd_eval_report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medtune.cli.data_args import add_data
 
     for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer,
-                _add_export, _add_chat, _add_infer, _add_serve):
+                _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
         add(sub)
     return parser
 
