@@ -25,5 +25,9 @@ def test_demo_learns_facts_and_reports(tmp_path):
     assert (out / "loss.png").stat().st_size > 10_000
     assert all(len(chat) >= 2 and chat[1]["content"] for chat in report["sample_chats"])
     assert (out / "sft" / "lineage.json").is_file() and (out / "sft" / "chat_template.jinja").is_file()
+    page = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Training runs" in page and "Evaluation: factqa" in page and page.count("data:image/png;base64,") == 2
+    md = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"| sft | {acc['sft']:.4f} |" in md  # the eval table carries the measured accuracy
     again = medtune("-q", "demo", "--out", out)
     assert_one_line_error(again, "already holds files")

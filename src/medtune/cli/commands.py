@@ -99,7 +99,8 @@ def cmd_demo(args) -> int:
     report = run_demo(args.out, overwrite=args.overwrite, quiet=args.quiet)
     acc = report["heldout_accuracy"]
     print("held-out fact accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
-    print(f"report -> {args.out}/report.json, loss curve -> {args.out}/loss.png")
+    print(f"report -> {args.out}/report/report.html (and .md), {args.out}/report.json, "
+          f"loss curve -> {args.out}/loss.png")
     return 0
 
 

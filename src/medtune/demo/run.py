@@ -79,7 +79,28 @@ def evaluate_stage(model_dir, data) -> dict:
     unseen, _ = fact_accuracy(bot, data.unseen)
     cloze, _ = fact_accuracy(bot, data.cloze, max_new_tokens=12, chat=False)
     return {"heldout": heldout, "unseen": unseen, "cloze": cloze,
-            "by_relation": accuracy_by(rows, "relation"), "examples": rows[:3]}
+            "by_relation": accuracy_by(rows, "relation"), "examples": rows[:3], "rows": rows}
+
+
+def write_stage_eval(out: Path, stage: str, score: dict) -> Path:
+    """Write a stage's fact-QA scores as a ``medtune eval`` result (for ``eval report``)."""
+    from medtune.evaluation.results import EvalResult, write_result
+
+    folder = out / "eval" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = score["rows"]
+    with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps({"id": i, "prompt": r["question"], "reference": r["answer"], "prediction": r["reply"],
+                                "correct": r["correct"], "group": r["relation"]}, ensure_ascii=False) + "\n")
+    counts = {rel: sum(r["relation"] == rel for r in rows) for rel in score["by_relation"]}
+    result = EvalResult(
+        task="factqa", model=stage, data=["demo held-out questions"],
+        overall={"heldout_accuracy": round(score["heldout"], 4), "unseen_accuracy": round(score["unseen"], 4),
+                 "cloze_accuracy": round(score["cloze"], 4), "n": len(rows)},
+        group_by="relation", samples="predictions.jsonl",
+        groups={rel: {"heldout_accuracy": acc, "n": counts[rel]} for rel, acc in score["by_relation"].items()})
+    return write_result(result, folder, quiet=True)
 
 
 def sample_chats(model_dir) -> list:
@@ -125,12 +146,18 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
         scores[stage.name] = evaluate_stage(result.output, data)
         _log_scores(stage.name, scores[stage.name])
     plot_losses(histories, out / "loss.png")
+    for stage_name, score in scores.items():
+        write_stage_eval(out, stage_name, score)
+    from medtune.evaluation.report import write_report
+
+    write_report([out, out / "eval"], out / "report", title="medtune demo: base -> pt -> sft")
     report = {
         "heldout_accuracy": {k: round(v["heldout"], 4) for k, v in scores.items()},
         "unseen_disease_accuracy": {k: round(v["unseen"], 4) for k, v in scores.items()},
         "cloze_accuracy": {k: round(v["cloze"], 4) for k, v in scores.items()},
         "by_relation": {k: v["by_relation"] for k, v in scores.items()},
         "examples": {k: v["examples"] for k, v in scores.items()},
+        "report": str(out / "report" / "report.html"),
         "sample_chats": sample_chats(stages[-1].output),
         "counts": {"pt_documents": len(data.corpus), "sft_conversations": len(data.sft),
                    "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen),

@@ -1,0 +1,16 @@
+"""``medtune eval report``: training runs and eval results compared in report.md + report.html.
+
+Example::
+
+    medtune eval report runs/demo/pt runs/demo/sft runs/eval/choice-sft --output runs/report
+"""
+
+from __future__ import annotations
+
+
+def cmd_eval_report(args) -> int:
+    from medtune.evaluation.report import write_report
+
+    md, page = write_report(args.runs, args.output, n_samples=args.samples)
+    print(f"report -> {md} and {page} (self-contained)")
+    return 0
