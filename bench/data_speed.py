@@ -9,8 +9,9 @@ dialogues; research-only data, used here for measurement only) or, without it, o
 samples: each record a random question and 2-5 random answer sentences, with 3% exact copies
 (punctuation and spacing changed), 2% near copies (a few characters edited) and 0.5% phone numbers.
 
-Every step runs as its own process tree; peak RSS is the largest sum over the tree (main + workers),
-sampled every 50 ms. Tokenization compares ``medtune``'s sharded, checkpointed tokenizer with a plain
+Every step runs as its own process tree; peak memory is the largest sum over the tree (main +
+workers), sampled every 50 ms, as PSS (shared and file-mapped pages counted once) and as the plain
+RSS sum (which counts pages shared by forked workers or memory-mapped Arrow shards in every process). Tokenization compares ``medtune``'s sharded, checkpointed tokenizer with a plain
 ``datasets.map`` over ``tokenizer.apply_chat_template`` (same template, same assistant masks).
 """
 
@@ -75,22 +76,27 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def measure(cmd: list[str], env=None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS of the process tree in MiB, stdout) of one command."""
+def measure(cmd: list[str], env=None) -> tuple[float, float, str, float]:
+    """(wall seconds, peak PSS of the process tree in MiB, stdout, peak RSS sum in MiB).
+
+    PSS counts a page shared by forked workers (or mapped from the same file) once across the
+    tree; the plain RSS sum counts it in every process that touches it, so it overstates.
+    """
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            mem = [p.memory_full_info() for p in [root, *root.children(recursive=True)] if p.is_running()]
+            peak_pss = max(peak_pss, sum(m.pss for m in mem))
+            peak_rss = max(peak_rss, sum(m.rss for m in mem))
         except psutil.Error:
             pass
         time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err[-2000:]}")
-    return time.perf_counter() - started, peak / 2**20, out
+    return time.perf_counter() - started, peak_pss / 2**20, out, peak_rss / 2**20
 
 
 MEDTUNE_TOKENIZE = """
@@ -148,26 +154,26 @@ def main() -> None:
         cli = [py, "-m", "medtune", "-q"]
         rows = []
         one = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", "1"])
-        rows.append(("convert, 1 process", n, *one[:2]))
+        rows.append(("convert, 1 process", n, *one[:2], one[3]))
         both = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", w])
-        rows.append((f"convert, {w} processes", n, *both[:2]))
+        rows.append((f"convert, {w} processes", n, *both[:2], both[3]))
         print(rows[-2:], flush=True)
         report = tmp / "clean.json"
         cl = measure(cli + ["data", "clean", conv, "-o", clean, "--workers", w, "--report", report])
-        rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2]))
+        rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2], cl[3]))
         removed = json.loads(report.read_text())
         print(rows[-1], removed["removed"], flush=True)
         measure(cli + ["model", "tiny", "-o", tmp / "tiny"])
         kept = removed["kept"]
         env = {**__import__("os").environ, "MEDTUNE_CACHE": str(tmp / "cache")}
         ours = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w], env=env)
-        rows.append((f"tokenize: medtune, {w} processes (sharded, checkpointed)", kept, *ours[:2]))
+        rows.append((f"tokenize: medtune, {w} processes (sharded, checkpointed)", kept, *ours[:2], ours[3]))
         again = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w], env=env)
-        rows.append(("tokenize: medtune again (every shard from the checkpoint)", kept, *again[:2]))
+        rows.append(("tokenize: medtune again (every shard from the checkpoint)", kept, *again[:2], again[3]))
         base1 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, "1", tmp / "hf1"])
-        rows.append(("tokenize: datasets.map(apply_chat_template), 1 process", kept, *base1[:2]))
+        rows.append(("tokenize: datasets.map(apply_chat_template), 1 process", kept, *base1[:2], base1[3]))
         base2 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, w, tmp / "hf2"])
-        rows.append((f"tokenize: datasets.map(..., num_proc={w})", kept, *base2[:2]))
+        rows.append((f"tokenize: datasets.map(..., num_proc={w})", kept, *base2[:2], base2[3]))
         a, b = json.loads(ours[2]), json.loads(base1[2])
         same = a["rows"] == b["rows"] and a["tokens"] == b["tokens"] and a["first"] == b["first"] \
             and a["labels"] == b["labels"]
@@ -179,10 +185,10 @@ def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same) -
     from results import publish, section_header
 
     lines = [section_header("data_speed"), "",
-             "| step | records | seconds | records/s | peak RSS (MiB, process tree) |",
-             "|---|---:|---:|---:|---:|"]
-    for name, count, seconds, rss in rows:
-        lines.append(f"| {name} | {count:,} | {seconds:.1f} | {count / seconds:,.0f} | {rss:,.0f} |")
+             "| step | records | seconds | records/s | peak PSS (MiB, process tree) | peak RSS sum (MiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, count, seconds, pss, rss in rows:
+        lines.append(f"| {name} | {count:,} | {seconds:.1f} | {count / seconds:,.0f} | {pss:,.0f} | {rss:,.0f} |")
     lines += ["", f"- clean removed: {', '.join(f'{k} {v:,}' for k, v in removed['removed'].items())}; "
                   f"PII replaced: {removed['pii_replaced']}",
               f"- convert {args.workers} processes vs 1: {conv1 / conv2:.2f}x",
