@@ -110,10 +110,14 @@ class ChatModel:
                 first[0] = not delta
             pieces.put(delta.rstrip() if finish else delta)
 
+        failure: list = []
+        params = self.settings.params(**overrides)  # bad settings raise here, in the caller
+
         def run():
             try:
-                self.engine.generate([ids], self.settings.params(**overrides), on_text=on_text,
-                                     cancel=[stop_event])
+                self.engine.generate([ids], params, on_text=on_text, cancel=[stop_event])
+            except Exception as exc:  # handed to the caller below
+                failure.append(exc)
             finally:
                 pieces.put(None)
 
@@ -126,6 +130,8 @@ class ChatModel:
         finally:
             stop_event.set()
             thread.join()
+        if failure:
+            raise failure[0]
 
     def generate(self, prompts, system: str | None = None, **overrides) -> list[str]:
         """Return one reply per prompt, generated in one batch.

@@ -39,6 +39,9 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty"):  # sliders and JSON give ints too
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "stop", tuple(self.stop))
         checks = [(self.max_tokens >= 1, "max_tokens must be >= 1"),
                   (self.temperature >= 0, "temperature must be >= 0"),
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
