@@ -95,26 +95,39 @@ class FakeOpenAI:
         if number <= self.fail_first:
             extra = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             return self.fail_status, extra, {"error": {"message": "try again later"}}
+        return 200, {}, self.respond(body)
+
+    def respond(self, body: dict) -> dict:
+        """The body of a 200 reply; subclasses answer other prompts (see fake_judge.py)."""
         user = body["messages"][-1]["content"]
         passage = PASSAGE.search(user).group(1)
         if self.delay is not None:
             time.sleep(self.delay(passage))
-        return 200, {}, self.completion(user, passage)
+        return self.completion(user, passage)
 
-    def completion(self, user: str, passage: str) -> dict:
+    def take_garbage(self) -> bool:
+        """True for the next ``garbage`` replies: answer GARBAGE instead."""
         with self.lock:
             garbage, self.garbage = self.garbage > 0, max(self.garbage - 1, 0)
-        if garbage:
+        return garbage
+
+    def completion(self, user: str, passage: str) -> dict:
+        if self.take_garbage():
             content = GARBAGE
         else:
             pairs = [{"question": q, "answer": a} for q, a in reply_pairs(passage)]
             content = json.dumps(pairs, ensure_ascii=False)
             content = f"```json\n{content}\n```" if self.fence else content
+        with self.lock:
+            self.passages.append(passage)
+        return self.chat_body(user, content)
+
+    def chat_body(self, user: str, content: str) -> dict:
+        """A chat.completion body carrying ``content``; counts its token usage."""
         usage = {"prompt_tokens": len(user), "completion_tokens": len(content)}
         with self.lock:
             self.prompt_tokens += usage["prompt_tokens"]
             self.completion_tokens += usage["completion_tokens"]
-            self.passages.append(passage)
         message = {"role": "assistant", "content": content}
         return {"object": "chat.completion", "choices": [{"index": 0, "message": message,
                                                           "finish_reason": "stop"}],

@@ -20,21 +20,12 @@ answer. Records are unified ``messages`` records (see :mod:`medtune.data.formats
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
-import os
-import random
 import re
-import tempfile
 import threading
-import urllib.error
-import urllib.request
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from medtune.data.kg import (
@@ -46,6 +37,14 @@ from medtune.data.kg import (
     _nonblank_lines,
     _read_text,
     _report,
+)
+from medtune.data.llm_client import (
+    ChatClient,
+    RequestFailed,
+    Transport,
+    UnparsableReply,
+    strip_fence,
+    urllib_transport,
 )
 from medtune.data.quality import detect_language
 from medtune.errors import MedtuneError
@@ -60,11 +59,6 @@ __all__ = [
     "support",
     "urllib_transport",
 ]
-
-# transport(url, body, headers, timeout) -> (status, response headers, body); raises OSError
-# (TimeoutError included) when no HTTP reply arrives.
-Transport = Callable[[str, bytes, dict, float], "tuple[int, Mapping[str, str], bytes]"]
-
 
 # --- passages --------------------------------------------------------------------------------
 
@@ -172,21 +166,13 @@ _PROMPTS = {
         "\n\n<passage>\n{passage}\n</passage>"
     ),
 }
-_FENCE = re.compile(r"\A```[a-zA-Z]*[ \t]*\n(.*?)\n?```\Z", re.DOTALL)
-
-
-class UnparsableReply(ValueError):
-    """An LLM reply that is not the JSON list of Q&A pairs asked for."""
 
 
 def parse_qa_pairs(content: str) -> list[tuple[str, str]]:
     """``[(question, answer)]`` from a reply that is a JSON list of {"question", "answer"}
     (a ```json fence is tolerated); raises UnparsableReply naming what is wrong."""
-    text = content.strip()
-    fenced = _FENCE.match(text)
-    text = fenced.group(1).strip() if fenced else text
     try:
-        items = json.loads(text)
+        items = json.loads(strip_fence(content))
     except json.JSONDecodeError as e:
         raise UnparsableReply(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(items, list):
@@ -201,74 +187,12 @@ def parse_qa_pairs(content: str) -> list[tuple[str, str]]:
     return pairs
 
 
-# --- HTTP ------------------------------------------------------------------------------------
-
-
-def urllib_transport(url: str, body: bytes, headers: dict, timeout: float):
-    """POST ``body`` with the stdlib; returns ``(status, headers, body)`` for any HTTP reply."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-    except http.client.HTTPException as e:  # e.g. the server closed the connection mid-reply
-        raise ConnectionError(f"{type(e).__name__}: {e}") from e
-
-
-_MAX_RETRY_AFTER = 300.0  # a server asking for longer is waited on no more than this
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (seconds or an HTTP date), or None."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            from datetime import datetime, timezone
-
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
-
-
-def _error_detail(payload: bytes) -> str:
-    """The server's error message (OpenAI ``{"error": {"message"}}``) or the body, shortened."""
-    text = payload.decode("utf-8", "replace").strip()
-    try:
-        error = json.loads(text).get("error")
-        text = error.get("message", text) if isinstance(error, dict) else str(error or text)
-    except (json.JSONDecodeError, AttributeError):
-        pass
-    return " ".join(text.split())[:200]
-
-
-class _Transient(Exception):
-    """A failure worth retrying: ``reason`` is the short category counted in the summary."""
-
-    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail, self.retry_after = reason, detail, retry_after
-
-
-class _PassageFailed(_Transient):
-    """A passage given up on (retries spent, or a request the server will never accept)."""
-
-
-class _Stopped(Exception):
-    """The run was closed early: a worker gives up instead of retrying."""
-
-
 @dataclass
 class _Outcome:
     records: list[dict]
     generated: int = 0
     ungrounded: int = 0
-    failure: _PassageFailed | None = None
+    failure: RequestFailed | None = None
 
 
 # --- passage → grounded Q&A ------------------------------------------------------------------
@@ -284,6 +208,7 @@ class PassageQAGenerator:
     :class:`MedtuneError` since every request would fail; other 4xx fail the passage at once.
     With ``cache_dir`` every parsed reply is stored as it arrives, so a rerun pays only for what
     is missing. A pair is kept when :func:`support` of its answer is at least ``min_support``.
+    The HTTP, retry and cache work is :class:`medtune.data.llm_client.ChatClient`'s.
     """
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None,
@@ -291,174 +216,49 @@ class PassageQAGenerator:
                  backoff: float = 1.0, timeout: float = 60.0, cache_dir: Path | None = None,
                  temperature: float = 0.7, lang: str = "auto", min_support: float = 0.6,
                  transport: Transport | None = None):
-        if not re.match(r"https?://", endpoint):
-            raise MedtuneError(f"endpoint {endpoint!r} must start with http:// or https://")
         for name, value, low in (("questions_per_passage", questions_per_passage, 1),
-                                 ("concurrency", concurrency, 1), ("retries", retries, 0)):
+                                 ("concurrency", concurrency, 1)):
             if value < low:
                 raise MedtuneError(f"{name} must be at least {low}, got {value}")
         if not 0.0 <= min_support <= 1.0:
             raise MedtuneError(f"min_support must be between 0 and 1, got {min_support}")
-        self.endpoint, self.model, self.api_key = endpoint.rstrip("/"), model, api_key
+        self.client = ChatClient(endpoint, model, api_key=api_key, retries=retries,
+                                 backoff=backoff, timeout=timeout, cache_dir=cache_dir,
+                                 temperature=temperature, cache_version=PROMPT_VERSION,
+                                 cache_extra=(questions_per_passage,), transport=transport)
         self.questions_per_passage, self.concurrency = questions_per_passage, concurrency
-        self.retries, self.backoff, self.timeout = retries, backoff, timeout
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.temperature, self.lang, self.min_support = temperature, _check_lang(lang), min_support
-        self._transport = transport or urllib_transport
-        self._url = self.endpoint + ("" if self.endpoint.endswith("/chat/completions")
-                                     else "/chat/completions")
+        self.lang, self.min_support = _check_lang(lang), min_support
         self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
+        self.client.reset()
         self._counts: Counter = Counter()
         self._failed_reasons: Counter = Counter()
         self.failures: list[tuple[str, str]] = []  # (passage_id, "reason: detail")
-        self._abort = threading.Event()
-        self._fatal: MedtuneError | None = None
 
     @property
     def summary(self) -> dict:
         """Counts for the last :meth:`run`: passages (finished), requests (HTTP attempts sent),
         cache_hits, failed + failed_reasons, pairs_generated/kept, ungrounded, and tokens:
         prompt/completion tokens paid, saved_tokens served from the cache instead."""
-        names = ("passages", "requests", "cache_hits", "failed", "pairs_generated", "pairs_kept",
-                 "ungrounded", "prompt_tokens", "completion_tokens", "saved_tokens")
+        names = ("passages", "failed", "pairs_generated", "pairs_kept", "ungrounded")
         with self._lock:
             out = {name: self._counts[name] for name in names}
             out["failed_reasons"] = dict(self._failed_reasons)
-        return out
+        return {**out, **self.client.usage}
 
     def _count(self, **amounts: int) -> None:
         with self._lock:
             self._counts.update(amounts)
 
-    # -- one request --------------------------------------------------------------------------
+    # -- one passage --------------------------------------------------------------------------
 
     def _prompt(self, text: str) -> list[dict]:
         lang = self.lang if self.lang != "auto" else detect_language(text)
         template = _PROMPTS["zh" if lang == "zh" else "en"]
         return [{"role": "user", "content": template.format(n=self.questions_per_passage,
                                                             passage=text)}]
-
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def _reply(self, payload: bytes) -> tuple[str, int]:
-        """``(content, tokens)`` of a 200 reply; its token usage is counted as paid."""
-        try:
-            body = json.loads(payload)
-            usage = body.get("usage") or {}
-            prompt, completion = (int(usage.get(k) or 0) for k in ("prompt_tokens",
-                                                                     "completion_tokens"))
-            self._count(prompt_tokens=prompt, completion_tokens=completion)
-            content = body["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise _Transient("malformed response", f"{type(e).__name__}: {e}") from None
-        if not isinstance(content, str):
-            raise _Transient("malformed response", "message content is not a string")
-        return content, prompt + completion
-
-    def _refuse(self, status: int, detail: str) -> None:
-        """Raise for a 4xx other than 429: stop the run (401/403/404) or fail the passage."""
-        if status in (401, 403):
-            sent = "" if self.api_key else "; no API key was sent"
-            what = "refused the API key" if status == 401 else "refused access"
-            self._fatal = MedtuneError(
-                f"{self._url}: endpoint {what} (HTTP {status}: {detail}{sent})")
-        elif status == 404:
-            self._fatal = MedtuneError(
-                f"{self._url}: not found (HTTP 404: {detail}); check the model name and that the "
-                "endpoint is the API base, e.g. http://127.0.0.1:8000/v1"
-            )
-        else:
-            raise _PassageFailed(f"HTTP {status}", detail)
-        self._abort.set()
-        raise self._fatal
-
-    def _send(self, messages: list[dict]) -> tuple[str, int]:
-        """One POST; returns ``(content, tokens)`` or raises _Transient / _PassageFailed / fatal."""
-        body = json.dumps({"model": self.model, "messages": messages,
-                           "temperature": self.temperature}, ensure_ascii=False).encode("utf-8")
-        self._count(requests=1)
-        try:
-            status, headers, payload = self._transport(self._url, body, self._headers(),
-                                                       self.timeout)
-        except OSError as e:
-            timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None),
-                                                                  TimeoutError)
-            raise _Transient("timeout" if timed_out else "connection error", str(e)) from None
-        if 200 <= status < 300:
-            return self._reply(payload)
-        if status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}", _error_detail(payload), _retry_after(headers))
-        self._refuse(status, _error_detail(payload))
-
-    def _wait_before_retry(self, attempt: int, retry_after: float | None) -> None:
-        # Jitter spreads the retries of concurrent workers that failed together.
-        delay = self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-        self._abort.wait(retry_after if retry_after is not None else delay)
-
-    def _request_pairs(self, messages: list[dict], key: str) -> list[tuple[str, str]]:
-        """Parsed pairs for ``messages``, retrying transient failures; caches the reply."""
-        last = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self._wait_before_retry(attempt, last.retry_after)
-            if self._abort.is_set():  # another worker hit a fatal error, or the run was closed
-                raise MedtuneError(str(self._fatal)) if self._fatal else _Stopped()
-            try:
-                content, tokens = self._send(messages)
-                pairs = parse_qa_pairs(content)
-            except _PassageFailed:
-                raise
-            except _Transient as e:
-                last = e
-                continue
-            except UnparsableReply as e:
-                last = _Transient("unparsable reply", str(e))
-                continue
-            self._cache_write(key, content, tokens)
-            return pairs
-        raise _PassageFailed(last.reason, last.detail)
-
-    # -- cache --------------------------------------------------------------------------------
-
-    def _cache_key(self, messages: list[dict]) -> str:
-        identity = [PROMPT_VERSION, self.endpoint, self.model, messages, self.temperature,
-                    self.questions_per_passage]
-        return hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.json"
-
-    def _cache_write(self, key: str, content: str, tokens: int) -> None:
-        """Store a parsed reply (and the tokens it cost) atomically: tmp file, then rename."""
-        if self.cache_dir is None:
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        entry = {"model": self.model, "content": content, "tokens": tokens}
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry, f, ensure_ascii=False)
-        os.replace(tmp, self._cache_path(key))
-
-    def _cache_read(self, key: str) -> list[tuple[str, str]] | None:
-        """Pairs from a cached reply, or None on a miss (an unreadable entry counts as a miss)."""
-        if self.cache_dir is None or not self._cache_path(key).is_file():
-            return None
-        try:
-            entry = json.loads(self._cache_path(key).read_text("utf-8"))
-            pairs = parse_qa_pairs(entry["content"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        self._count(cache_hits=1, saved_tokens=int(entry.get("tokens") or 0))
-        return pairs
-
-    # -- one passage --------------------------------------------------------------------------
 
     def _grounded(self, passage_id: str, text: str, pairs: list[tuple[str, str]]) -> _Outcome:
         """Records for the pairs whose answer the passage supports."""
@@ -470,39 +270,14 @@ class PassageQAGenerator:
         ]
         return _Outcome(records, generated=len(pairs), ungrounded=len(pairs) - len(records))
 
-    def _process(self, passage_id: str, text: str) -> _Outcome:
-        """The outcome of one passage (runs on a worker thread)."""
-        messages = self._prompt(text)
-        key = self._cache_key(messages)
-        pairs = self._cache_read(key)
-        if pairs is None:
-            try:
-                pairs = self._request_pairs(messages, key)
-            except _PassageFailed as e:
-                return _Outcome([], failure=e)
-        return self._grounded(passage_id, text, pairs)
-
-    def _outcomes(self, passages: Iterable[tuple[str, str]]) -> Iterator[tuple[str, _Outcome]]:
-        """``(passage_id, outcome)`` in input order, computed ``concurrency`` at a time.
-
-        At most ``2 * concurrency`` passages are in flight, so a huge input is never all queued.
-        Closing early cancels queued passages, stops retries and waits for requests in flight,
-        whose replies are cached, so a rerun does not pay for them again.
-        """
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="medtune-qa")
-        pending: deque = deque()
+    def _process(self, passage: tuple[str, str]) -> _Outcome:
+        """The outcome of one ``(passage_id, text)`` (runs on a worker thread)."""
+        passage_id, text = passage
         try:
-            for passage_id, text in passages:
-                pending.append((passage_id, pool.submit(self._process, passage_id, text)))
-                if len(pending) >= 2 * self.concurrency:
-                    passage_id, future = pending.popleft()
-                    yield passage_id, future.result()
-            while pending:
-                passage_id, future = pending.popleft()
-                yield passage_id, future.result()
-        finally:
-            self._abort.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pairs = self.client.complete(self._prompt(text), parse=parse_qa_pairs)
+        except RequestFailed as e:
+            return _Outcome([], failure=e)
+        return self._grounded(passage_id, text, pairs)
 
     def _tally(self, passage_id: str, outcome: _Outcome) -> None:
         self._count(passages=1, pairs_generated=outcome.generated, ungrounded=outcome.ungrounded,
@@ -519,9 +294,11 @@ class PassageQAGenerator:
         ``passages`` are ``(passage_id, text)`` pairs (see :func:`read_passages`);
         ``progress(passage_id)`` is called once per finished passage. Counts for this run are in
         :attr:`summary` and failed passages in :attr:`failures` once the iterator is exhausted.
+        Closing the iterator early waits for the requests in flight, whose replies are cached.
         """
         self._reset()
-        for passage_id, outcome in self._outcomes(passages):
+        for (passage_id, _), outcome in self.client.map_ordered(self._process, passages,
+                                                                 self.concurrency):
             self._tally(passage_id, outcome)
             yield from outcome.records
             if progress is not None:
