@@ -21,10 +21,13 @@ def add_gen_args(p, add_model_args) -> None:
     for action in p._actions:  # --model is optional here: --predictions needs no model
         if action.dest == "model":
             action.required = False
-    p.add_argument("--data", help="dataset with references (any format medtune data reads)")
+    p.add_argument("--data", help="dataset with references (any format medtune data reads); 'safety': the "
+                                  "bundled safety set, scored by refusal rate ('safety:FILE': your own set)")
     p.add_argument("--predictions", help="JSONL with 'prediction' and 'reference' per line: score only")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--system", help="system prompt for generation")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad record / predictions line (default: skip and count it)")
     _common(p)
 
 
@@ -46,6 +49,7 @@ def add_ppl_args(p, add_model_args) -> None:
     p.add_argument("--data", required=True, nargs="+", help="held-out text (.txt, or any text/messages format)")
     p.add_argument("--window", type=int, default=1024, help="tokens per forward (default 1024)")
     p.add_argument("--stride", type=int, default=512, help="new tokens scored per window (default 512)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record (default: skip and count it)")
     _common(p)
 
 
@@ -62,6 +66,11 @@ def add_judge_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="answer-order shuffling seed")
     p.add_argument("--output", required=True, help="output dir (metrics.json, judgments.jsonl)")
     p.add_argument("--limit", type=int, help="judge only the first N prompts")
+    p.add_argument("--references", help="reference answers by id (cmb-clin): CMB-Clin's CMB-test-qa.json "
+                   "or JSONL with id + reference; default: each row's reference field")
+    p.add_argument("--cache", help="reply cache dir, shared by reruns (default: OUTPUT/cache)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per judge request (default 120; judging several answers takes a while)")
 
 
 def add_report_args(p) -> None:

@@ -43,7 +43,7 @@ _INDEX = re.compile(r"\[\d+\]")
 # Record keys kept by convert next to the unified fields (source name -> our name).
 _META = (("id", "id"), ("realidx", "id"), ("_id", "id"), ("source", "source"),
          ("cate1", "category"), ("department", "category"), ("Department", "category"),
-         ("label", "category"))
+         ("label", "category"), ("category", "category"))
 
 
 @dataclass

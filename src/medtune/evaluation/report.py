@@ -270,7 +270,7 @@ def to_markdown(title: str, blocks: list[Block]) -> str:
         elif b.kind == "image":
             lines += [f"![{b.text}]({b.image})", ""]
         else:
-            esc = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            esc = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")
             lines += ["| " + " | ".join(map(esc, b.header)) + " |", "|" + "---|" * len(b.header)]
             lines += ["| " + " | ".join(map(esc, row)) + " |" for row in b.rows] + [""]
     return "\n".join(lines)
@@ -283,8 +283,9 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 
 
 def to_html(title: str, blocks: list[Block], out: Path) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>")
+    parts = [head]
     for b in blocks:
         if b.kind == "h2":
             parts.append(f"<h2>{html.escape(b.text)}</h2>")

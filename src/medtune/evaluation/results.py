@@ -72,7 +72,7 @@ def format_table(result: EvalResult) -> str:
             for name, g in result.groups.items()]
     rows.append(["overall", *(_fmt(result.overall.get(m)) for m in metrics), str(result.overall.get("n", ""))])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
     skipped = f"\nskipped: {result.skipped}" if result.skipped else ""
     return "\n".join([f"[{result.task}] {result.model}", line(header), *map(line, rows)]) + skipped
 
