@@ -25,10 +25,13 @@ EPILOG = """examples:
                                                    mix, split, stats)
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
   medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
+  medtune export gguf --model runs/sft-merged -o sft.gguf --modelfile  llama.cpp / Ollama file
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
   medtune infer --model runs/sft --input q.jsonl --output a.jsonl      batch generation, resumable
   medtune serve api --model runs/sft --api-key KEY  OpenAI-compatible API on 127.0.0.1:8000
   medtune serve web --model runs/sft                Gradio chat page on 127.0.0.1:7860
+  medtune eval choice --model runs/sft --data apollo/test/zh.json --output runs/eval/apollo
+  medtune eval report runs/demo runs/eval --output runs/report          markdown + HTML comparison
 """
 
 
