@@ -101,3 +101,28 @@ def test_a_killed_run_continues_to_the_uninterrupted_output(varied_dir, tmp_path
     assert resumed.returncode == 0 and f"{40 - partial} generated, {partial} already in" in resumed.stdout
     by_id = lambda path: sorted(rows_of(path), key=lambda r: r["id"])  # noqa: E731
     assert by_id(out) == by_id(whole)
+
+
+def test_bitsandbytes_loading_is_refused_on_cpu(varied_dir, tmp_path):
+    import torch
+
+    from tests.e2e.test_cli import assert_one_line_error
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:1])
+    proc = medtune("infer", "--model", varied_dir, "--input", src, "--output", tmp_path / "o.jsonl", "--load-in", "8bit")
+    assert_one_line_error(proc, "--load-in 8bit (bitsandbytes) needs a CUDA GPU")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_int8_cpu_loading_answers_close_to_fp32(varied_dir, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    fp32, int8 = tmp_path / "fp32.jsonl", tmp_path / "int8.jsonl"
+    common = ["--model", varied_dir, "--input", src, "--max-new-tokens", "4"]
+    assert medtune("infer", *common, "--output", fp32).returncode == 0
+    proc = medtune("infer", *common, "--output", int8, "--load-in", "int8-cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows_of(int8)) == 4 and all(r["completion_tokens"] >= 1 for r in rows_of(int8))
+    first = lambda path: [r["response"][:1] for r in rows_of(path)]  # noqa: E731
+    assert sum(a == b for a, b in zip(first(fp32), first(int8))) >= 3  # rounding may flip a near tie

@@ -96,6 +96,9 @@ def load_hf_model(path, adapter=None, device="auto", dtype="auto", load_in=None,
         raise MedtuneError(f"unknown --load-in '{load_in}' (8bit, 4bit or int8-cpu)")
     if load_in == "int8-cpu" and resolve_device(device) != "cpu":
         raise MedtuneError("--load-in int8-cpu runs on CPU only; pass --device cpu or use 8bit on GPU")
+    if bits and not resolve_device(device).startswith("cuda"):
+        raise MedtuneError(f"--load-in {load_in} (bitsandbytes) needs a CUDA GPU; this machine has none. "
+                           "On CPU use --load-in int8-cpu")
     model = load_model(str(path), dtype, device, trust_remote_code, quant_bits=bits)
     if adapter:
         model = merge_adapter(model, str(adapter))
