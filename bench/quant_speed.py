@@ -141,7 +141,7 @@ def main() -> None:
         quality = compare(fp32, model, tok, pairs) if model is not fp32 else None
         rows.append((name, state_mib(model), speed[0][name], speed[1][name], quality, perplexity(model, tok, pairs)))
         print(rows[-1], flush=True)
-    load = f"{load_before:.1f} → {os.getloadavg()[0]:.1f} (2 cores; other jobs share the machine)"
+    load = f"{load_before:.1f} → {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores; the bench itself keeps about 2 busy)"
     publish_table(args, rows, params, len(pairs), load)
 
 
