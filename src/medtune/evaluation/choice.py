@@ -58,6 +58,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.evaluation.extract import _plain, extract_answer
+from medtune.evaluation.loglik import encode, score_candidates
 
 __all__ = ["Benchmark", "ChoiceItem", "ChoiceSettings", "evaluate_choice", "extract_answer", "load_items",
            "macro_f1", "prepare_benchmark", "prompt_messages", "run_benchmark", "score_candidates",
@@ -107,10 +109,6 @@ class ChoiceSettings:
     limit: int | None = None
     max_new_tokens: int = 64
     dev: list = field(default_factory=list)  # dev files for shots
-
-
-def _plain(text: str) -> str:
-    return text.strip().rstrip(".。").strip().lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,126 +266,12 @@ def _fit_prompt(tokenizer, item, examples, room: int | None, counts: Counter):
         counts["shots dropped"] += 1
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of an already rendered text (its special tokens are in the text)."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def candidates(item: ChoiceItem) -> list[str]:
     """Letters for a single-answer item; every set of two or more letters for a multi-answer one."""
     letters = list(item.options)
     if not item.multi:
         return letters
     return ["".join(c) for k in range(2, len(letters) + 1) for c in itertools.combinations(letters, k)]
-
-
-# ---------------------------------------------------------------------------------------------
-# log-likelihood scoring
-
-
-def score_candidates(model, tokenizer, prompts: list[list[int]], texts: list[str],
-                     cands: list[list[str]], batch_size: int = 16, progress=None) -> list[dict]:
-    """``{candidate: log P(candidate | prompt)}`` per prompt (token ids + their rendered text).
-
-    Candidates are tokenized as in lm-evaluation-harness: ``encode(text + candidate)`` past the
-    prompt's length. A prompt whose candidates are all one token is one row (every candidate read
-    from its last position); otherwise each candidate is a row of prompt + candidate tokens.
-    """
-    rows, where = [], []  # rows: (ids, [[(position from the end, token), ...] per score])
-    for ids, text, cs in zip(prompts, texts, cands):
-        n = len(encode(tokenizer, text))
-        conts = [_continuation(encode(tokenizer, text + c), n) for c in cs]
-        if all(len(t) == 1 for t in conts):
-            where.append([(len(rows), j) for j in range(len(cs))])
-            rows.append((list(ids), [[(1, t[0])] for t in conts]))
-        else:
-            where.append([(len(rows) + j, 0) for j in range(len(cs))])
-            rows += [(list(ids) + t[:-1], [[(len(t) - i, tok) for i, tok in enumerate(t)]]) for t in conts]
-    scores = _score_rows(model, tokenizer, rows, batch_size, progress)
-    return [{c: scores[r][k] for c, (r, k) in zip(cs, w)} for cs, w in zip(cands, where)]
-
-
-def _continuation(whole: list[int], n_prompt: int) -> list[int]:
-    # a candidate merged into the prompt's last token (no new token) is scored as that token
-    return whole[n_prompt:] or whole[-1:]
-
-
-def _score_rows(model, tokenizer, rows, batch_size: int, progress) -> list[list[float]]:
-    """Summed log-probs per row and pick list; batches of similar length, longest first."""
-    out = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    if progress is not None:
-        progress.reset(total=len(rows))
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        keep = max(p for i in batch for picks in rows[i][1] for p, _ in picks)
-        logps = _forward_last(model, tokenizer, [rows[i][0] for i in batch], keep)
-        for lp, i in zip(logps, batch):
-            out[i] = [sum(float(lp[-p, tok]) for p, tok in picks) for picks in rows[i][1]]
-        if progress is not None:
-            progress.update(len(batch))
-    return out
-
-
-def _forward_last(model, tokenizer, rows, keep: int):
-    """One forward pass; returns ``[batch, keep, vocab]`` float32 log-probs of the last ``keep``
-    positions (left padding with explicit position ids, so each row computes as if alone)."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=keep, use_cache=False).logits
-    return torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()
-
-
-# ---------------------------------------------------------------------------------------------
-# answer extraction (generate)
-
-# CMB src/utils.py `match_choice`: the letters after 答案是 / 正确选项为 ... up to 。 or "."
-_CMB_ANSWER = re.compile(r"(答案|正确选项)(?:是|：|为|应该是|应该为)(.*?)(。|\.|$)", re.DOTALL)
-# The English counterpart of CMB's rule (ours): "the answer is (B).", "Answer: AC"
-_EN_ANSWER = re.compile(r"answer(?:\s+is|\s*:)\s*(.*?)(?:\.\s|\.$|\n|$)", re.IGNORECASE | re.DOTALL)
-# Apollo src/evaluate/generate_score.py `extract_and_choose_answer`: "(B)" / "（B）" on the first
-# non-empty line, then loose capital letters on that line, then "Yes." -> A, "No." -> B
-_APOLLO_BRACKET = re.compile(r"[（(]([A-Za-z])[）)]")
-_LETTER_RUN = re.compile(r"(?<![A-Za-z])([A-Z]+)(?![A-Za-z])")
-
-
-def _runs(text: str, letters) -> list[str]:
-    """Option letters standing alone or as runs ("BCD") in ``text``, in order."""
-    return [ch for run in _LETTER_RUN.findall(text) if set(run) <= set(letters) for ch in run]
-
-
-def _first_line_letters(text: str, options: dict) -> list[str]:
-    line = next((s.strip() for s in text.split("\n") if s.strip()), "")
-    found = [m.upper() for m in _APOLLO_BRACKET.findall(line) if m.upper() in options]
-    found = found or _runs(line, options)
-    return found or [k for k, v in options.items() if _plain(v) == _plain(line)]
-
-
-def _phrase_letters(text: str, options: dict) -> list[str]:
-    for pattern, group in ((_CMB_ANSWER, 2), (_EN_ANSWER, 1)):
-        m = pattern.search(text)
-        found = _runs(m.group(group), options) if m else []
-        if found:
-            return found
-    return []
-
-
-def extract_answer(text: str, options: dict, multi: bool) -> str | None:
-    """The answer letters in a generated reply, or None: CMB's "答案是X" rule (and its English
-    counterpart), then Apollo's first-line rules, then CMB's fallback (every option letter in
-    the reply). Single-answer: the most frequent letter found (ties: the first); multi-answer:
-    the sorted set."""
-    found = _phrase_letters(text, options) or _first_line_letters(text, options) or _runs(text, options)
-    if not found:
-        return None
-    return "".join(sorted(set(found))) if multi else Counter(found).most_common(1)[0][0]
 
 
 # ---------------------------------------------------------------------------------------------
