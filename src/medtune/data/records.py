@@ -86,3 +86,18 @@ def turn_count(rec: dict) -> int:
     if shape in ("preference", "kto", "prompt"):
         return len(_contents(rec["prompt"], ("user",)))
     return 1 if shape == "choice" else 0
+
+
+def parse_object_line(line: str, where: str) -> dict:
+    """Return one JSONL line as a dict; raise a ``MedtuneError`` naming ``where`` (file:line)."""
+    import json
+
+    from medtune.errors import MedtuneError
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MedtuneError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise MedtuneError(f"{where}: a row must be a JSON object")
+    return row

@@ -30,7 +30,6 @@ for graded safety ratings.
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -144,12 +143,9 @@ def load_safety_set(spec: str = "safety", limit: int | None = None) -> list[dict
 
 
 def _safety_item(line: str, where: str) -> dict:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise MedtuneError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(item, dict):
-        raise MedtuneError(f"{where}: a row must be a JSON object")
+    from medtune.data.records import parse_object_line
+
+    item = parse_object_line(line, where)
     for key in SAFETY_FIELDS:
         if not isinstance(item.get(key), str) or not item[key].strip():
             raise MedtuneError(f'{where}: field "{key}" must be a non-empty string')

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medtune.data.records import parse_object_line
 from medtune.errors import MedtuneError
 
 
@@ -82,7 +83,7 @@ def read_rows(path, system=None, strict=False) -> tuple[list[InferRow], dict]:
                 continue
             where = f"{path}:{n}"
             try:
-                row = _parse(line, where)
+                row = parse_object_line(line, where)
                 rid = row.get("id", n)
                 if not isinstance(rid, (str, int)) or isinstance(rid, bool):
                     raise MedtuneError(f'{where}: field "id" must be a string or an integer')
@@ -104,16 +105,6 @@ def _lines(f, path):
         yield from f
     except UnicodeDecodeError as exc:
         raise MedtuneError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-
-
-def _parse(line: str, where: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise MedtuneError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise MedtuneError(f"{where}: a row must be a JSON object")
-    return row
 
 
 def _warn_once(skipped: dict, reason: str, message: str) -> None:
