@@ -105,9 +105,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from medtune.inference.chat import ChatModel
-
     from medtune.cli.model_args import model_kwargs
+    from medtune.inference.chat import ChatModel
 
     bot = ChatModel.load(args.model, **model_kwargs(args),
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature)

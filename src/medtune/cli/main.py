@@ -91,7 +91,7 @@ def _add_chat(sub):
 
 
 def _add_infer(sub):
-    from medtune.cli.model_args import add_model_args
+    from medtune.cli.model_args import add_backend_args, add_model_args
 
     p = sub.add_parser(
         "infer", help="batch generation over a JSONL file (resumable)",
@@ -108,15 +108,14 @@ def _add_infer(sub):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42, help="sampling seed (with --temperature > 0)")
     p.add_argument("--system", help="system prompt added to rows that have none")
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
+    add_backend_args(p)
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input row (exit 2)")
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
 def _add_serve(sub):
-    from medtune.cli.model_args import add_model_args
+    from medtune.cli.model_args import add_backend_args, add_model_args
 
     p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API or web chat")
     ssub = p.add_subparsers(dest="serve_command", required=True, metavar="{api,web}")
@@ -131,8 +130,7 @@ def _add_serve(sub):
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set)")
-    a.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
-    a.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
+    add_backend_args(a)
     a.add_argument("--max-batch", type=int, default=16, help="requests generated together (default 16)")
     a.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
     a.add_argument("--max-prompt-tokens", type=int, default=4096)

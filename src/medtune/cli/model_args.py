@@ -25,6 +25,12 @@ def add_model_args(p, adapter: bool = True) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
 
 
+def add_backend_args(p) -> None:
+    """Add --backend hf|vllm and --tensor-parallel-size (``infer`` and ``serve api``)."""
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="generation engine")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vllm)")
+
+
 def model_kwargs(args) -> dict:
     """Return ``ChatModel.load`` / engine keyword arguments from parsed model arguments."""
     return {"adapter": getattr(args, "adapter", None), "template": args.template, "device": args.device,

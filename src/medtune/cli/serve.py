@@ -18,13 +18,8 @@ def _engine(args, adapters=None):
     from medtune.cli.model_args import model_kwargs
     from medtune.inference.engines import load_engine
 
-    kwargs = model_kwargs(args)
-    if args.backend == "vllm":
-        kwargs["tensor_parallel_size"] = args.tensor_parallel_size
-    elif args.tensor_parallel_size != 1:
-        raise MedtuneError("--tensor-parallel-size needs --backend vllm")
     return load_engine(args.model, adapters, backend=args.backend, name=getattr(args, "name", None),
-                       **kwargs)
+                       tensor_parallel_size=args.tensor_parallel_size, **model_kwargs(args))
 
 
 def cmd_infer(args) -> int:

@@ -457,11 +457,16 @@ def read_file(path, format: str = "auto") -> FileData:
     from medtune.data.stream import ReadOptions, read_all
 
     records, tally = read_all(path, ReadOptions(format=format, on_error="bad"))
+    return FileData(str(path), tally.format, records, dict(tally.skipped), file_sha256(path))
+
+
+def file_sha256(path) -> str:
+    """Return the hex sha256 of a file's bytes, read a MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return FileData(str(path), tally.format, records, dict(tally.skipped), digest.hexdigest())
+    return digest.hexdigest()
 
 
 def _check_same_shape(files: list[FileData]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medtune.data.records import parse_object_line
 from medtune.errors import MedtuneError
+from medtune.inference.chat import with_system
 
 
 @dataclass
@@ -69,9 +70,7 @@ def row_messages(row: dict, where: str, system: str | None = None) -> list:
         messages = [{"role": "user", "content": row["instruction"] + ("\n" + extra if extra else "")}]
     else:
         raise MedtuneError(f'{where}: no "messages", "prompt" or "instruction" field')
-    if system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system}] + list(messages)
-    return messages
+    return with_system(messages, system)
 
 
 def read_rows(path, system=None, strict=False) -> tuple[list[InferRow], dict]:
@@ -220,6 +219,7 @@ def _output_row(row: InferRow, got) -> dict:
 
 
 def _meta(engine, input_path, params, system, model_label, adapter, batch_size) -> dict:
+    from medtune.data.formats import file_sha256
     from medtune.data.templates import template_name
 
     template = engine.template()
@@ -227,15 +227,7 @@ def _meta(engine, input_path, params, system, model_label, adapter, batch_size) 
             "template": template_name(template), "chat_template": template,
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "params": asdict(params), "system": system, "batch_size": batch_size,
-            "input": str(input_path), "input_sha256": _sha256(input_path)}
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            "input": str(input_path), "input_sha256": file_sha256(input_path)}
 
 
 def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> None:

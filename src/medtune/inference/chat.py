@@ -116,7 +116,7 @@ class ChatModel:
         def run():
             try:
                 self.engine.generate([ids], params, on_text=on_text, cancel=[stop_event])
-            except Exception as exc:  # handed to the caller below
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below
                 failure.append(exc)
             finally:
                 pieces.put(None)
@@ -138,7 +138,7 @@ class ChatModel:
 
         A prompt is a user query (str) or a list of messages ending with a user turn.
         """
-        convs = [_with_query([], p, system) if isinstance(p, str) else _with_system(p, system)
+        convs = [_with_query([], p, system) if isinstance(p, str) else with_system(p, system)
                  for p in prompts]
         return self.chat_batch(convs, **overrides)
 
@@ -156,7 +156,8 @@ class ChatModel:
         return [c.text.strip() for c in done]
 
 
-def _with_system(messages, system):
+def with_system(messages, system):
+    """Return ``messages`` as role/content dicts with a ``system`` turn first unless one is there."""
     messages = as_messages(messages)
     if system and not (messages and messages[0]["role"] == "system"):
         messages = [{"role": "system", "content": system}] + messages
@@ -164,7 +165,7 @@ def _with_system(messages, system):
 
 
 def _with_query(history, query, system):
-    return _with_system(history, system) + [{"role": "user", "content": query}]
+    return with_system(history, system) + [{"role": "user", "content": query}]
 
 
 def _drop_system(messages, system):

@@ -18,10 +18,10 @@ hands each prompt to vLLM's continuous-batching engine.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from medtune.errors import MedtuneError
 
@@ -78,7 +78,8 @@ def load_engine(path, adapters: dict | None = None, backend: str = "hf", **kwarg
         return VLLMEngine.load(path, adapters, **kwargs)
     if backend != "hf":
         raise MedtuneError(f"unknown backend '{backend}' (hf or vllm)")
-    kwargs.pop("tensor_parallel_size", None)
+    if kwargs.pop("tensor_parallel_size", 1) != 1:
+        raise MedtuneError("--tensor-parallel-size needs --backend vllm")
     return HFEngine.load(path, adapters, **kwargs)
 
 
@@ -117,47 +118,20 @@ def load_chat_tokenizer(path, adapter=None, template="auto", trust_remote_code=F
     return load_tokenizer(str(source), template, trust_remote_code)
 
 
-class HFEngine:
-    """Batched ``transformers`` generation; several LoRA adapters can share one base model."""
+class ChatEngine:
+    """What every engine shares: model names, per-adapter tokenizers (templates) and prompt encoding.
 
-    backend = "hf"
+    ``tokenizers`` maps ``None`` (the base model) and each adapter name to the tokenizer whose
+    chat template answers for it: an adapter dir's own when training saved one, else the base's.
+    """
 
-    def __init__(self, model, tokenizer, name: str = "model", adapters: dict | None = None):
-        self.model = model.eval()
+    def __init__(self, name: str, tokenizer, adapters: dict | None = None):
         self.name = name
-        self.tokenizers = {None: tokenizer}
         self.adapter_dirs = dict(adapters or {})
-        self._lock = threading.Lock()  # one generate at a time on the shared weights
-        if self.adapter_dirs:
-            self._attach_adapters(tokenizer)
-        self._stops = {key: stop_markers(model, tok) for key, tok in self.tokenizers.items()}
-
-    @classmethod
-    def load(cls, path, adapters=None, name=None, adapter=None, template="auto", device="auto",
-             dtype="auto", load_in=None, trust_remote_code=False) -> HFEngine:
-        """Return an engine for ``path`` (+ merged ``adapter``) serving named ``adapters`` too."""
-        model = load_hf_model(path, adapter, device, dtype, load_in, trust_remote_code)
-        tokenizer = load_chat_tokenizer(path, adapter, template, trust_remote_code)
-        return cls(model, tokenizer, name or Path(str(path)).name, adapters)
-
-    def _attach_adapters(self, base_tokenizer) -> None:
-        from peft import PeftModel
-
-        from medtune.models.load import is_adapter_dir
-
-        for i, (name, folder) in enumerate(self.adapter_dirs.items()):
-            if name == self.name or not is_adapter_dir(folder):
-                raise MedtuneError(f"adapter '{name}={folder}': " + (
-                    "name already used by the base model" if name == self.name
-                    else "not an adapter dir (no adapter_config.json)"))
-            if not (Path(folder) / "adapter_model.safetensors").is_file():
-                raise MedtuneError(f"'{folder}': adapter weights must be adapter_model.safetensors")
-            if i == 0:
-                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name).eval()
-            else:
-                self.model.load_adapter(folder, adapter_name=name)
+        self.tokenizers = {None: tokenizer}
+        for key, folder in self.adapter_dirs.items():
             own = (Path(folder) / "tokenizer_config.json").is_file()
-            self.tokenizers[name] = load_chat_tokenizer(folder) if own else base_tokenizer
+            self.tokenizers[key] = load_chat_tokenizer(folder) if own else tokenizer
 
     def model_names(self) -> list[str]:
         """Return the names requests can ask for: the base model first, then the adapters."""
@@ -185,6 +159,45 @@ class HFEngine:
     def encode_text(self, text: str, model: str | None = None) -> list[int]:
         """Return the ids of plain ``text`` (no template): completion-style prompts."""
         return list(self.tokenizer(model)(text, add_special_tokens=False)["input_ids"])
+
+
+class HFEngine(ChatEngine):
+    """Batched ``transformers`` generation; several LoRA adapters can share one base model."""
+
+    backend = "hf"
+
+    def __init__(self, model, tokenizer, name: str = "model", adapters: dict | None = None):
+        super().__init__(name, tokenizer, adapters)
+        self.model = model.eval()
+        self._lock = threading.Lock()  # one generate at a time on the shared weights
+        if self.adapter_dirs:
+            self._attach_adapters()
+        self._stops = {key: stop_markers(model, tok) for key, tok in self.tokenizers.items()}
+
+    @classmethod
+    def load(cls, path, adapters=None, name=None, adapter=None, template="auto", device="auto",
+             dtype="auto", load_in=None, trust_remote_code=False) -> HFEngine:
+        """Return an engine for ``path`` (+ merged ``adapter``) serving named ``adapters`` too."""
+        model = load_hf_model(path, adapter, device, dtype, load_in, trust_remote_code)
+        tokenizer = load_chat_tokenizer(path, adapter, template, trust_remote_code)
+        return cls(model, tokenizer, name or Path(str(path)).name, adapters)
+
+    def _attach_adapters(self) -> None:
+        from peft import PeftModel
+
+        from medtune.models.load import is_adapter_dir
+
+        for i, (name, folder) in enumerate(self.adapter_dirs.items()):
+            if name == self.name or not is_adapter_dir(folder):
+                raise MedtuneError(f"adapter '{name}={folder}': " + (
+                    "name already used by the base model" if name == self.name
+                    else "not an adapter dir (no adapter_config.json)"))
+            if not (Path(folder) / "adapter_model.safetensors").is_file():
+                raise MedtuneError(f"'{folder}': adapter weights must be adapter_model.safetensors")
+            if i == 0:
+                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name).eval()
+            else:
+                self.model.load_adapter(folder, adapter_name=name)
 
     def generate(self, prompts, params: SamplingParams, model: str | None = None,
                  on_text: TextCallback | None = None, cancel=None) -> list[Completion]:
@@ -229,8 +242,8 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         sample = params.temperature > 0
-        extra = dict(temperature=params.temperature, top_p=params.top_p) if sample else \
-            dict(temperature=None, top_p=None, top_k=None)
+        extra = {"temperature": params.temperature, "top_p": params.top_p} if sample else \
+            {"temperature": None, "top_p": None, "top_k": None}
         seeded = torch.random.fork_rng(devices=[]) if params.seed is not None else nullcontext()
         with seeded, torch.no_grad():
             if params.seed is not None:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-from medtune.inference.engines import Completion, load_chat_tokenizer, stop_markers
+from medtune.inference.engines import ChatEngine, Completion, load_chat_tokenizer, stop_markers
 
 
 def check_vllm_available() -> None:
@@ -35,14 +35,12 @@ def check_vllm_available() -> None:
         raise MedtuneError("--backend vllm needs the vllm package: pip install 'medtune[vllm]'")
 
 
-class VLLMEngine:
+class VLLMEngine(ChatEngine):
     backend = "vllm"
 
     def __init__(self, engine, tokenizer, name: str, adapters: dict, generation_config=None):
-        self.engine, self.name = engine, name
-        self._tokenizer = tokenizer
-        self.adapter_dirs = dict(adapters)
-        self.tokenizers = {None: tokenizer, **{k: _adapter_tokenizer(v, tokenizer) for k, v in adapters.items()}}
+        super().__init__(name, tokenizer, adapters)
+        self.engine = engine
         holder = type("Cfg", (), {"generation_config": generation_config})()
         self._stops = {k: stop_markers(holder, t) for k, t in self.tokenizers.items()}
         self._loop = asyncio.new_event_loop()
@@ -63,6 +61,9 @@ class VLLMEngine:
                                "(medtune export merge), or serve it by name with --adapter NAME=DIR")
         if load_in:
             raise MedtuneError("--load-in applies to --backend hf; for vLLM quantize the checkpoint instead")
+        if device not in ("auto", "cuda"):
+            raise MedtuneError(f"--device {device}: vLLM places the model itself; use --tensor-parallel-size "
+                               "and CUDA_VISIBLE_DEVICES to choose GPUs")
         adapters = dict(adapters or {})
         args = AsyncEngineArgs(model=str(path), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                                trust_remote_code=trust_remote_code, enable_lora=bool(adapters),
@@ -74,30 +75,6 @@ class VLLMEngine:
             gen = None
         tokenizer = load_chat_tokenizer(path, None, template, trust_remote_code)
         return cls(engine, tokenizer, name or Path(str(path)).name, adapters, gen)
-
-    def model_names(self) -> list[str]:
-        return [self.name, *self.adapter_dirs]
-
-    def _key(self, model):
-        if model in (None, self.name):
-            return None
-        if model not in self.adapter_dirs:
-            raise MedtuneError(f"unknown model '{model}' (serving: {', '.join(self.model_names())})")
-        return model
-
-    def tokenizer(self, model=None):
-        return self.tokenizers[self._key(model)]
-
-    def template(self, model=None) -> str:
-        return self.tokenizer(model).chat_template or ""
-
-    def encode_chat(self, messages, model=None) -> list[int]:
-        from medtune.data.tokenize import apply_template
-
-        return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True)["input_ids"])
-
-    def encode_text(self, text, model=None) -> list[int]:
-        return list(self.tokenizer(model)(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None) -> list[Completion]:
         """Return ``n`` completions per prompt (prompt-major), as ``HFEngine.generate``."""
@@ -149,10 +126,6 @@ class VLLMEngine:
 
 async def _gather(runs):
     return await asyncio.gather(*runs)
-
-
-def _adapter_tokenizer(folder, base):
-    return load_chat_tokenizer(folder) if (Path(folder) / "tokenizer_config.json").is_file() else base
 
 
 def _max_rank(adapters: dict) -> int:

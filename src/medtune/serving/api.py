@@ -30,8 +30,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.errors import MedtuneError
-from medtune.serving.schema import (ChatRequest, CompletionRequest, RequestError, parse_request,
-                                    to_sampling_params)
+from medtune.serving.schema import (
+    ChatRequest,
+    CompletionRequest,
+    RequestError,
+    parse_request,
+    to_sampling_params,
+)
 
 
 @dataclass
@@ -129,7 +134,7 @@ def _encode(engine, model: str, encode) -> list[int]:
         return encode()
     except MedtuneError as exc:
         raise RequestError(400, str(exc), "messages") from None
-    except Exception as exc:  # a chat template refusing this conversation (e.g. role order)
+    except Exception as exc:  # noqa: BLE001 - a chat template refusing this conversation (e.g. role order)
         raise RequestError(400, f"the model's chat template cannot render these messages: {exc}",
                            "messages") from None
 
@@ -139,7 +144,7 @@ def _check_limits(prompts, req, limits: ServerLimits) -> None:
     if longest > limits.max_prompt_tokens:
         raise RequestError(400, f"prompt is {longest} tokens; this server accepts at most "
                                 f"{limits.max_prompt_tokens}", "messages", "context_length_exceeded")
-    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    asked = req.requested_max_tokens()
     if asked is not None and asked > limits.max_tokens:
         raise RequestError(400, f"max_tokens {asked} is over this server's limit of {limits.max_tokens}",
                            "max_tokens")
@@ -263,7 +268,7 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
             completion = sum(c.completion_tokens for r in results for c in r)
             yield meta.chunk([], usage=_usage(sum(len(p) for p in prompts), completion))
         yield "data: [DONE]\n\n"
-    except Exception as exc:  # headers are sent: report in the stream, as OpenAI does
+    except Exception as exc:  # noqa: BLE001 - headers are sent: report in the stream, as OpenAI does
         yield f"data: {json.dumps(error_body(500, f'internal error: {type(exc).__name__}'))}\n\n"
     finally:  # the client went away (or we are done): stop generating for it
         for job, _ in jobs:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 _SEQ = itertools.count()
 
@@ -121,7 +121,7 @@ class BatchScheduler:
         try:
             got = self.engine.generate([j.prompt_ids for j in batch], batch[0].params, batch[0].model,
                                        on_text=on_text, cancel=[j.cancel for j in batch])
-        except Exception as exc:  # reported to every waiting request, the worker lives on
+        except Exception as exc:  # noqa: BLE001 - reported to every waiting request, the worker lives on
             for job in batch:
                 job.finish(error=exc)
             return

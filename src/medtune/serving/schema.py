@@ -75,6 +75,10 @@ class _Common(BaseModel):
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
 
+    def requested_max_tokens(self) -> int | None:
+        """``max_completion_tokens`` (chat) or ``max_tokens``, whichever the request set."""
+        return getattr(self, "max_completion_tokens", None) or self.max_tokens
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -143,7 +147,7 @@ def to_sampling_params(req, default_max_tokens: int):
     """Return engine ``SamplingParams`` for a validated request."""
     from medtune.inference.engines import SamplingParams
 
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
+    max_tokens = req.requested_max_tokens() or default_max_tokens
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                           repetition_penalty=req.repetition_penalty, stop=req.stops(), n=req.n,
                           seed=req.seed)
