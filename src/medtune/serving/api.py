@@ -155,10 +155,11 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool):
     params = to_sampling_params(req, limits.default_max_tokens)
     meta = _Meta(req.model, chat)
     if req.stream:
-        jobs, events = _submit_streaming(scheduler, prompts, params, req.model)
+        events: asyncio.Queue = asyncio.Queue()
+        jobs = _submit_all(scheduler, prompts, params, req.model, events)
         return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n),
                                  media_type="text/event-stream")
-    jobs = [_submit(scheduler, p, params, req.model) for p in prompts]
+    jobs = _submit_all(scheduler, prompts, params, req.model)
     try:
         results = [await fut for _, fut in jobs]
     except asyncio.CancelledError:
@@ -211,14 +212,23 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _submit(scheduler, prompt, params, model):
-    """Queue one prompt; return ``(job, future of its completions)`` (429 when the queue is full)."""
+def _submit(scheduler, prompt, params, model, on_text=None, on_error=None):
+    """Queue one prompt; return ``(job, future of its completions)`` (429 when the queue is full).
+
+    ``on_text`` and ``on_error`` are attached before the job is queued, so no delta is missed.
+    """
     from medtune.serving.scheduler import Job
 
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    job = Job(prompt, params, model)
-    job.on_done = lambda: loop.call_soon_threadsafe(_settle, fut, job)
+    job = Job(prompt, params, model, on_text=on_text)
+
+    def done():
+        loop.call_soon_threadsafe(_settle, fut, job)
+        if job.error is not None and on_error is not None:
+            on_error(job.error)
+
+    job.on_done = done
     if not scheduler.submit(job):
         raise RequestError(429, "server busy: too many requests waiting; retry later", code="rate_limit")
     return job, fut
@@ -233,20 +243,27 @@ def _settle(fut, job) -> None:
         fut.set_result(job.result)
 
 
-def _submit_streaming(scheduler, prompts, params, model):
-    """Queue prompts whose text deltas arrive on one asyncio queue as ``(choice, delta, finish)``."""
+def _submit_all(scheduler, prompts, params, model, events: asyncio.Queue | None = None):
+    """Queue every prompt, all or none (a 429 cancels those already queued).
+
+    With ``events``, text deltas arrive there as ``(choice, delta, finish)`` and a failed job's
+    exception is put there too.
+    """
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
+    put = (lambda item: loop.call_soon_threadsafe(events.put_nowait, item)) if events is not None else None
     jobs = []
-    for p_index, prompt in enumerate(prompts):
-        job, fut = _submit(scheduler, prompt, params, model)
-
-        def on_text(sample, delta, finish, base=p_index * params.n):
-            loop.call_soon_threadsafe(events.put_nowait, (base + sample, delta, finish))
-
-        job.on_text = on_text
-        jobs.append((job, fut))
-    return jobs, events
+    try:
+        for i, prompt in enumerate(prompts):
+            on_text = None
+            if put is not None:
+                def on_text(sample, delta, finish, base=i * params.n):
+                    put((base + sample, delta, finish))
+            jobs.append(_submit(scheduler, prompt, params, model, on_text, put))
+    except RequestError:
+        for job, _ in jobs:
+            job.cancel.set()
+        raise
+    return jobs
 
 
 async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
@@ -257,7 +274,7 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
                               for i in range(total)])
         while finished < total:
-            choice, delta, finish = await _next_event(events, jobs)
+            choice, delta, finish = await _next_event(events)
             if delta:
                 yield meta.chunk([meta.choice(choice, delta, None, delta=True)])
             if finish:
@@ -275,15 +292,12 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
             job.cancel.set()
 
 
-async def _next_event(events, jobs):
-    """Return the next text event; raise the engine's error if a job failed before finishing."""
-    while True:
-        try:
-            return await asyncio.wait_for(events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            for job, fut in jobs:
-                if fut.done() and fut.exception() is not None:
-                    raise fut.exception()
+async def _next_event(events):
+    """Return the next text event; raise the engine's error if a job failed."""
+    item = await events.get()
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
