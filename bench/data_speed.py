@@ -40,8 +40,8 @@ def sentences() -> list[str]:
              SHARED / "chinese-medical-dialogue-data/internal_medicine_5000-6000.csv"]
     if not SHARED.is_dir():
         files = sorted((ROOT / "src/medtune/assets/sample").rglob("*.jsonl"))
-    from medtune.data.records import full_text
-    from medtune.data.stream import ReadOptions, iter_records
+    from medtune.data.readers.records import full_text
+    from medtune.data.readers.stream import ReadOptions, iter_records
 
     pool = []
     for path in files:
@@ -54,7 +54,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     """Write ``n`` alpaca records (see the module docstring for the planted duplicates)."""
     rng, pool, kept = random.Random(seed), sentences(), []
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
+        for _i in range(n):
             roll = rng.random()
             if kept and roll < 0.03:
                 rec = dict(rng.choice(kept))
@@ -102,8 +102,8 @@ def measure(cmd: list[str], env=None) -> tuple[float, float, str, float]:
 MEDTUNE_TOKENIZE = """
 import json, sys
 from medtune.config import stage_from_dict
-from medtune.data.formats import read_file
-from medtune.data.tokenize import TokenStats
+from medtune.data.readers.files import read_file
+from medtune.data.tokenize.examples import TokenStats
 from medtune.models.load import load_tokenizer
 from medtune.recipes.run import ExampleMaker, checkpointed_examples, _as_dataset
 model, data, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])

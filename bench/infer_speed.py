@@ -36,7 +36,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def prompts(n: int) -> list[str]:
     """Return ``n`` questions (shared HuaTuo instructions if present, else bundled samples)."""
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
 
     path = SHARED / "huatuo/llama_data.json"
     if not path.is_file():

@@ -44,7 +44,7 @@ def first_records(n: int, out: Path) -> Path:
 
 
 def build_model(work: Path, data: Path) -> Path:
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
     from medtune.models.tiny import TinySpec, build_tiny
 
     texts = [m["content"] for r in read_file(str(data)).records for m in r["messages"]]
@@ -74,8 +74,8 @@ def run_medtune(model: Path, data: Path, out: Path, packing: bool = False) -> di
 
 
 def _input_tokens(model: Path, data: Path) -> int:
-    from medtune.data.formats import read_file
-    from medtune.data.tokenize import encode_conversations
+    from medtune.data.readers.files import read_file
+    from medtune.data.tokenize.examples import encode_conversations
     from medtune.models.load import load_tokenizer
 
     tok = load_tokenizer(str(model))
@@ -89,7 +89,7 @@ def run_trl(model: Path, data: Path, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
 
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)

@@ -51,7 +51,7 @@ STAGES = ("rm", "dpo", "orpo", "simpo", "kto")
 
 def write_records(n: int, out: Path) -> tuple[Path, str]:
     """Write ``n`` preference records as ``{prompt, chosen, rejected}`` message lists; return (path, source)."""
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
 
     shared = all(p.is_file() for p in SOURCES)
     records = [r for p in (SOURCES if shared else [SAMPLE]) for r in read_file(str(p)).records]
@@ -61,7 +61,7 @@ def write_records(n: int, out: Path) -> tuple[Path, str]:
 
 
 def build_model(work: Path, data: Path) -> Path:
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
     from medtune.models.tiny import TinySpec, build_tiny
 
     records = read_file(str(data)).records
@@ -72,8 +72,8 @@ def build_model(work: Path, data: Path) -> Path:
 def pair_tokens(model: Path, data: Path) -> float:
     """Return the mean tokens of a pair (chosen + rejected sequences) after medtune's tokenization."""
     from medtune.config import stage_from_dict
-    from medtune.data.formats import read_file
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.readers.files import read_file
+    from medtune.data.tokenize.examples import TokenStats
     from medtune.models.load import load_tokenizer
     from medtune.recipes.preference import make_pair_examples
 

@@ -99,7 +99,7 @@ def test_a_killed_run_continues_to_the_uninterrupted_output(varied_dir, tmp_path
         f.write('{"id": 39, "respo')  # a line the kill cut in half
     resumed = medtune("infer", *args, "--output", out)
     assert resumed.returncode == 0 and f"{40 - partial} generated, {partial} already in" in resumed.stdout
-    by_id = lambda path: sorted(rows_of(path), key=lambda r: r["id"])  # noqa: E731
+    by_id = lambda path: sorted(rows_of(path), key=lambda r: r["id"])
     assert by_id(out) == by_id(whole)
 
 
@@ -124,5 +124,5 @@ def test_int8_cpu_loading_answers_close_to_fp32(varied_dir, tmp_path):
     proc = medtune("infer", *common, "--output", int8, "--load-in", "int8-cpu")
     assert proc.returncode == 0, proc.stderr
     assert len(rows_of(int8)) == 4 and all(r["completion_tokens"] >= 1 for r in rows_of(int8))
-    first = lambda path: [r["response"][:1] for r in rows_of(path)]  # noqa: E731
+    first = lambda path: [r["response"][:1] for r in rows_of(path)]
     assert sum(a == b for a, b in zip(first(fp32), first(int8))) >= 3  # rounding may flip a near tie

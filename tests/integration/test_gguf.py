@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medtune.cli.main import main
-from medtune.data.templates import render, template_source
+from medtune.data.tokenize.templates import render, template_source
 from medtune.errors import MedtuneError
 from medtune.export.gguf import (
     export_gguf,

@@ -3,8 +3,6 @@ never resumed from; curricula order the data easy -> hard."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -124,7 +122,7 @@ def test_perplexity_curriculum_orders_by_the_starting_models_loss(tiny_dir, tiny
     assert len(lengths) == 16
     from datasets import Dataset
 
-    from medtune.data.tokenize import TokenStats, encode_conversations
+    from medtune.data.tokenize.examples import TokenStats, encode_conversations
 
     rows = encode_conversations(tok, CONVERSATIONS, 128, "truncate", False, TokenStats())
     losses = sample_losses(model, Dataset.from_list(rows), tok.pad_token_id, 2)

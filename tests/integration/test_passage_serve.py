@@ -41,7 +41,7 @@ class ScriptedEngine:
 
 
 def generator(url, **kw):
-    from medtune.data.passage_qa import PassageQAGenerator
+    from medtune.data.generate.passage_qa import PassageQAGenerator
 
     return PassageQAGenerator(url + "/v1", kw.pop("model", "teacher"), backoff=0.01, timeout=120, **kw)
 

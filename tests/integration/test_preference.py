@@ -92,8 +92,8 @@ class RewardProbe(TrainerCallback):
 
 
 def probe_batch(tiny_dir):
-    from medtune.data.formats import read_file
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.readers.files import read_file
+    from medtune.data.tokenize.examples import TokenStats
     from medtune.models.load import load_tokenizer
     from medtune.recipes.preference import PairCollator, make_pair_examples
 
@@ -227,7 +227,7 @@ def test_rm_refuses_options_it_would_ignore(tiny_dir, tmp_path, sections, messag
 
 def test_only_the_answer_is_learned_in_a_multi_turn_prompt(tiny):
     from medtune.config.schema import DataConfig
-    from medtune.data.tokenize import IGNORE
+    from medtune.data.tokenize.examples import IGNORE
     from medtune.recipes.preference import encode_answer
 
     _, tok = tiny

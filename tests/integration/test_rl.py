@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from medtune.config import stage_from_dict
-from medtune.data.tokenize import TokenStats, apply_template
+from medtune.data.tokenize.examples import TokenStats, apply_template
 from medtune.errors import MedtuneError
 from medtune.recipes import rewards
 from medtune.recipes.rl import check_reward_model, load_reward_model, make_examples
@@ -214,7 +214,7 @@ def test_reward_functions_only(tiny_dir, tmp_path, stage, generations, max_new):
     result = run_stage(cfg, quiet=True, callbacks=[probe])
     assert len(RECORDED) == 2  # one generation batch per step
     answers = {tuple(map(str, c[:-1])): c[-1]["content"] for c in CONVERSATIONS}
-    for prompts, completions, ids, references in RECORDED:
+    for prompts, _completions, ids, references in RECORDED:
         assert len(prompts) == 4
         for i in range(0, 4, generations):  # groups of num_generations completions of one prompt
             assert all(p == prompts[i] for p in prompts[i:i + generations])

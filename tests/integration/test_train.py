@@ -218,8 +218,8 @@ def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, mon
 
 
 def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch):
-    from medtune.data.formats import read_file
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.readers.files import read_file
+    from medtune.data.tokenize.examples import TokenStats
     from medtune.models.load import load_tokenizer
     from medtune.recipes import run as run_mod
     from medtune.recipes import sft

@@ -75,7 +75,7 @@ def n_tokens(tok, texts):
 def test_select_tokens_golden():
     freqs = {"高血压": 20, "高血": 22, "血压": 25, "高": 22, "血": 25, "压": 25, "高血压病": 6, "病": 6,
              "肝": 10, "甲": 5, "乙": 5}
-    base_len = {s: 1 for s in freqs} | {"高血压": 3, "高血": 2, "血压": 2, "高血压病": 4, "肝": 2, "甲": 2, "乙": 2}
+    base_len = dict.fromkeys(freqs, 1) | {"高血压": 3, "高血": 2, "血压": 2, "高血压病": 4, "肝": 2, "甲": 2, "乙": 2}
     picks = select_tokens(freqs, base_len, add=10)
     # 高血压 consumes 20 occurrences of 高血 / 血压 (left: 2 / 5); 高血压病 then costs 高血压 + 病 =
     # 2 tokens and does not consume 血压 again (already counted inside 高血压); ties go to the

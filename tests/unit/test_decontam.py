@@ -1,4 +1,4 @@
-"""Benchmark-leak detection with unit n-grams (medtune.data.decontam)."""
+"""Benchmark-leak detection with unit n-grams (medtune.data.clean.decontam)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from medtune.data.decontam import NgramIndex, build_index, eval_texts, units
-from medtune.data.records import full_text
+from medtune.data.clean.decontam import NgramIndex, build_index, eval_texts, units
+from medtune.data.readers.records import full_text
 
 ZH_QUESTION = (
     "患者，男，62岁。突发胸骨后压榨性疼痛2小时，伴大汗，心电图示V1～V4导联ST段抬高，最可能的诊断是"

@@ -1,4 +1,4 @@
-"""Exact keys, MinHash signatures and near-duplicate detection (medtune.data.dedup)."""
+"""Exact keys, MinHash signatures and near-duplicate detection (medtune.data.clean.dedup)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from medtune.data.dedup import (
+from medtune.data.clean.dedup import (
     MinHasher,
     band_keys,
     estimate_jaccard,
@@ -100,7 +100,7 @@ def test_estimate_tracks_exact_jaccard():
 def test_signatures_identical_in_another_process():
     texts = ["高血压患者应低盐饮食", "Metformin for type 2 diabetes", ""]
     code = (
-        "import json, sys; from medtune.data.dedup import MinHasher; "
+        "import json, sys; from medtune.data.clean.dedup import MinHasher; "
         "print(json.dumps(MinHasher(num_perm=64, seed=3).signatures(json.loads(sys.argv[1]))"
         ".tolist()))"
     )

@@ -55,7 +55,7 @@ def test_question_text_with_context_golden():
 
 
 def test_shots_are_earlier_turns_and_render_in_the_chat_template():
-    from medtune.data.templates import render, template_source
+    from medtune.data.tokenize.templates import render, template_source
 
     messages = prompt_messages(ZH, [EN_MULTI])
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]

@@ -1,4 +1,4 @@
-"""Tests for medtune.data.formats: readers, auto-detection, errors, skips, and the shared data files."""
+"""Tests for medtune.data.readers.formats: readers, auto-detection, errors, skips, and the shared data files."""
 
 import hashlib
 import json
@@ -6,15 +6,9 @@ import pathlib
 
 import pytest
 
-from medtune.data import formats
-from medtune.data.formats import (
-    FORMATS,
-    SHAPES,
-    FileData,
-    read_file,
-    read_files,
-    to_dataset,
-)
+from medtune.data.readers import formats
+from medtune.data.readers.files import FileData, read_file, read_files, to_dataset
+from medtune.data.readers.formats import FORMATS, SHAPES
 from medtune.errors import MedtuneError
 
 SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"

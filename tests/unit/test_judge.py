@@ -8,8 +8,7 @@ import socket
 
 import pytest
 
-from medtune.data import llm_client
-from medtune.data.llm_client import UnparsableReply
+from medtune import llm_client
 from medtune.errors import MedtuneError
 from medtune.evaluation import answer_files
 from medtune.evaluation import judge as judge_module
@@ -29,6 +28,7 @@ from medtune.evaluation.judge import (
     judge_result,
     parse_verdict,
 )
+from medtune.llm_client import UnparsableReply
 from tests.conftest import write_jsonl
 from tests.helpers.fake_judge import FAIR, GOOD, FakeJudge
 

@@ -1,12 +1,12 @@
-"""Tests for medtune.data.kg: KG triples → Q&A (golden values, seed determinism, aliases) and the
+"""Tests for medtune.data.generate.kg: KG triples → Q&A (golden values, seed determinism, aliases) and the
 triple reader's strict / lenient error handling."""
 
 import doctest
 
 import pytest
 
-from medtune.data import kg
-from medtune.data.kg import canonical_relation, kg_to_qa, read_triples
+from medtune.data.generate import kg
+from medtune.data.generate.kg import canonical_relation, kg_to_qa, read_triples
 from medtune.errors import MedtuneError
 from tests.conftest import write_jsonl
 

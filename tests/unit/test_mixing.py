@@ -46,7 +46,7 @@ def test_line_offsets_skip_blank_lines_and_bom_with_crlf_and_non_ascii(tmp_path)
     offsets = line_offsets(path)
     assert offsets.dtype == np.int64
     assert offsets.tolist() == [3, 19, 48, 57]  # after the BOM; 头痛，发热 is 15 bytes
-    assert [r for r in read_lines_at(path, offsets[::-1])] == [
+    assert list(read_lines_at(path, offsets[::-1])) == [
         {"long": "x" * 50}, {"b": 2}, {"t": "头痛，发热"}, {"a": 1}]
 
 

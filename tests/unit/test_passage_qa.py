@@ -1,4 +1,4 @@
-"""Tests for medtune.data.passage_qa: passages → grounded Q&A against a local fake
+"""Tests for medtune.data.generate.passage_qa: passages → grounded Q&A against a local fake
 OpenAI-compatible server (retries, cache, resume, order, grounding, token accounting)."""
 
 import doctest
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from medtune.data import passage_qa
-from medtune.data.passage_qa import (
+from medtune.data.generate import passage_qa
+from medtune.data.generate.passage_qa import (
     PassageQAGenerator,
     content_units,
     parse_qa_pairs,

@@ -1,4 +1,4 @@
-"""Tests for medtune.data.pii: each PII type in Chinese and English, the text it must leave alone,
+"""Tests for medtune.data.clean.pii: each PII type in Chinese and English, the text it must leave alone,
 the resident-ID checksum, counts, idempotence, record shapes, and false positives on real data."""
 
 import copy
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.data.pii import PII_TYPES, deidentify, deidentify_record, valid_cn_id
+from medtune.data.clean.pii import PII_TYPES, deidentify, deidentify_record, valid_cn_id
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

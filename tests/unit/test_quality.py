@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from medtune.data import quality
-from medtune.data.quality import (
+from medtune.data.clean import quality
+from medtune.data.clean.quality import (
     QualityRules,
     check_record,
     check_tokens,
@@ -461,7 +461,7 @@ def test_flag_rates_on_real_data_are_plausible(real_reasons, name):
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="real data in /work/shared/data not present")
 def test_language_of_real_data(real_records):
-    from medtune.data.records import full_text
+    from medtune.data.readers.records import full_text
 
     for name, lang in (("huatuo", "zh"), ("chatdoctor", "en")):
         records = real_records[name]

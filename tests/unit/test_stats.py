@@ -74,7 +74,7 @@ def merging_tokenizer():
 
 
 def test_token_counts_are_bytes_for_a_byte_tokenizer(byte_tokenizer):
-    from medtune.data.records import prompt_text, response_text
+    from medtune.data.readers.records import prompt_text, response_text
 
     stats = compute_stats(RECORDS, tokenizer=byte_tokenizer, batch_size=4)
     expected = [len(prompt_text(r).encode()) + len(response_text(r).encode()) for r in RECORDS]
@@ -85,7 +85,7 @@ def test_token_counts_are_bytes_for_a_byte_tokenizer(byte_tokenizer):
 
 
 def test_token_counts_do_not_depend_on_the_batch_size(merging_tokenizer):
-    from medtune.data.records import prompt_text, response_text
+    from medtune.data.readers.records import prompt_text, response_text
 
     records = RECORDS * 5
     one = compute_stats(records, tokenizer=merging_tokenizer, batch_size=1)

@@ -6,8 +6,14 @@ import pathlib
 
 import pytest
 
-from medtune.data.convert import ConvertOptions, convert_files
-from medtune.data.stream import ReadOptions, Tally, detect_encoding, iter_records, jsonl_chunks
+from medtune.data.readers.convert import ConvertOptions, convert_files
+from medtune.data.readers.stream import (
+    ReadOptions,
+    Tally,
+    detect_encoding,
+    iter_records,
+    jsonl_chunks,
+)
 from medtune.errors import MedtuneError
 
 SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -110,7 +116,7 @@ def test_csv_tsv_parquet_and_keyed_json(tmp_path):
 
 
 def test_choice_layouts():
-    from medtune.data.choice import read_choice
+    from medtune.data.readers.choice import read_choice
 
     apollo = read_choice({"question": "Q", "options": "(A) a.\n(B) b.\n(C) c\nmore\n(D) d", "answer": "(CB)"})
     assert apollo["options"] == {"A": "a.", "B": "b.", "C": "c\nmore", "D": "d"} and apollo["answer"] == "BC"

@@ -12,7 +12,7 @@ from importlib.resources import files
 
 import pytest
 
-from medtune.data.templates import (
+from medtune.data.tokenize.templates import (
     TEMPLATE_NAMES,
     render,
     special_tokens,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medtune.data.tokenize import (
+from medtune.data.tokenize.examples import (
     IGNORE,
     Collator,
     TokenStats,
@@ -119,9 +119,9 @@ def test_collator_pads_and_masks(tiny):
     assert packed["position_ids"][1, n0] == 0  # padding starts a segment of its own
 
 
-@pytest.mark.parametrize("name", __import__("medtune.data.templates", fromlist=["x"]).TEMPLATE_NAMES)
+@pytest.mark.parametrize("name", __import__("medtune.data.tokenize.templates", fromlist=["x"]).TEMPLATE_NAMES)
 def test_every_template_trains_on_the_final_reply_with_a_tokenizer_lacking_bos(tiny, name):
-    from medtune.data.templates import template_source
+    from medtune.data.tokenize.templates import template_source
 
     _, tok = tiny
     assert tok.bos_token is None
@@ -137,7 +137,7 @@ def test_every_template_trains_on_the_final_reply_with_a_tokenizer_lacking_bos(t
 
 def test_templates_without_generation_blocks_mask_by_prefix(tiny):
     """A checkpoint's own template (template: auto) usually lacks {% generation %} blocks."""
-    from medtune.data.templates import template_source
+    from medtune.data.tokenize.templates import template_source
 
     _, tok = tiny
     plain = template_source("chatml").replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")

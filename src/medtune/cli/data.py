@@ -40,8 +40,8 @@ def parse_map(pairs: list[str]) -> dict[str, str]:
 
 def read_options(args, **extra):
     """The ReadOptions of a command's reading flags (``--format --map --encoding --strict``)."""
-    from medtune.data.formats import format_name
-    from medtune.data.stream import ReadOptions
+    from medtune.data.readers.formats import format_name
+    from medtune.data.readers.stream import ReadOptions
 
     columns = parse_map(getattr(args, "map", []))
     if getattr(args, "prompt_column", None):
@@ -100,7 +100,7 @@ def write_json(path, payload: dict) -> None:
 
 
 def cmd_convert(args) -> int:
-    from medtune.data.convert import ConvertOptions, convert_files
+    from medtune.data.readers.convert import ConvertOptions, convert_files
 
     out = _check_out(args.inputs, args.out)
     options = ConvertOptions(read=read_options(args, source=args.source), workers=args.workers)
@@ -123,7 +123,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from medtune.data.clean import CleanOptions, clean_files
+    from medtune.data.clean.cleaner import CleanOptions, clean_files
 
     out = _check_out(args.inputs, args.out)
     if args.max_tokens and not args.tokenizer:
@@ -174,7 +174,7 @@ def print_clean_report(report: dict) -> None:
 
 def _write_records(records, out: Path) -> int:
     """Write records as JSONL atomically; return how many."""
-    from medtune.data.convert import dump_record
+    from medtune.data.readers.convert import dump_record
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, n = out.with_name(out.name + ".tmp"), 0
@@ -191,14 +191,14 @@ def _write_records(records, out: Path) -> int:
 
 def _skip_collector(path: str, strict: bool):
     """``(tally, on_skip)``: on_skip counts bad rows, or is None (raise) under ``--strict``."""
-    from medtune.data.stream import Tally
+    from medtune.data.readers.stream import Tally
 
     tally = Tally(path)
     return tally, None if strict else (lambda line, reason: tally.skip(reason, line))
 
 
 def cmd_generate_kg(args) -> int:
-    from medtune.data.kg import kg_to_qa, read_triples
+    from medtune.data.generate.kg import kg_to_qa, read_triples
 
     if args.phrasings < 1:
         raise MedtuneError(f"--phrasings must be at least 1, got {args.phrasings}")
@@ -223,7 +223,7 @@ def _print_skips(tally) -> None:
 def cmd_generate_passage(args) -> int:
     import os
 
-    from medtune.data.passage_qa import PassageQAGenerator, read_passages
+    from medtune.data.generate.passage_qa import PassageQAGenerator, read_passages
 
     tally, on_skip = _skip_collector(args.passages, False)
     passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
@@ -257,7 +257,7 @@ def cmd_generate_passage(args) -> int:
 
 def _is_unified_jsonl(path: Path) -> bool:
     """True when ``path`` is JSONL whose first record already has a unified shape."""
-    from medtune.data.records import record_shape
+    from medtune.data.readers.records import record_shape
 
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return False
@@ -272,7 +272,7 @@ def _is_unified_jsonl(path: Path) -> bool:
 
 def _unified(path: str, tmp: Path, quiet: bool) -> Path:
     """``path`` itself when it is unified JSONL, else a converted copy under ``tmp``."""
-    from medtune.data.convert import ConvertOptions, convert_files
+    from medtune.data.readers.convert import ConvertOptions, convert_files
 
     p = Path(path)
     if _is_unified_jsonl(p):
@@ -355,8 +355,8 @@ def cmd_split(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    from medtune.data.readers.stream import Tally, iter_records
     from medtune.data.stats import compute_stats, format_stats, plot_lengths
-    from medtune.data.stream import Tally, iter_records
 
     tokenizer = None
     if args.tokenizer:

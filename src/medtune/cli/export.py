@@ -40,7 +40,7 @@ def cmd_export_gguf(args) -> int:
 
 
 def _check_modelfile(model: str, modelfile: Path, overwrite: bool) -> None:
-    from medtune.data.templates import template_name
+    from medtune.data.tokenize.templates import template_name
     from medtune.errors import MedtuneError
     from medtune.export.ollama import go_template
     from medtune.models.load import load_tokenizer

@@ -16,7 +16,7 @@ from medtune.errors import MedtuneError
 
 def _engine(args, adapters=None):
     from medtune.cli.model_args import model_kwargs
-    from medtune.inference.engines import load_engine
+    from medtune.inference.backends import load_engine
 
     return load_engine(args.model, adapters, backend=args.backend, name=getattr(args, "name", None),
                        tensor_parallel_size=args.tensor_parallel_size, **model_kwargs(args))

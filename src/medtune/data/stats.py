@@ -21,9 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data.dedup import exact_key
-from medtune.data.quality import detect_language
-from medtune.data.records import full_text, prompt_text, record_shape, response_text, turn_count
+from medtune.data.clean.dedup import exact_key
+from medtune.data.clean.quality import detect_language
+from medtune.data.readers.records import (
+    full_text,
+    prompt_text,
+    record_shape,
+    response_text,
+    turn_count,
+)
 from medtune.errors import MedtuneError
 
 __all__ = ["DatasetStats", "compute_stats", "format_stats", "plot_lengths"]
@@ -135,8 +141,8 @@ def compute_stats(records: Iterable[dict], tokenizer=None, progress: bool = Fals
     """Return the statistics of ``records`` (see :class:`DatasetStats`) from one streaming pass.
 
     Duplicates are exact duplicates of the normalised full text
-    (:func:`medtune.data.dedup.exact_key`): the count is records minus distinct keys. Languages are
-    :func:`medtune.data.quality.detect_language` of the full text. With a ``tokenizer``, tokens are
+    (:func:`medtune.data.clean.dedup.exact_key`): the count is records minus distinct keys. Languages are
+    :func:`medtune.data.clean.quality.detect_language` of the full text. With a ``tokenizer``, tokens are
     those of the prompt plus those of the response (no special tokens, no chat template), counted
     ``batch_size`` records at a time."""
     from tqdm.auto import tqdm

@@ -90,9 +90,8 @@ def write_stage_eval(out: Path, stage: str, score: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rows = score["rows"]
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for i, r in enumerate(rows):
-            f.write(json.dumps({"id": i, "prompt": r["question"], "reference": r["answer"], "prediction": r["reply"],
-                                "correct": r["correct"], "group": r["relation"]}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"id": i, "prompt": r["question"], "reference": r["answer"], "prediction": r["reply"],
+                                "correct": r["correct"], "group": r["relation"]}, ensure_ascii=False) + "\n" for i, r in enumerate(rows))
     counts = {rel: sum(r["relation"] == rel for r in rows) for rel in score["by_relation"]}
     result = EvalResult(
         task="factqa", model=stage, data=["demo held-out questions"],

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data.kg import _BadRow, _json_object, _nonblank_lines, _read_text
+from medtune.data.generate.kg import _BadRow, _json_object, _nonblank_lines, _read_text
 from medtune.errors import MedtuneError
 
 __all__ = ["CMB_CLIN_PROMPT", "Item", "attach_references", "load_items", "read_answers",

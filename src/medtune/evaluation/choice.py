@@ -122,8 +122,8 @@ def _default_source(path: Path) -> str:
 
 def _read(path) -> tuple[str, list[dict], object]:
     """``(shape, records, tally)`` of one file; rows that fail are counted, not fatal."""
-    from medtune.data.formats import SHAPES
-    from medtune.data.stream import ReadOptions, read_all
+    from medtune.data.readers.formats import SHAPES
+    from medtune.data.readers.stream import ReadOptions, read_all
 
     path = Path(path)
     opts = ReadOptions(on_error="count", keep_meta=True, source=_default_source(path))
@@ -252,7 +252,7 @@ def render_prompts(tokenizer, items, picker: ShotPicker | None, shots: int, rese
 
 
 def _fit_prompt(tokenizer, item, examples, room: int | None, counts: Counter):
-    from medtune.data.tokenize import _render
+    from medtune.data.tokenize.examples import _render
 
     while True:
         text = _render(tokenizer, prompt_messages(item, examples), add_generation_prompt=True)

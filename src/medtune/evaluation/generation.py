@@ -51,8 +51,8 @@ class GenItem:
 
 def load_gen_items(path, strict: bool = False, limit: int | None = None):
     """Return ``(items, skipped, group_by)`` for a dialogue dataset (see the module docstring)."""
-    from medtune.data.formats import SHAPES
-    from medtune.data.stream import ReadOptions, read_all
+    from medtune.data.readers.formats import SHAPES
+    from medtune.data.readers.stream import ReadOptions, read_all
 
     records, tally = read_all(path, ReadOptions(on_error="raise" if strict else "count", keep_meta=True))
     if SHAPES[tally.format] != "messages":

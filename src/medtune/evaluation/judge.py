@@ -9,7 +9,7 @@
 ...               RUBRICS["dreamer"], labels)
 Traceback (most recent call last):
 ...
-medtune.data.llm_client.UnparsableReply: answer A: "score" 11 is outside 0-10
+medtune.llm_client.UnparsableReply: answer A: "score" 11 is outside 0-10
 
 With a judge behind any OpenAI-compatible endpoint (this is ``medtune eval judge``)::
 
@@ -60,10 +60,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.data.llm_client import ChatClient, RequestFailed, UnparsableReply, strip_fence
 from medtune.errors import MedtuneError
 from medtune.evaluation.answer_files import Item
 from medtune.evaluation.results import EvalResult
+from medtune.llm_client import ChatClient, RequestFailed, UnparsableReply, strip_fence
 
 __all__ = ["JUDGE_PROMPT_VERSION", "RUBRICS", "Judge", "Rubric", "dreamer_focus", "judge_client",
            "judge_messages", "judge_result", "parse_verdict"]

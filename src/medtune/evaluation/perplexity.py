@@ -118,9 +118,9 @@ def perplexity_by_file(model, tokenizer, texts: dict[str, list[str]], window: in
 def read_texts(paths, strict: bool = False, limit: int | None = None) -> tuple[dict, dict]:
     """Return ``({path: [text of each record]}, {skip reason: count})`` for held-out files of any
     format medtune reads (dialogues contribute all their turns); ``limit``: first N records per file."""
-    from medtune.data.formats import SHAPES
-    from medtune.data.records import full_text
-    from medtune.data.stream import ReadOptions, read_all
+    from medtune.data.readers.formats import SHAPES
+    from medtune.data.readers.records import full_text
+    from medtune.data.readers.stream import ReadOptions, read_all
     from medtune.errors import MedtuneError
 
     texts, skipped = {}, {}

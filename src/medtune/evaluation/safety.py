@@ -143,7 +143,7 @@ def load_safety_set(spec: str = "safety", limit: int | None = None) -> list[dict
 
 
 def _safety_item(line: str, where: str) -> dict:
-    from medtune.data.records import parse_object_line
+    from medtune.data.readers.records import parse_object_line
 
     item = parse_object_line(line, where)
     for key in SAFETY_FIELDS:

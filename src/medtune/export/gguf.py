@@ -283,7 +283,7 @@ def vocab_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 def _write_special_ids(writer, tokenizer, cfg) -> None:
     """bos/eos/pad ids, whether the tokenizer adds bos/eos itself, and the template's end-of-turn id."""
-    from medtune.data.templates import stop_strings, template_name
+    from medtune.data.tokenize.templates import stop_strings, template_name
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else cfg.bos_token_id
     if bos is not None:

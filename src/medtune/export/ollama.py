@@ -115,7 +115,7 @@ def go_template(name: str, bos: str = "", eos: str = "", adds_bos: bool = False)
 
 def modelfile_text(gguf_path, tokenizer, out_path) -> str:
     """Return the Modelfile for ``gguf_path`` as it will sit at ``out_path`` (FROM is relative)."""
-    from medtune.data.templates import stop_strings, template_name
+    from medtune.data.tokenize.templates import stop_strings, template_name
     from medtune.export.gguf import tokenizer_adds_bos
 
     name = template_name(tokenizer.chat_template)

@@ -51,7 +51,7 @@ def quantize_dynamic_int8(model, quantize_head: bool = False):
     with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao, still shipped and working
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return quantize_dynamic(model.eval(), {name: per_channel_dynamic_qconfig for name in names},
+        return quantize_dynamic(model.eval(), dict.fromkeys(names, per_channel_dynamic_qconfig),
                                 dtype=torch.qint8, inplace=True)
 
 

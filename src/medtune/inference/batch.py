@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medtune.data.records import parse_object_line
+from medtune.data.readers.records import parse_object_line
 from medtune.errors import MedtuneError
 from medtune.inference.chat import with_system
 
@@ -219,8 +219,8 @@ def _output_row(row: InferRow, got) -> dict:
 
 
 def _meta(engine, input_path, params, system, model_label, adapter, batch_size) -> dict:
-    from medtune.data.formats import file_sha256
-    from medtune.data.templates import template_name
+    from medtune.data.readers.files import file_sha256
+    from medtune.data.tokenize.templates import template_name
 
     template = engine.template()
     return {"model": model_label, "adapter": adapter, "backend": engine.backend,

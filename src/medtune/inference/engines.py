@@ -2,7 +2,8 @@
 
 Example::
 
-    from medtune.inference.engines import SamplingParams, load_engine
+    from medtune.inference.backends import load_engine
+    from medtune.inference.engines import SamplingParams
     engine = load_engine("runs/sft", adapters={"tcm": "runs/tcm-lora"})
     ids = engine.encode_chat([{"role": "user", "content": "失眠怎么办？"}], model="tcm")
     [done] = engine.generate([ids], SamplingParams(max_tokens=64), model="tcm")
@@ -69,18 +70,6 @@ class _Row:
     done: str = ""  # finish reason once finished
     text: str = ""
 
-
-def load_engine(path, adapters: dict | None = None, backend: str = "hf", **kwargs):
-    """Return an HF or vLLM engine for ``path`` with named LoRA ``adapters`` ({name: dir})."""
-    if backend == "vllm":
-        from medtune.inference.vllm_engine import VLLMEngine
-
-        return VLLMEngine.load(path, adapters, **kwargs)
-    if backend != "hf":
-        raise MedtuneError(f"unknown backend '{backend}' (hf or vllm)")
-    if kwargs.pop("tensor_parallel_size", 1) != 1:
-        raise MedtuneError("--tensor-parallel-size needs --backend vllm")
-    return HFEngine.load(path, adapters, **kwargs)
 
 
 def load_hf_model(path, adapter=None, device="auto", dtype="auto", load_in=None,
@@ -152,7 +141,7 @@ class ChatEngine:
 
     def encode_chat(self, messages, model: str | None = None) -> list[int]:
         """Return the prompt ids of ``messages`` in the model's template, ready for the reply."""
-        from medtune.data.tokenize import apply_template
+        from medtune.data.tokenize.examples import apply_template
 
         return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True)["input_ids"])
 
@@ -344,7 +333,7 @@ def _cut_at_stop(text: str, stops) -> str | None:
 def stop_markers(model, tokenizer) -> tuple[list[int], list[str]]:
     """Return (ids, strings) that end a reply: eos ids, and the template's end-of-turn markers
     (as ids when the tokenizer holds them as one token, else as strings)."""
-    from medtune.data.templates import TEMPLATE_NAMES, stop_strings
+    from medtune.data.tokenize.templates import TEMPLATE_NAMES, stop_strings
 
     source = tokenizer.chat_template or ""
     markers = sorted({m for name in TEMPLATE_NAMES for m in stop_strings(name) if m in source})

@@ -80,7 +80,7 @@ def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = 
     """Return the tokenizer of ``path`` with its chat template set (``template`` name or auto)."""
     from transformers import AutoTokenizer
 
-    from medtune.data.templates import template_source
+    from medtune.data.tokenize.templates import template_source
 
     check_model_path(path)
     tok = _from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)

@@ -33,7 +33,7 @@ class TinySpec:
 
 def bundled_text() -> list[str]:
     """Return the texts of the package's sample data (Chinese and English): the default corpus."""
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
 
     texts = []
     for res in sorted(resources.files("medtune.assets.sample").iterdir(), key=lambda r: r.name):
@@ -98,7 +98,7 @@ def build_tiny(out, spec: TinySpec | None = None, texts=None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medtune.data.templates import template_source
+    from medtune.data.tokenize.templates import template_source
 
     spec = spec or TinySpec()
     if spec.arch not in ARCHS:

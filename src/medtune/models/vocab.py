@@ -50,7 +50,7 @@ def corpus_texts(paths) -> list[str]:
 
     Files may mix formats (a ``.txt`` next to a messages JSONL): vocabulary needs text, not one shape.
     """
-    from medtune.data.formats import read_file
+    from medtune.data.readers.files import read_file
 
     texts = []
     for path in paths:

@@ -46,7 +46,7 @@ def sample_losses(model, rows, pad_token_id: int, batch_size: int) -> list[float
     """Return each row's mean token loss (log perplexity) under ``model``, computed without grad."""
     import torch
 
-    from medtune.data.tokenize import IGNORE, Collator
+    from medtune.data.tokenize.examples import IGNORE, Collator
 
     collate = Collator(pad_token_id)
     was_training = model.training

@@ -57,7 +57,7 @@ class KTOCollator:
     """Pad examples and their mismatched pairs to one width: examples in rows ``[:B]``, pairs in ``[B:]``."""
 
     def __init__(self, pad_token_id: int):
-        from medtune.data.tokenize import Collator
+        from medtune.data.tokenize.examples import Collator
 
         self.pad = Collator(pad_token_id)
 

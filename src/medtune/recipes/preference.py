@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import Trainer
 
-from medtune.data.tokenize import IGNORE, Collator, apply_template, encode_conversation
+from medtune.data.tokenize.examples import IGNORE, Collator, apply_template, encode_conversation
 from medtune.errors import MedtuneError
 from medtune.recipes.losses import sequence_logps
 from medtune.recipes.trainer import guarded

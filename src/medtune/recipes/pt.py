@@ -13,7 +13,7 @@ PACK_BY_DEFAULT = True  # documents share blocks, isolated from each other by po
 
 def make_examples(cfg, tokenizer, records, stats):
     """Return pretraining pieces (every token learned) for ``records`` of shape text."""
-    from medtune.data.tokenize import encode_texts
+    from medtune.data.tokenize.examples import encode_texts
 
     d = cfg.data
     return encode_texts(tokenizer, (r["text"] for r in records), d.max_length, d.overlength, stats)

@@ -50,7 +50,7 @@ def split_record(record: dict):
 def make_examples(cfg, tokenizer, records, stats):
     """Return ``{prompt, reference, length}`` rows; prompts over data.max_length tokens are skipped
     (whatever data.overlength says: a cut prompt asks a different question)."""
-    from medtune.data.tokenize import apply_template
+    from medtune.data.tokenize.examples import apply_template
 
     rows = []
     for record in records:

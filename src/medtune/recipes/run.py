@@ -191,7 +191,8 @@ def load_inputs(cfg: StageConfig, recipe):
 
 def read_stage_data(cfg: StageConfig, recipe):
     """Return the stage's data files, refusing a shape the recipe cannot train on."""
-    from medtune.data.formats import SHAPES, read_files
+    from medtune.data.readers.files import read_files
+    from medtune.data.readers.formats import SHAPES
 
     files = read_files(cfg.data.train, cfg.data.format)
     got = SHAPES[files[0].format]
@@ -211,7 +212,7 @@ def build_rows(cfg: StageConfig, recipe, tokenizer, files):
     The result is cached as Arrow files keyed by the data hashes, tokenizer and data settings,
     so a crashed or repeated run does not tokenize again.
     """
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.tokenize.examples import TokenStats
 
     key = cache_key(cfg, tokenizer, files)
     cached = load_cached_rows(key)
@@ -242,7 +243,7 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
     """
     import pyarrow as pa
 
-    from medtune.data.tokenize import TokenStats, pack_sequences
+    from medtune.data.tokenize.examples import TokenStats, pack_sequences
 
     records = [(i, r) for i, f in enumerate(files) for r in f.records]
     random.Random(cfg.train.seed).shuffle(records)
@@ -292,7 +293,7 @@ class ExampleMaker:
     def shard(self, job: tuple[Path, list]):
         """Tokenize one shard into its part directory; return its stats (rows stay on disk, so
         workers never send them back through a pipe)."""
-        from medtune.data.tokenize import TokenStats
+        from medtune.data.tokenize.examples import TokenStats
 
         path, records = job
         stats = TokenStats()
@@ -303,7 +304,7 @@ class ExampleMaker:
 def tokenize_workers(workers: int, shards: int) -> int:
     """Processes for ``shards`` pending shards: 1 under torchrun (every rank tokenizes) or for one
     shard (spawning costs seconds), else ``workers`` (0: one per core)."""
-    from medtune.data.convert import default_workers
+    from medtune.data.parallel import default_workers
 
     if shards <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1
@@ -320,7 +321,7 @@ def checkpointed_examples(key, name: str, records: list, make: ExampleMaker, sta
     """
     import pyarrow as pa
 
-    from medtune.data.convert import parallel_map
+    from medtune.data.parallel import parallel_map
 
     if key is None:
         return pa.Table.from_pylist(make(records, stats))
@@ -343,7 +344,7 @@ def _load_part(path: Path):
     """``(table, stats)`` of a finished shard (the table memory-mapped, not copied)."""
     import pyarrow as pa
 
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.tokenize.examples import TokenStats
 
     table = pa.ipc.open_file(pa.memory_map(str(path / "rows.arrow"))).read_all()
     stats = TokenStats()
@@ -412,7 +413,7 @@ def load_cached_rows(key):
     """Return ``(train, eval, stats)`` from the cache, or None."""
     from datasets import load_from_disk
 
-    from medtune.data.tokenize import TokenStats
+    from medtune.data.tokenize.examples import TokenStats
 
     path = cache_dir() / key if key else None
     if path is None or not (path / "stats.json").is_file():
@@ -490,7 +491,7 @@ def default_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, kwa
     """Return the guarded ``Trainer`` with medtune's collator (pt, sft)."""
     from transformers import TrainingArguments
 
-    from medtune.data.tokenize import Collator
+    from medtune.data.tokenize.examples import Collator
     from medtune.recipes.trainer import MedtuneTrainer
 
     trainer = MedtuneTrainer(

@@ -13,7 +13,7 @@ PACK_BY_DEFAULT = False  # data.packing: true opts in; it pays with FlashAttenti
 
 def make_examples(cfg, tokenizer, records, stats):
     """Return ``{input_ids, labels}`` examples for conversation ``records``."""
-    from medtune.data.tokenize import encode_conversations
+    from medtune.data.tokenize.examples import encode_conversations
 
     d = cfg.data
     return encode_conversations(

@@ -41,7 +41,7 @@ def _gradio():
 
 def build_app(bot, model_label: str) -> gr.Blocks:
     """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label`` and the template."""
-    from medtune.data.templates import template_name
+    from medtune.data.tokenize.templates import template_name
 
     gr = _gradio()
     template = template_name(bot.tokenizer.chat_template)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medtune.data.dedup import mix64
-from medtune.data.records import record_shape, response_text
+from medtune.data.clean.dedup import mix64
+from medtune.data.readers.records import record_shape, response_text
 
 __all__ = ["LONG_OPTION_UNITS", "NgramIndex", "build_index", "eval_texts", "units"]
 

@@ -7,7 +7,7 @@ read by the main process.
 
 Example::
 
-    from medtune.data.convert import ConvertOptions, convert_files
+    from medtune.data.readers.convert import ConvertOptions, convert_files
     tallies = convert_files(["huatuo.json", "chatdoctor.json"], "sft.jsonl", ConvertOptions())
 """
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from medtune.data.formats import SHAPES
-from medtune.data.stream import (
+from medtune.data.parallel import default_workers, parallel_map
+from medtune.data.readers.formats import SHAPES
+from medtune.data.readers.stream import (
     ReadOptions,
     Tally,
     check_readable,
@@ -31,8 +32,7 @@ from medtune.data.stream import (
 )
 from medtune.errors import MedtuneError
 
-__all__ = ["ConvertOptions", "convert_files", "default_workers", "dump_record", "parallel_map",
-           "read_plan"]
+__all__ = ["ConvertOptions", "convert_files", "dump_record", "read_plan"]
 
 CHUNK_BYTES = 4 << 20
 
@@ -45,15 +45,6 @@ class ConvertOptions:
     workers: int = 0  # 0: one per core (at most 8)
     chunk_bytes: int = CHUNK_BYTES
 
-
-def default_workers(workers: int = 0) -> int:
-    """``workers`` or, for 0, the number of usable cores (at most 8)."""
-    if workers < 0:
-        raise MedtuneError(f"--workers must be >= 0 (0 = one per core), got {workers}")
-    if workers > 0:
-        return workers
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1))
 
 
 def dump_record(rec: dict) -> str:
@@ -105,25 +96,6 @@ def run_piece(piece: Piece) -> tuple[str, Tally]:
     lines = [dump_record(rec) for rec in iter_records(piece.path, piece.read, tally, piece.byte_range)]
     return "".join(line + "\n" for line in lines), tally
 
-
-def parallel_map(fn: Callable, items: Iterable, workers: int, initializer: Callable | None = None,
-                 initargs: tuple = ()) -> Iterator:
-    """``map(fn, items)`` in input order, over ``workers`` processes when more than one.
-
-    ``initializer(*initargs)`` runs once in each process (or here, when running in-process): the
-    place for state every item needs (a tokenizer, an n-gram index) without pickling it per item.
-    """
-    items = list(items)
-    if workers <= 1 or len(items) <= 1:
-        if initializer:
-            initializer(*initargs)
-        yield from map(fn, items)
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once threads (tokenizers) exist
-    with ctx.Pool(min(workers, len(items)), initializer, initargs) as pool:
-        yield from pool.imap(fn, items)
 
 
 def _piece_size(piece: Piece) -> int:

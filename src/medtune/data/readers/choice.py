@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import string
 
-from medtune.data.formats import Bad, Skip, json_type, register_format
+from medtune.data.readers.formats import Bad, Skip, json_type, register_format
 
 __all__ = ["parse_option_lines", "read_choice", "read_pubmedqa"]
 

@@ -1,6 +1,6 @@
 """The text inside a unified record, whatever its shape: what cleaning, dedup and stats look at.
 
-Unified shapes (see :mod:`medtune.data.formats`): ``text``, ``messages``, ``preference``, ``kto``,
+Unified shapes (see :mod:`medtune.data.readers.formats`): ``text``, ``messages``, ``preference``, ``kto``,
 ``prompt`` (messages ending with a user turn, for inference and judging) and ``choice``
 (``question`` + ``options`` + ``answer``). Records may carry extra metadata keys (``source``,
 ``id``, ``subject`` ...) which these functions ignore.

@@ -16,7 +16,7 @@ Three policies for rows that do not become records (``on_error``):
 - ``"count"`` (``medtune data`` default): every such row is skipped and counted by reason in a
   :class:`Tally`, with its ``file:line`` kept as an example.
 
->>> from medtune.data.stream import Tally, iter_records
+>>> from medtune.data.readers.stream import Tally, iter_records
 >>> tally = Tally("a.jsonl")
 >>> # records = list(iter_records("a.jsonl", on_error="count", tally=tally)); print(tally.skipped)
 """
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data import formats
+from medtune.data.readers import formats
 from medtune.errors import MedtuneError, where
 
 __all__ = ["Tally", "detect_encoding", "iter_records", "jsonl_chunks", "line_file"]

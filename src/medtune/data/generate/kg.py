@@ -12,7 +12,7 @@ triple file, :func:`group_triples` gathers the tails of each (head, relation) an
 writes relation-specific questions with all tails in one answer (``medtune data generate kg``).
 
 The input-file helpers here (encoding detection, JSONL sniffing, ``file:line`` errors or
-``on_skip``) are shared with :mod:`medtune.data.passage_qa`.
+``on_skip``) are shared with :mod:`medtune.data.generate.passage_qa`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data.stream import check_readable, detect_encoding
+from medtune.data.readers.stream import check_readable, detect_encoding
 from medtune.errors import MedtuneError, where
 
 __all__ = [

@@ -11,7 +11,7 @@ Shapes (one dict per record):
   "label": bool}`` (unpaired feedback: was this answer desirable?).
 - ``prompt``:     ``{"prompt": [messages ending with a user turn]}`` (inference / eval inputs).
 - ``choice``:     ``{"question", "options": {"A": ...}, "answer": "A"|"BCD"}`` (see
-  :mod:`medtune.data.choice`).
+  :mod:`medtune.data.readers.choice`).
 - ``label``:      ``{"id", "answer"}`` (an answer key such as PubMedQA's test_ground_truth.json).
 
 Formats are small functions ``record dict -> unified dict`` registered by name with
@@ -20,7 +20,7 @@ one-line :class:`~medtune.errors.MedtuneError` naming ``file:line``, the field a
 a counted skip under ``medtune data``'s default policy) and ``Skip`` for a well-formed but empty
 record (counted in :attr:`FileData.skipped`, never dropped silently).
 
-Files are found, decoded and split into rows by :mod:`medtune.data.stream` (JSONL, JSON arrays,
+Files are found, decoded and split into rows by :mod:`medtune.data.readers.stream` (JSONL, JSON arrays,
 keyed JSON objects, ``.txt``, CSV / TSV, Parquet; UTF-8, UTF-16, GB18030).
 
 >>> read_alpaca({"instruction": "头痛怎么办", "output": "休息"})["messages"][1]
@@ -29,27 +29,16 @@ keyed JSON objects, ``.txt``, CSV / TSV, Parquet; UTF-8, UTF-16, GB18030).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from medtune.errors import MedtuneError, did_you_mean
-
-if TYPE_CHECKING:
-    import datasets
 
 __all__ = [
     "FORMATS",
     "READERS",
     "SHAPES",
-    "FileData",
     "detect_format",
-    "read_file",
-    "read_files",
     "register_format",
-    "to_dataset",
 ]
 
 READERS: dict[str, Callable[[dict], dict]] = {}
@@ -423,82 +412,3 @@ def format_name(fmt) -> str:
     if name != "auto" and name not in READERS:
         raise MedtuneError(f"unknown format {str(fmt)!r}" + did_you_mean(name, (*FORMATS, "auto")))
     return name
-
-
-# ---------------------------------------------------------------------------------------------
-# public API
-
-
-@dataclass
-class FileData:
-    """One data file read into unified records."""
-
-    path: str
-    format: str
-    records: list[dict]
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
-    sha256: str = ""  # hex digest of the file's bytes
-
-    @property
-    def n_records(self) -> int:
-        return len(self.records)
-
-    @property
-    def shape(self) -> str:
-        return SHAPES[self.format]
-
-
-def read_file(path, format: str = "auto") -> FileData:
-    """Read one data file (JSONL, JSON array, ``.txt``, CSV/TSV, Parquet) into unified records.
-
-    Raises :class:`MedtuneError` naming ``file:line`` and the field for any problem; empty records
-    are skipped and counted in :attr:`FileData.skipped`.
-    """
-    from medtune.data.stream import ReadOptions, read_all
-
-    records, tally = read_all(path, ReadOptions(format=format, on_error="bad"))
-    return FileData(str(path), tally.format, records, dict(tally.skipped), file_sha256(path))
-
-
-def file_sha256(path) -> str:
-    """Return the hex sha256 of a file's bytes, read a MiB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_same_shape(files: list[FileData]) -> None:
-    if not files:
-        raise MedtuneError("no data files given")
-    first = files[0]
-    for f in files[1:]:
-        if f.shape != first.shape:
-            raise MedtuneError(
-                f"{f.path}: format {f.format} gives {f.shape} records, but {first.path} "
-                f"(format {first.format}) gives {first.shape} records; all files must have one shape"
-            )
-
-
-def read_files(paths, format: str = "auto") -> list[FileData]:
-    """Read several files; all must resolve to the same record shape."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files = [read_file(p, format) for p in paths]
-    _check_same_shape(files)
-    return files
-
-
-def to_dataset(files) -> datasets.Dataset:
-    """Concatenate the records of ``files`` into a ``datasets.Dataset``."""
-    if isinstance(files, FileData):
-        files = [files]
-    files = list(files)
-    _check_same_shape(files)
-    import datasets
-
-    return datasets.Dataset.from_list([r for f in files for r in f.records])
-
-
-from medtune.data import choice as _choice  # noqa: F401  (registers the choice formats)

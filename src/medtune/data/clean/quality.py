@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from medtune.data.records import prompt_text, record_shape, response_text
+from medtune.data.readers.records import prompt_text, record_shape, response_text
 from medtune.errors import MedtuneError
 
 __all__ = [

@@ -8,12 +8,12 @@ reads the input again and writes the kept records, de-identified. Memory therefo
 record count by ~20 bytes per record, not with the data.
 
 Order of checks (a record is counted under the first that removes it): unreadable row (counted by
-the reader) → quality (:mod:`medtune.data.quality`) → too many tokens → benchmark leak
-(:mod:`medtune.data.decontam`) → exact duplicate → near duplicate.
+the reader) → quality (:mod:`medtune.data.clean.quality`) → too many tokens → benchmark leak
+(:mod:`medtune.data.clean.decontam`) → exact duplicate → near duplicate.
 
 Example::
 
-    from medtune.data.clean import CleanOptions, clean_files
+    from medtune.data.clean.cleaner import CleanOptions, clean_files
     report = clean_files(["sft.jsonl"], "sft.clean.jsonl", CleanOptions(lang="zh"))
 """
 
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.data.convert import Piece, default_workers, dump_record, parallel_map, read_plan
-from medtune.data.records import full_text
-from medtune.data.stream import ReadOptions, Tally, iter_records
+from medtune.data.parallel import default_workers, parallel_map
+from medtune.data.readers.convert import Piece, dump_record, read_plan
+from medtune.data.readers.records import full_text
+from medtune.data.readers.stream import ReadOptions, Tally, iter_records
 
 __all__ = ["CleanOptions", "clean_files", "load_eval_index"]
 
@@ -76,8 +77,8 @@ _CTX: dict = {}
 
 def _init(ctx: _Context) -> None:
     """Set up a worker: rules, tokenizer, MinHasher (built once per process)."""
-    from medtune.data.dedup import MinHasher
-    from medtune.data.quality import QualityRules
+    from medtune.data.clean.dedup import MinHasher
+    from medtune.data.clean.quality import QualityRules
 
     o = ctx.options
     _CTX.update(ctx=ctx, hasher=MinHasher(num_perm=NUM_PERM) if o.near_dup else None,
@@ -110,8 +111,8 @@ class _Scan:
 
 
 def _scan_piece(item: tuple[int, Piece]) -> _Scan:
-    from medtune.data.dedup import exact_key
-    from medtune.data.quality import check_record, check_tokens, token_lengths
+    from medtune.data.clean.dedup import exact_key
+    from medtune.data.clean.quality import check_record, check_tokens, token_lengths
 
     number, piece = item
     ctx, tally = _CTX["ctx"], Tally(piece.path)
@@ -154,7 +155,7 @@ def _exact_duplicates(keys: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _near_duplicates(scans: list[_Scan], keep: np.ndarray, threshold: float, sig_dir: str):
-    from medtune.data.dedup import near_duplicates
+    from medtune.data.clean.dedup import near_duplicates
 
     path = os.path.join(sig_dir, "all.npy")
     sigs = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint32, shape=(len(keep), NUM_PERM))
@@ -195,7 +196,7 @@ def _decide(scans: list[_Scan], options: CleanOptions, sig_dir: str):
 
 def _write_piece(item) -> tuple[str, Counter, dict[int, str]]:
     """Kept records of one piece as JSONL (de-identified), PII counts, previews of sampled drops."""
-    from medtune.data.pii import deidentify_record
+    from medtune.data.clean.pii import deidentify_record
 
     piece, drop, sample = item
     pii, out, previews = Counter(), [], {}
@@ -226,7 +227,7 @@ def _sample_examples(reasons: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 def load_eval_index(paths, n: int):
     """An n-gram index of the questions in evaluation files (any supported layout)."""
-    from medtune.data.decontam import NgramIndex, eval_texts
+    from medtune.data.clean.decontam import NgramIndex, eval_texts
 
     index = NgramIndex(n=n, min_units=min(8, n))
     for path in paths:

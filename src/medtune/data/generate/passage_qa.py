@@ -14,7 +14,7 @@ With a server at http://127.0.0.1:8000/v1 (e.g. ``vllm serve`` or ``medtune serv
 
 Ziya TCM's knowledge-guided generation: :class:`PassageQAGenerator` asks the endpoint for Q&A
 pairs about each passage and keeps a pair only when :func:`support` says the passage backs its
-answer. Records are unified ``messages`` records (see :mod:`medtune.data.formats`); this is
+answer. Records are unified ``messages`` records (see :mod:`medtune.data.readers.formats`); this is
 ``medtune data generate passage``.
 """
 
@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.data.kg import (
+from medtune.data.clean.quality import detect_language
+from medtune.data.generate.kg import (
     OnSkip,
     _BadRow,
     _check_lang,
@@ -38,7 +39,8 @@ from medtune.data.kg import (
     _read_text,
     _report,
 )
-from medtune.data.llm_client import (
+from medtune.errors import MedtuneError
+from medtune.llm_client import (
     ChatClient,
     RequestFailed,
     Transport,
@@ -46,8 +48,6 @@ from medtune.data.llm_client import (
     strip_fence,
     urllib_transport,
 )
-from medtune.data.quality import detect_language
-from medtune.errors import MedtuneError
 
 __all__ = [
     "PROMPT_VERSION",
@@ -208,7 +208,7 @@ class PassageQAGenerator:
     :class:`MedtuneError` since every request would fail; other 4xx fail the passage at once.
     With ``cache_dir`` every parsed reply is stored as it arrives, so a rerun pays only for what
     is missing. A pair is kept when :func:`support` of its answer is at least ``min_support``.
-    The HTTP, retry and cache work is :class:`medtune.data.llm_client.ChatClient`'s.
+    The HTTP, retry and cache work is :class:`medtune.llm_client.ChatClient`'s.
     """
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None,

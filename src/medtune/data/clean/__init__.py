@@ -1,0 +1,1 @@
+"""Cleaning: quality rules, exact and near dedup, benchmark decontamination, PII."""

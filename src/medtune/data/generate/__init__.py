@@ -1,0 +1,1 @@
+"""Generation: instructions from knowledge-graph triples or from passages."""

@@ -1,0 +1,1 @@
+"""Tokenization: chat templates, records -> training examples, packing."""
