@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def _common(p) -> None:
-    p.add_argument("--output", required=True, help="output dir (metrics.json and per-item files)")
+    p.add_argument("--output", required=True, help="output dir (metrics.json; gen, choice and judge add a per-item JSONL)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items (quick runs)")
     p.add_argument("--batch-size", type=int, default=16, help="items per forward / generate (default 16)")
 
