@@ -279,7 +279,7 @@ def test_prefix_trains_reloads_unmerged_and_chats(tiny_dir, tiny, data, tmp_path
     reply, history = bot.chat("高血压有哪些症状？")
     assert isinstance(reply, str) and history[-1] == {"role": "assistant", "content": reply}
     [done] = bot.engine.generate([bot.prompt_ids([{"role": "user", "content": "感冒挂什么科？"}])],
-                                 bot.settings.params(max_new_tokens=6))
+                                 bot.settings)
     assert done.completion_tokens > 0
 
 

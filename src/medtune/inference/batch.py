@@ -226,8 +226,13 @@ def _meta(engine, input_path, params, system, model_label, adapter, batch_size) 
     return {"model": model_label, "adapter": adapter, "backend": engine.backend,
             "template": template_name(template), "chat_template": template,
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "params": asdict(params), "system": system, "batch_size": batch_size,
+            "params": _params_record(params), "system": system, "batch_size": batch_size,
             "input": str(input_path), "input_sha256": file_sha256(input_path)}
+
+
+def _params_record(params) -> dict:
+    """``params`` as OUT.meta.json has always recorded them: ``max_new_tokens`` named ``max_tokens``."""
+    return {"max_tokens" if k == "max_new_tokens" else k: v for k, v in asdict(params).items()}
 
 
 def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> None:
