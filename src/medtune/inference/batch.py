@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medtune.data.readers.records import parse_object_line
 from medtune.errors import MedtuneError
+from medtune.files import atomic_write_text
 from medtune.inference.chat import with_system
 
 
@@ -240,6 +241,4 @@ def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> N
               "generated": summary.generated, "skipped": summary.skipped,
               "completion_tokens": summary.completion_tokens, "seconds": round(summary.seconds, 3),
               "rows_per_s": round(summary.rows_per_s, 3), "tokens_per_s": round(summary.tokens_per_s, 2)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
