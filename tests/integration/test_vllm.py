@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from tests.e2e.test_cli import assert_one_line_error, medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 
 def has_vllm_gpu() -> bool:
