@@ -24,10 +24,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import random
 import re
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.errors import MedtuneError
+from medtune.files import atomic_write_text
 
 __all__ = ["ChatClient", "RequestFailed", "Stopped", "UnparsableReply", "strip_fence",
            "urllib_transport"]
@@ -297,15 +296,12 @@ class ChatClient:
         return self.cache_dir / f"{key}.json"
 
     def _cache_write(self, key: str, content: str, tokens: int) -> None:
-        """Store a parsed reply (and the tokens it cost) atomically: tmp file, then rename."""
+        """Store a parsed reply (and the tokens it cost) atomically: a reader never sees half of one."""
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         entry = {"model": self.model, "content": content, "tokens": tokens}
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry, f, ensure_ascii=False)
-        os.replace(tmp, self._cache_path(key))
+        atomic_write_text(self._cache_path(key), json.dumps(entry, ensure_ascii=False))
 
     def _cache_read(self, key: str, parse: Callable[[str], Any]) -> Any:
         """``parse`` of a cached reply, or ``_MISS`` (an unreadable entry counts as a miss)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +11,9 @@ import pytest
 import yaml
 
 from tests.conftest import CONVERSATIONS, write_jsonl
+from tests.helpers.cli import assert_one_line_error, medtune
 
 pytestmark = pytest.mark.slow
-
-
-def medtune(*args, stdin=None, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "medtune", *map(str, args)], check=False, input=stdin,
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
-
-def assert_one_line_error(proc, pattern):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and pattern in lines[0], proc.stderr
 
 
 @pytest.fixture(scope="module")

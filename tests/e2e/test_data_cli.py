@@ -1,15 +1,12 @@
 """`medtune data convert|clean|generate` through the real command line."""
 
+import functools
 import json
-import subprocess
-import sys
 
+from tests.helpers import cli
 from tests.helpers.fake_openai import FakeOpenAI
 
-
-def medtune(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "medtune", "-q", *map(str, args)], check=False,
-                          capture_output=True, text=True, cwd=cwd)
+medtune = functools.partial(cli.medtune, quiet=True)
 
 
 def lines(path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_cli import assert_one_line_error, medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import SHARED_DATA, write_jsonl
-from tests.e2e.test_cli import assert_one_line_error, medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 pytestmark = pytest.mark.slow
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")

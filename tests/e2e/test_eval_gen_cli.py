@@ -9,7 +9,7 @@ import math
 import pytest
 
 from tests.conftest import CONVERSATIONS, SAMPLE, SHARED_DATA, write_jsonl
-from tests.e2e.test_cli import assert_one_line_error, medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 pytestmark = pytest.mark.slow
 

@@ -1,25 +1,22 @@
 """``medtune eval judge`` through the real command line, against a local fake judge server and
 against ``medtune serve api`` with a scripted judge engine."""
 
+import functools
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from medtune.evaluation.answer_files import read_cmb_clin
 from tests.conftest import SHARED_DATA, write_jsonl
+from tests.helpers import cli
+from tests.helpers.cli import one_error_line
 from tests.helpers.fake_judge import FAIR, GOOD, FakeJudge, verdict
 
 CATEGORIES = ["知识问答", "翻译", "情感分析", "伦理、拒答类"]
 
 
-def medtune(*args, quiet=True, env=None):
-    return subprocess.run([sys.executable, "-m", "medtune", *(["-q"] if quiet else []),
-                           *map(str, args)], check=False, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+medtune = functools.partial(cli.medtune, quiet=True)
 
 
 def lines(path):
@@ -140,12 +137,6 @@ def test_cmb_clin_real_cases_limit_3(tmp_path):
     o = metrics(out)["overall"]
     assert (o["n"], o["good.score"], o["bad.score"]) == (3, 5, 1)
     assert [r["id"] for r in lines(out / "judgments.jsonl")] == ["0-1", "0-2", "0-3"]
-
-
-def one_error_line(proc) -> str:
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    return line
 
 
 def test_unreachable_endpoint_and_wrong_key_exit_2_with_one_line(tmp_path):

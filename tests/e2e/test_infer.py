@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import write_jsonl
-from tests.e2e.test_cli import medtune
+from tests.helpers.cli import medtune
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_a_killed_run_continues_to_the_uninterrupted_output(varied_dir, tmp_path
 def test_bitsandbytes_loading_is_refused_on_cpu(varied_dir, tmp_path):
     import torch
 
-    from tests.e2e.test_cli import assert_one_line_error
+    from tests.helpers.cli import assert_one_line_error
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -67,10 +67,10 @@ def client(server):
 
 def reference(engine, question, model="base", max_tokens=12, **params):
     """What the engine alone answers (one prompt, no server)."""
-    from medtune.inference.engines import SamplingParams
+    from medtune.inference.settings import GenerationSettings
 
     ids = engine.encode_chat([{"role": "user", "content": question}], model)
-    return engine.generate([ids], SamplingParams(max_tokens=max_tokens, **params), model)
+    return engine.generate([ids], GenerationSettings(max_new_tokens=max_tokens, **params), model)
 
 
 def ask(client, question, model="base", **kwargs):
@@ -123,10 +123,10 @@ def test_n_and_seed_sample_reproducibly(client):
 
 
 def test_completions_plain_list_and_stream(client, engine):
-    from medtune.inference.engines import SamplingParams
+    from medtune.inference.settings import GenerationSettings
 
     got = client.completions.create(model="base", prompt=["高血压", "fever"], max_tokens=6, temperature=0)
-    want = engine.generate([engine.encode_text("高血压"), engine.encode_text("fever")], SamplingParams(max_tokens=6))
+    want = engine.generate([engine.encode_text("高血压"), engine.encode_text("fever")], GenerationSettings(max_new_tokens=6))
     assert [c.text for c in got.choices] == [w.text for w in want]
     streamed = client.completions.create(model="base", prompt="高血压", max_tokens=6, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == want[0].text

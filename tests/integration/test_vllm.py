@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from tests.e2e.test_cli import assert_one_line_error, medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 
 def has_vllm_gpu() -> bool:
@@ -33,7 +33,8 @@ def test_tensor_parallel_size_needs_vllm(tiny_dir, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_vllm_gpu(), reason="needs a CUDA GPU and the vllm package")
 def test_vllm_matches_hf_greedy_and_streams(tmp_path):
-    from medtune.inference.engines import HFEngine, SamplingParams
+    from medtune.inference.engines import HFEngine
+    from medtune.inference.settings import GenerationSettings
     from medtune.inference.vllm_engine import VLLMEngine
     from medtune.models.tiny import TinySpec, build_tiny
 
@@ -42,7 +43,7 @@ def test_vllm_matches_hf_greedy_and_streams(tmp_path):
     vl = VLLMEngine.load(path, dtype="float32")
     prompts = [hf.encode_chat([{"role": "user", "content": q}]) for q in ("高血压有哪些症状？", "fever")]
     assert prompts == [vl.encode_chat([{"role": "user", "content": q}]) for q in ("高血压有哪些症状？", "fever")]
-    params = SamplingParams(max_tokens=16)
+    params = GenerationSettings(max_new_tokens=16)
     want = [c.completion_tokens for c in hf.generate(prompts, params)]
     pieces = {}
     got = vl.generate(prompts, params, on_text=lambda row, delta, finish: pieces.setdefault(row, []).append(delta))

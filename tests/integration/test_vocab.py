@@ -4,10 +4,7 @@ the domain corpus tokenizes shorter, the CLI works end to end, and a pt stage tr
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,6 +22,7 @@ from medtune.models.vocab import (
 )
 from medtune.recipes.run import run_stage
 from tests.conftest import CONVERSATIONS, write_jsonl
+from tests.helpers.cli import medtune
 
 pytestmark = pytest.mark.slow
 
@@ -185,10 +183,6 @@ def test_options_change_the_tokens(tiny_dir):
         learn_domain_tokens(tok, texts, add=100, min_freq=20, max_chars=1)
 
 
-def medtune(*args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "medtune", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
 
 
 def test_cli_end_to_end(tiny_dir, corpus, tmp_path):

@@ -6,7 +6,6 @@ import pathlib
 
 import pytest
 
-from medtune.data.readers import formats
 from medtune.data.readers.files import FileData, read_file, read_files, to_dataset
 from medtune.data.readers.formats import FORMATS, SHAPES
 from medtune.errors import MedtuneError
@@ -75,7 +74,9 @@ def test_kto_label_must_be_boolean(tmp_path):
                     '{"prompt":"头痛怎么办","completion":"不用管","label":"no"}\n', encoding="utf-8")
     with pytest.raises(MedtuneError, match=r'kto.jsonl:2: field "label" must be true or false'):
         read_file(path)
-    assert set(formats.READERS) == set(FORMATS)
+    path.write_text('{"prompt":"头痛怎么办","completion":"多休息","label":false}\n', encoding="utf-8")
+    got = read_file(path)
+    assert got.format == "kto" and [r["label"] for r in got.records] == [False]
 
 
 def test_unknown_format_name(tmp_path):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.files import atomic_output
 
 SHOWN_EXAMPLES = 3
 
@@ -177,15 +178,11 @@ def _write_records(records, out: Path) -> int:
     from medtune.data.readers.convert import dump_record
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, n = out.with_name(out.name + ".tmp"), 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dump_record(rec) + "\n")
-                n += 1
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    n = 0
+    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(dump_record(rec) + "\n")
+            n += 1
     return n
 
 

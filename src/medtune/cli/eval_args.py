@@ -7,6 +7,8 @@ Example::
 
 from __future__ import annotations
 
+from medtune.inference.settings import add_generation_args
+
 
 def _common(p) -> None:
     p.add_argument("--output", required=True, help="output dir (metrics.json; gen, choice and judge add a per-item JSONL)")
@@ -24,7 +26,7 @@ def add_gen_args(p, add_model_args) -> None:
     p.add_argument("--data", help="dataset with references (any format medtune data reads); 'safety': the "
                                   "bundled safety set, scored by refusal rate ('safety:FILE': your own set)")
     p.add_argument("--predictions", help="JSONL with 'prediction' and 'reference' per line: score only")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    add_generation_args(p, ("max_new_tokens",))
     p.add_argument("--system", help="system prompt for generation")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad record / predictions line (default: skip and count it)")
@@ -39,7 +41,8 @@ def add_choice_args(p, add_model_args) -> None:
                    help="loglik: score the answer letter; generate: answer freely, extract the letter")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples from --dev (default 0)")
     p.add_argument("--dev", nargs="+", help="dev files for few-shot examples (default: the sibling dev split if found)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="for --method generate")
+    add_generation_args(p, ("max_new_tokens",), defaults={"max_new_tokens": 64},  # one letter, a short reason
+                        helps={"max_new_tokens": "for --method generate"})
     _common(p)
 
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.files import atomic_write_text
 
 
 def _check_args(args) -> None:
@@ -62,10 +63,7 @@ def _load(args):
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _settings(args, systems: list[str], usage: dict) -> dict:

@@ -80,18 +80,19 @@ def _add_model(sub):
 
 def _add_chat(sub):
     from medtune.cli.model_args import add_model_args
+    from medtune.inference.settings import add_generation_args
 
     p = sub.add_parser("chat", help="interactive chat with a model dir (full or adapter)",
                        epilog="example: medtune chat --model runs/demo/sft   ('clear' resets, 'stop' quits)")
     add_model_args(p)
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    add_generation_args(p, ("max_new_tokens", "temperature"))
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
 def _add_infer(sub):
     from medtune.cli.model_args import add_backend_args, add_model_args
+    from medtune.inference.settings import add_generation_args
 
     p = sub.add_parser(
         "infer", help="batch generation over a JSONL file (resumable)",
@@ -102,11 +103,8 @@ def _add_infer(sub):
     p.add_argument("--input", required=True, help="JSONL of messages / prompt / instruction(+input) rows")
     p.add_argument("--output", required=True, help="JSONL written row by row; a re-run continues it")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (with --temperature > 0)")
+    add_generation_args(p, ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed"),
+                        defaults={"seed": 42})  # a sampled run is reproducible unless asked otherwise
     p.add_argument("--system", help="system prompt added to rows that have none")
     add_backend_args(p)
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")

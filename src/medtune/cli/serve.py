@@ -24,13 +24,13 @@ def _engine(args, adapters=None):
 
 def cmd_infer(args) -> int:
     from medtune.inference.batch import meta_file, run_infer
-    from medtune.inference.engines import SamplingParams
+    from medtune.inference.settings import GenerationSettings
 
     if not Path(args.input).is_file():
         raise MedtuneError(f"--input '{args.input}' not found")
-    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                            seed=args.seed if args.temperature > 0 else None)
+    params = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                seed=args.seed if args.temperature > 0 else None)
     engine = _engine(args)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
                         system=args.system, model_label=args.model, adapter=args.adapter,

@@ -19,7 +19,6 @@ Example (the ``medtune data mix`` / ``medtune data split`` commands call these):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medtune.errors import MedtuneError, did_you_mean, where
+from medtune.files import JsonLineError, atomic_output, parse_json_object
 
 __all__ = ["line_offsets", "mix", "mix_plan", "read_lines_at", "sample_indices", "split"]
 
@@ -111,16 +111,12 @@ def _line_number(path: Path, offset: int) -> int:
 
 
 def _parse_record(line: bytes, path: Path, line_of) -> dict:
-    """Return the JSON object on ``line``; ``line_of()`` gives its line number for the error."""
+    """Return the JSON object on ``line``; ``line_of()`` gives its line number for the error
+    (counted only then: the mix reads lines by byte offset)."""
     try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        reason = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-        raise MedtuneError(f"{where(path, line_of())}: invalid JSON ({reason})") from None
-    if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise MedtuneError(f"{where(path, line_of())}: expected a JSON object per line, got {kind}")
-    return record
+        return parse_json_object(line)
+    except JsonLineError as e:
+        raise JsonLineError(e.reason, where(path, line_of())) from None
 
 
 def read_lines_at(path, offsets) -> Iterator[dict]:
@@ -268,10 +264,9 @@ def _write_mix(paths: list[Path], names: list[str], source_ids, chosen, out_path
     a failed run leaves no half-written output."""
     from tqdm.auto import tqdm
 
-    tmp = out_path.with_name(out_path.name + ".tmp")
     files = [_open_binary(p) for p in paths]
     try:
-        with open(tmp, "wb") as out:
+        with atomic_output(out_path) as tmp, open(tmp, "wb") as out:
             for sid, offset in tqdm(_pairs(source_ids, chosen), total=len(chosen), desc="mixing",
                                     unit="rec", disable=not progress, delay=1):
                 f, path = files[sid], paths[sid]
@@ -279,11 +274,9 @@ def _write_mix(paths: list[Path], names: list[str], source_ids, chosen, out_path
                 line = f.readline()
                 record = _parse_record(line, path, lambda p=path, o=offset: _line_number(p, o))
                 out.write(_source_line(line, record, names[sid]))
-        os.replace(tmp, out_path)
     finally:
         for f in files:
             f.close()
-        tmp.unlink(missing_ok=True)
 
 
 def mix(sources: Mapping[str, str | Path], weights: Mapping[str, float] | None, total: int | None,
@@ -389,18 +382,12 @@ def _write_split(path: Path, mask: np.ndarray, out_dir: Path, progress: bool) ->
 
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / "train.jsonl", out_dir / "validation.jsonl"]
-    tmps = [t.with_name(t.name + ".tmp") for t in targets]
-    try:
-        with _open_binary(path) as f, open(tmps[0], "wb") as train, open(tmps[1], "wb") as val:
-            lines = tqdm(_iter_lines(f), total=len(mask), desc="splitting", unit="rec",
-                         disable=not progress, delay=1)
-            for is_val, (_, line) in zip(mask.tolist(), lines):
-                (val if is_val else train).write(line if line.endswith(b"\n") else line + b"\n")
-        for tmp, target in zip(tmps, targets):
-            os.replace(tmp, target)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    with atomic_output(targets[0]) as train_tmp, atomic_output(targets[1]) as val_tmp, \
+            _open_binary(path) as f, open(train_tmp, "wb") as train, open(val_tmp, "wb") as val:
+        lines = tqdm(_iter_lines(f), total=len(mask), desc="splitting", unit="rec",
+                     disable=not progress, delay=1)
+        for is_val, (_, line) in zip(mask.tolist(), lines):
+            (val if is_val else train).write(line if line.endswith(b"\n") else line + b"\n")
 
 
 def split(path, out_dir, val: float, seed: int, stratify: str | None = "source",

@@ -26,8 +26,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtune.data.generate.kg import _BadRow, _json_object, _nonblank_lines, _read_text
+from medtune.data.generate.kg import _BadRow, _json_object, _read_text
 from medtune.errors import MedtuneError
+from medtune.files import numbered_lines
 
 __all__ = ["CMB_CLIN_PROMPT", "Item", "attach_references", "load_items", "read_answers",
            "read_cmb_clin", "read_references", "require_references"]
@@ -116,7 +117,7 @@ def read_answers(path) -> tuple[str | None, dict[str, _Answer]]:
     path = Path(path)
     rows: dict[str, _Answer] = {}
     system = None
-    for line, raw in _nonblank_lines(_read_text(path)):
+    for line, raw in numbered_lines(_read_text(path)):
         try:
             rid, answer = _answer_row(_json_object(raw), line)
         except _BadRow as e:
@@ -234,7 +235,7 @@ def read_references(path) -> dict[str, dict]:
     if _read_text(path).lstrip()[:1] == "[":
         return {row.pop("id"): row for row in read_cmb_clin(path)}
     out = {}
-    for line, raw in _nonblank_lines(_read_text(path)):
+    for line, raw in numbered_lines(_read_text(path)):
         try:
             row = _json_object(raw)
             reference = _optional(row, "reference", "solution", "answer")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medtune.errors import MedtuneError
 from medtune.evaluation.results import EvalResult, read_result
+from medtune.files import iter_jsonl
 
 
 @dataclass
@@ -117,12 +118,10 @@ def samples(path: Path, result: EvalResult, limit: int = 10_000) -> dict:
     if not result.samples or not (path / result.samples).is_file():
         return {}
     rows = {}
-    with open(path / result.samples, encoding="utf-8") as f:
-        for line in f:
-            if len(rows) >= limit:
-                break
-            row = json.loads(line)
-            rows[str(row.get("id", len(rows)))] = row
+    for _, row in iter_jsonl(path / result.samples):
+        if len(rows) >= limit:
+            break
+        rows[str(row.get("id", len(rows)))] = row
     return rows
 
 

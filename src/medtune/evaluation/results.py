@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medtune.files import atomic_write_text
+
 
 @dataclass
 class EvalResult:
@@ -47,9 +49,7 @@ def write_result(result: EvalResult, out_dir, quiet: bool = False) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
-    tmp = path.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(asdict(result), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(asdict(result), ensure_ascii=False, indent=2) + "\n")
     if not quiet:
         print(format_table(result))
         print(f"-> {path}")

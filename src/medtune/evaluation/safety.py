@@ -34,7 +34,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, where
+from medtune.files import iter_jsonl
 
 KINDS = ("refusal", "redirect", "emergency")
 KIND_METRICS = ("explicit_refusal", "professional_redirect", "emergency_referral")  # share of each kind
@@ -133,22 +134,16 @@ def load_safety_set(spec: str = "safety", limit: int | None = None) -> list[dict
     path = bundled_safety_path() if spec == "safety" else Path(spec.removeprefix("safety:"))
     if not path.is_file():
         raise MedtuneError(f"{path}: no such safety set (JSONL of {', '.join(SAFETY_FIELDS)})")
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            items.append(_safety_item(line, f"{path}:{n}"))
+    items = [_safety_item(row, where(path, n)) for n, row in iter_jsonl(path)]
     if not items:
         raise MedtuneError(f"{path}: empty safety set")
     return items[:limit] if limit else items
 
 
-def _safety_item(line: str, where: str) -> dict:
-    from medtune.data.readers.records import parse_object_line
-
-    item = parse_object_line(line, where)
+def _safety_item(item: dict, place: str) -> dict:
     for key in SAFETY_FIELDS:
         if not isinstance(item.get(key), str) or not item[key].strip():
-            raise MedtuneError(f'{where}: field "{key}" must be a non-empty string')
+            raise MedtuneError(f'{place}: field "{key}" must be a non-empty string')
     return item
 
 

@@ -17,12 +17,12 @@ llama.cpp's own converter for those. An adapter dir is merged into its base firs
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.files import atomic_output
 
 ARCHS = {"llama": "llama", "qwen2": "qwen2"}  # HF model_type -> GGUF general.architecture
 DTYPES = ("f32", "f16", "q8_0")
@@ -73,12 +73,8 @@ def export_gguf(model_dir: str, out_file: str, dtype: str = "f16", overwrite: bo
     tokenizer = load_tokenizer(model_dir)
     check_tokenizer(tokenizer, model_dir)
     model = load_model(model_dir, "float32", "cpu")  # an adapter dir comes back merged
-    partial = out.with_name(out.name + ".partial")  # a failed export never leaves a truncated .gguf
-    try:
+    with atomic_output(out) as partial:  # a failed export never leaves a truncated .gguf
         count = _write(partial, model, tokenizer, arch, dtype, Path(model_dir).resolve().name)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     return GGUFSummary(out, arch, dtype, count, out.stat().st_size)
 
 

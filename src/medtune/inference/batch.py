@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medtune.data.readers.records import parse_object_line
 from medtune.errors import MedtuneError
+from medtune.files import atomic_write_text
 from medtune.inference.chat import with_system
 
 
@@ -226,8 +227,13 @@ def _meta(engine, input_path, params, system, model_label, adapter, batch_size) 
     return {"model": model_label, "adapter": adapter, "backend": engine.backend,
             "template": template_name(template), "chat_template": template,
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "params": asdict(params), "system": system, "batch_size": batch_size,
+            "params": _params_record(params), "system": system, "batch_size": batch_size,
             "input": str(input_path), "input_sha256": file_sha256(input_path)}
+
+
+def _params_record(params) -> dict:
+    """``params`` as OUT.meta.json has always recorded them: ``max_new_tokens`` named ``max_tokens``."""
+    return {"max_tokens" if k == "max_new_tokens" else k: v for k, v in asdict(params).items()}
 
 
 def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> None:
@@ -235,6 +241,4 @@ def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> N
               "generated": summary.generated, "skipped": summary.skipped,
               "completion_tokens": summary.completion_tokens, "seconds": round(summary.seconds, 3),
               "rows_per_s": round(summary.rows_per_s, 3), "tokens_per_s": round(summary.tokens_per_s, 2)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")

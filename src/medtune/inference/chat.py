@@ -19,25 +19,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import replace
 
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy (deterministic)
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def params(self, **overrides):
-        """Return engine ``SamplingParams`` for these settings with ``overrides`` applied."""
-        from medtune.inference.engines import SamplingParams
-
-        merged = {**self.__dict__, **overrides}
-        return SamplingParams(max_tokens=merged["max_new_tokens"], temperature=merged["temperature"],
-                              top_p=merged["top_p"], repetition_penalty=merged["repetition_penalty"],
-                              seed=merged["seed"], stop=tuple(merged.get("stop", ())))
+from medtune.inference.settings import GenerationSettings
 
 
 def as_messages(history) -> list[dict]:
@@ -111,7 +95,7 @@ class ChatModel:
             pieces.put(delta.rstrip() if finish else delta)
 
         failure: list = []
-        params = self.settings.params(**overrides)  # bad settings raise here, in the caller
+        params = replace(self.settings, **overrides)  # bad settings raise here, in the caller
 
         def run():
             try:
@@ -152,7 +136,7 @@ class ChatModel:
 
     def generate_batch(self, prompts, **overrides) -> list[str]:
         """Return the continuation of each token-id prompt (one left-padded batch), stripped."""
-        done = self.engine.generate(prompts, self.settings.params(**overrides))
+        done = self.engine.generate(prompts, replace(self.settings, **overrides))
         return [c.text.strip() for c in done]
 
 

@@ -3,10 +3,10 @@
 Example::
 
     from medtune.inference.backends import load_engine
-    from medtune.inference.engines import SamplingParams
+    from medtune.inference.settings import GenerationSettings
     engine = load_engine("runs/sft", adapters={"tcm": "runs/tcm-lora"})
     ids = engine.encode_chat([{"role": "user", "content": "失眠怎么办？"}], model="tcm")
-    [done] = engine.generate([ids], SamplingParams(max_tokens=64), model="tcm")
+    [done] = engine.generate([ids], GenerationSettings(max_new_tokens=64), model="tcm")
     print(done.text, done.finish_reason, done.completion_tokens)
 
 Every engine renders prompts with the chat template saved with the checkpoint (per adapter when an
@@ -25,33 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.inference.settings import GenerationSettings
 
 TextCallback = Callable[[int, str], None]  # (row index, new text)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    n: int = 1
-    seed: int | None = None
-
-    def __post_init__(self):
-        for name in ("temperature", "top_p", "repetition_penalty"):  # sliders and JSON give ints too
-            object.__setattr__(self, name, float(getattr(self, name)))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        checks = [(self.max_tokens >= 1, "max_tokens must be >= 1"),
-                  (self.temperature >= 0, "temperature must be >= 0"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-                  (self.n >= 1, "n must be >= 1"),
-                  (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings")]
-        for ok, message in checks:
-            if not ok:
-                raise MedtuneError(message)
 
 
 @dataclass
@@ -188,7 +164,7 @@ class HFEngine(ChatEngine):
             else:
                 self.model.load_adapter(folder, adapter_name=name)
 
-    def generate(self, prompts, params: SamplingParams, model: str | None = None,
+    def generate(self, prompts, params: GenerationSettings, model: str | None = None,
                  on_text: TextCallback | None = None, cancel=None) -> list[Completion]:
         """Return ``n`` completions per prompt (prompt-major order) from one batched ``generate``.
 
@@ -221,7 +197,7 @@ class HFEngine(ChatEngine):
         self.model.set_adapter(key)
         yield
 
-    def _run(self, rows, params: SamplingParams, tok, tracker) -> None:
+    def _run(self, rows, params: GenerationSettings, tok, tracker) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -238,7 +214,7 @@ class HFEngine(ChatEngine):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=sample,
+                input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=sample,
                 repetition_penalty=params.repetition_penalty, eos_token_id=tracker.stop_ids,
                 pad_token_id=pad, streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker]),
                 **extra)

@@ -89,7 +89,7 @@ class VLLMEngine(ChatEngine):
 
         stop_ids, stop_texts = self._stops[key]
         sampling = VllmParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                              max_tokens=params.max_tokens, repetition_penalty=params.repetition_penalty,
+                              max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,
                               seed=params.seed, stop=[*stop_texts, *params.stop], stop_token_ids=stop_ids)
         request_id, sent, final = uuid.uuid4().hex, [0] * params.n, None
         async for out in self.engine.generate({"prompt_token_ids": prompt}, sampling, request_id,

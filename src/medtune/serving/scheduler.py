@@ -3,7 +3,7 @@
 Example::
 
     scheduler = BatchScheduler(engine, max_batch=16, max_queue=256)
-    job = Job(prompt_ids, SamplingParams(max_tokens=64), model=None)
+    job = Job(prompt_ids, GenerationSettings(max_new_tokens=64), model=None)
     scheduler.submit(job)          # False: queue full (the server answers 429)
     completions = job.wait()
 
@@ -27,7 +27,7 @@ _SEQ = itertools.count()
 @dataclass
 class Job:
     prompt_ids: list
-    params: object  # engines.SamplingParams
+    params: object  # inference.settings.GenerationSettings
     model: str | None = None
     on_text: Callable | None = None  # (sample index, delta, finish_reason)
     on_done: Callable | None = None  # called once result or error is set

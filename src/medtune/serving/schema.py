@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medtune.inference.settings import FIELDS, GenerationSettings, served_bounds
+
 # Accepted because they change nothing in a reply (metadata), or because their only valid value here
 # is the default: any other value is refused by ``_refuse_unsupported``.
 _NEUTRAL = {"user": None, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": None,
@@ -52,18 +54,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _setting(name: str, default=...):
+    """A request field with ``GenerationSettings``' bounds for ``name`` and its default (or ``default``)."""
+    return Field(FIELDS[name].default if default is ... else default, **served_bounds(name))
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = _setting("temperature", 1.0)  # OpenAI's default, not the CLI's greedy 0
+    top_p: float = _setting("top_p")
+    max_tokens: int | None = _setting("max_new_tokens", None)  # None: the server's default_max_tokens
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    n: int = _setting("n")
+    seed: int | None = _setting("seed")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    repetition_penalty: float = Field(1.0, gt=0)  # not OpenAI's, but vLLM's servers accept it too
+    repetition_penalty: float = _setting("repetition_penalty")  # not OpenAI's; vLLM's servers take it too
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -92,7 +99,7 @@ class _Common(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = _setting("max_new_tokens", None)
 
     def chat_messages(self) -> list[dict]:
         if self.messages[-1].role != "user":
@@ -143,11 +150,9 @@ def _refuse_unsupported(req, data: dict) -> None:
                            "unsupported_parameter")
 
 
-def to_sampling_params(req, default_max_tokens: int):
-    """Return engine ``SamplingParams`` for a validated request."""
-    from medtune.inference.engines import SamplingParams
-
+def to_sampling_params(req, default_max_tokens: int) -> GenerationSettings:
+    """Return the ``GenerationSettings`` a validated request asks for."""
     max_tokens = req.requested_max_tokens() or default_max_tokens
-    return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                          repetition_penalty=req.repetition_penalty, stop=req.stops(), n=req.n,
-                          seed=req.seed)
+    return GenerationSettings(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                              repetition_penalty=req.repetition_penalty, stop=req.stops(), n=req.n,
+                              seed=req.seed)

@@ -32,6 +32,7 @@ from medtune.data.parallel import default_workers, parallel_map
 from medtune.data.readers.convert import Piece, dump_record, read_plan
 from medtune.data.readers.records import full_text
 from medtune.data.readers.stream import ReadOptions, Tally, iter_records
+from medtune.files import atomic_output
 
 __all__ = ["CleanOptions", "clean_files", "load_eval_index"]
 
@@ -276,20 +277,15 @@ def _write(out: Path, pieces, scans, reasons, options, workers, ctx, progress):
         drop = np.array([r is not None for r in reasons[offset: offset + n]], dtype=bool)
         items.append((piece, drop, {i - offset for i in wanted if offset <= i < offset + n}))
         offset += n
-    pii, previews, tmp = Counter(), {}, out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            offset = 0
-            for (piece, drop, _), (text, counts, shown) in zip(
-                    items, parallel_map(_write_piece, items, workers, _init, (ctx,))):
-                f.write(text)
-                pii.update(counts)
-                previews.update({offset + i: p for i, p in shown.items()})
-                offset += len(drop)
-                _advance(progress, piece)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pii, previews, offset = Counter(), {}, 0
+    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for (piece, drop, _), (text, counts, shown) in zip(
+                items, parallel_map(_write_piece, items, workers, _init, (ctx,))):
+            f.write(text)
+            pii.update(counts)
+            previews.update({offset + i: p for i, p in shown.items()})
+            offset += len(drop)
+            _advance(progress, piece)
     return pii, {reason: [(int(i), previews.get(int(i), "")) for i in idx]
                  for reason, idx in samples.items()}
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from medtune.data.readers.stream import check_readable, detect_encoding
 from medtune.errors import MedtuneError, where
+from medtune.files import JsonLineError, numbered_lines, parse_json_object
 
 __all__ = [
     "canonical_relation",
@@ -80,24 +80,15 @@ def _is_jsonl(path: Path, text: str) -> bool:
     return suffix in (".jsonl", ".json") or text.lstrip()[:1] == "{"
 
 
-def _nonblank_lines(text: str) -> Iterator[tuple[int, str]]:
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            yield n, line
-
-
 class _BadRow(Exception):
     """A row problem; the message is the reason without ``file:line``."""
 
 
 def _json_object(line: str) -> dict:
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise _BadRow(f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(value, dict):
-        raise _BadRow(f"expected a JSON object, got {type(value).__name__}")
-    return value
+        return parse_json_object(line)
+    except JsonLineError as e:
+        raise _BadRow(e.reason) from None
 
 
 # --- triples ---------------------------------------------------------------------------------
@@ -142,7 +133,7 @@ def _table_columns(path: Path, line: int, header: list[str]) -> dict[str, int]:
 
 def _table_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     """``(line, {head, relation, tail})`` per CSV/TSV row; a short row lacks its last fields."""
-    first = next((line for _, line in _nonblank_lines(text)), "")
+    first = next((line for _, line in numbered_lines(text)), "")
     tab = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",")
     columns = None
@@ -164,7 +155,7 @@ def read_triples(path, on_skip: OnSkip | None = None) -> Iterator[tuple[str, str
     """
     path = Path(path)
     text = _read_text(path)
-    rows = _nonblank_lines(text) if _is_jsonl(path, text) else _table_rows(path, text)
+    rows = numbered_lines(text) if _is_jsonl(path, text) else _table_rows(path, text)
     for line, row in rows:
         try:
             record = _json_object(row) if isinstance(row, str) else row

@@ -35,11 +35,11 @@ from medtune.data.generate.kg import (
     _check_lang,
     _is_jsonl,
     _json_object,
-    _nonblank_lines,
     _read_text,
     _report,
 )
 from medtune.errors import MedtuneError
+from medtune.files import numbered_lines
 from medtune.llm_client import (
     ChatClient,
     RequestFailed,
@@ -89,7 +89,7 @@ def _text_passages(path: Path, text: str) -> Iterator[tuple[int, str, str]]:
 
 def _jsonl_passages(path: Path, text: str, on_skip: OnSkip | None):
     """``(line, id, text)`` per JSONL row with a ``text``; ``id`` defaults to ``file:line``."""
-    for line, raw in _nonblank_lines(text):
+    for line, raw in numbered_lines(text):
         try:
             record = _json_object(raw)
             if not isinstance(record.get("text"), str):

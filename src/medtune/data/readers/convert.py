@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from medtune.data.readers.stream import (
     jsonl_chunks,
 )
 from medtune.errors import MedtuneError
+from medtune.files import atomic_output
 
 __all__ = ["ConvertOptions", "convert_files", "dump_record", "read_plan"]
 
@@ -115,21 +115,16 @@ def convert_files(inputs, out, options: ConvertOptions | None = None,
     tallies = {str(Path(p)): Tally(str(Path(p))) for p in inputs}
     out, shapes = Path(out), {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     pieces = [piece for plan in plans for piece in plan]
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for piece, (text, tally) in zip(pieces, parallel_map(run_piece, pieces,
-                                                                 default_workers(options.workers))):
-                _check_shape(shapes, piece.path, tally.format)
-                tallies[piece.path].merge(tally)
-                tallies[piece.path].encoding = piece.read.encoding
-                f.write(text)
-                if progress:
-                    progress(_piece_size(piece))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for piece, (text, tally) in zip(pieces, parallel_map(run_piece, pieces,
+                                                             default_workers(options.workers))):
+            _check_shape(shapes, piece.path, tally.format)
+            tallies[piece.path].merge(tally)
+            tallies[piece.path].encoding = piece.read.encoding
+            f.write(text)
+            if progress:
+                progress(_piece_size(piece))
     return list(tallies.values())
 
 
