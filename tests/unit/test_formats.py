@@ -41,10 +41,11 @@ def error_of(path, format="auto"):
 
 def test_registry_constants():
     assert set(FORMATS) == {"alpaca", "sharegpt", "messages", "text", "preference", "pair", "kto",
-                            "prompt", "cmb-clin", "label", "choice", "pubmedqa"}
+                            "prompt", "cmb-clin", "label", "choice", "pubmedqa", "huatuo-o1"}
     assert SHAPES == {
         "prompt": "prompt",
         "cmb-clin": "messages",
+        "huatuo-o1": "messages",
         "label": "label",
         "choice": "choice",
         "pubmedqa": "choice",

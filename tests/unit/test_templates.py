@@ -41,6 +41,7 @@ ZH_TEMPLATES = {"chatglm", "chatglm2", "chatglm3", "baichuan2", "huatuo"}
 BOS_EOS = {
     "llama3": ("<|begin_of_text|>", "<|end_of_text|>"),  # Meta-Llama-3 tokenizer
     "chatglm": ("<sop>", "<eop>"),  # THUDM/chatglm-6b tokenization_chatglm.py
+    "deepseek-r1": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),  # DeepSeek-R1-Distill tokenizer
 }
 
 
@@ -116,6 +117,52 @@ GOLDEN = {
             "<|im_start|>assistant\nFor adults, 60 to 100 beats per minute.<|im_end|>\n"
             "<|im_start|>user\nIs 55 too low?<|im_end|>\n"
             "<|im_start|>assistant\n"
+        ),
+    },
+    # Qwen3: Qwen/Qwen3-8B tokenizer_config.json chat_template: ChatML without a default system
+    # message; the reply after the last user turn carries a think block (empty without a trace).
+    "qwen3": {
+        "system_single": (
+            "<|im_start|>system\nYou are a medical assistant.<|im_end|>\n"
+            "<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\n\n</think>\n\nFor adults, 60 to 100 beats per minute.<|im_end|>\n"
+        ),
+        "two_turn": (
+            "<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n"
+            "<|im_start|>assistant\nFor adults, 60 to 100 beats per minute.<|im_end|>\n"
+            "<|im_start|>user\nIs 55 too low?<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\n\n</think>\n\nNot for a fit adult without symptoms.<|im_end|>\n"
+        ),
+        "gen_single": (
+            "<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        ),
+        "gen_history": (
+            "<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n"
+            "<|im_start|>assistant\nFor adults, 60 to 100 beats per minute.<|im_end|>\n"
+            "<|im_start|>user\nIs 55 too low?<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        ),
+    },
+    # DeepSeek-R1: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B tokenizer_config.json chat_template:
+    # bos + system text, "<｜User｜>" + content, "<｜Assistant｜>" + reply + eos, prompt
+    # "<｜Assistant｜><think>\n"; the final reply as produced after that prompt (see the template).
+    "deepseek-r1": {
+        "system_single": (
+            "<｜begin▁of▁sentence｜>You are a medical assistant.<｜User｜>What is a normal resting heart rate?"
+            "<｜Assistant｜><think>\n\n</think>\n\nFor adults, 60 to 100 beats per minute.<｜end▁of▁sentence｜>"
+        ),
+        "two_turn": (
+            "<｜begin▁of▁sentence｜><｜User｜>What is a normal resting heart rate?"
+            "<｜Assistant｜>For adults, 60 to 100 beats per minute.<｜end▁of▁sentence｜>"
+            "<｜User｜>Is 55 too low?"
+            "<｜Assistant｜><think>\n\n</think>\n\nNot for a fit adult without symptoms.<｜end▁of▁sentence｜>"
+        ),
+        "gen_single": "<｜begin▁of▁sentence｜><｜User｜>What is a normal resting heart rate?<｜Assistant｜><think>\n",
+        "gen_history": (
+            "<｜begin▁of▁sentence｜><｜User｜>What is a normal resting heart rate?"
+            "<｜Assistant｜>For adults, 60 to 100 beats per minute.<｜end▁of▁sentence｜>"
+            "<｜User｜>Is 55 too low?<｜Assistant｜><think>\n"
         ),
     },
     # Llama 2: meta-llama/llama llama/generation.py chat_completion: system merged into the first
@@ -323,6 +370,8 @@ GOLDEN = {
 LEARNED = {
     "chatml": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
     "qwen": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
+    "qwen3": [A1 + "<|im_end|>", "<think>\n\n</think>\n\n" + A2 + "<|im_end|>"],
+    "deepseek-r1": [A1 + "<｜end▁of▁sentence｜>", "\n</think>\n\n" + A2 + "<｜end▁of▁sentence｜>"],
     "llama2": [" " + A1 + " </s>", " " + A2 + " </s>"],
     "llama3": [A1 + "<|eot_id|>", A2 + "<|eot_id|>"],
     # ChatGLM-6B: earlier replies are history inside the bidirectional prompt; only the last one
@@ -428,6 +477,8 @@ def test_stop_strings_and_special_tokens():
     assert {n: stop_strings(n) for n in TEMPLATE_NAMES} == {
         "chatml": ["<|im_end|>"],
         "qwen": ["<|im_end|>"],
+        "qwen3": ["<|im_end|>"],
+        "deepseek-r1": [],
         "llama2": [],
         "llama3": ["<|eot_id|>"],
         "chatglm": [],
@@ -441,6 +492,8 @@ def test_stop_strings_and_special_tokens():
     assert {n: special_tokens(n) for n in TEMPLATE_NAMES} == {
         "chatml": ["<|im_start|>", "<|im_end|>"],
         "qwen": ["<|im_start|>", "<|im_end|>"],
+        "qwen3": ["<|im_start|>", "<|im_end|>"],
+        "deepseek-r1": ["<｜User｜>", "<｜Assistant｜>"],
         "llama2": [],
         "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
         "chatglm": ["[gMASK]", "<sop>"],

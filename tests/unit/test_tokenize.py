@@ -150,5 +150,5 @@ def test_templates_without_generation_blocks_mask_by_prefix(tiny):
         tok.chat_template = original
     reference_ids, _ = encode_conversation(tok, CONVERSATIONS[1])
     assert ids == reference_ids
-    # Each reply, its end marker and the turn's newline are learned; nothing of the prompt is.
-    assert learned_text(tok, ids, labels) == "糖尿病的一线用药是二甲双胍。<|im_end|>\n应避免高糖饮食。<|im_end|>\n"
+    # Each reply and its end marker are learned, as with generation blocks; nothing of the prompt is.
+    assert learned_text(tok, ids, labels) == "糖尿病的一线用药是二甲双胍。<|im_end|>应避免高糖饮食。<|im_end|>"

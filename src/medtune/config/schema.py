@@ -68,6 +68,7 @@ class DataConfig:
     # packed rows are slower than length-grouped batches; packing pays with FlashAttention on GPU).
     packing: str = field(default="auto", metadata=_choices("auto", "true", "false"))
     train_on_prompt: bool = False  # false: loss on assistant tokens only
+    reasoning: str = field(default="learn", metadata=_choices("learn", "mask", "drop"))  # traces: learned, context only, or removed
     # Processes that tokenize (0: one per core for data over one shard of 20k records; 1: this
     # process only). The result is the same for any value.
     workers: int = 0

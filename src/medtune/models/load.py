@@ -14,11 +14,13 @@ An adapter dir (PEFT ``adapter_config.json``) loads its base model and merges th
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 from medtune.errors import MedtuneError
 
+log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -80,7 +82,7 @@ def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = 
     """Return the tokenizer of ``path`` with its chat template set (``template`` name or auto)."""
     from transformers import AutoTokenizer
 
-    from medtune.data.tokenize.templates import template_source
+    from medtune.data.tokenize.templates import matching_builtin, template_source
 
     check_model_path(path)
     tok = _from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
@@ -90,6 +92,10 @@ def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = 
         raise MedtuneError(
             f"'{path}' has no chat template of its own; set model.template to a built-in name (e.g. chatml)"
         )
+    elif (name := matching_builtin(tok.chat_template, tok.bos_token or "", tok.eos_token or "")) is not None:
+        # Same prompts, and the built-in's generation blocks mark the learned tokens.
+        log.info("template: auto: '%s' has the chat template of built-in '%s'; using the built-in", path, name)
+        tok.chat_template = template_source(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # padding positions never carry labels or attention
     return tok

@@ -17,5 +17,6 @@ def make_examples(cfg, tokenizer, records, stats):
 
     d = cfg.data
     return encode_conversations(
-        tokenizer, (r["messages"] for r in records), d.max_length, d.overlength, d.train_on_prompt, stats
+        tokenizer, (r["messages"] for r in records), d.max_length, d.overlength, d.train_on_prompt, stats,
+        reasoning=d.reasoning,
     )

@@ -142,8 +142,16 @@ def _sharegpt_turns(turns: list, label: str) -> list[dict]:
 
 
 def _message_turns(turns: list, label: str) -> list[dict]:
-    """``[{"role", "content"}, ...]`` -> messages."""
-    return _turns(turns, label, "role", "content", {r: r for r in _ROLES})
+    """``[{"role", "content", "reasoning_content"?}, ...]`` -> messages (a reasoning trace kept;
+    the tokenizer refuses one on a non-assistant turn, naming the conversation)."""
+    msgs = _turns(turns, label, "role", "content", {r: r for r in _ROLES})
+    for i, (turn, msg) in enumerate(zip(turns, msgs)):
+        trace = turn.get("reasoning_content")
+        if trace is not None:
+            if not isinstance(trace, str):
+                raise Bad(f'field "{label}[{i}].reasoning_content" must be a string, got {json_type(trace)}')
+            msg["reasoning_content"] = trace
+    return msgs
 
 
 def _check_turns(msgs: list[dict], label: str, last: str = "assistant") -> list[dict]:
@@ -223,6 +231,20 @@ def read_messages(rec: dict) -> dict:
     """OpenAI chat: ``{"messages": [{"role", "content"}, ...]}``."""
     turns = _message_turns(_get(rec, "messages", list), "messages")
     return {"messages": _check_turns(turns, "messages")}
+
+
+@register_format("huatuo-o1", "messages")
+def read_huatuo_o1(rec: dict) -> dict:
+    """HuatuoGPT-o1 SFT data (FreedomIntelligence/medical-o1-reasoning-SFT):
+    ``{Question, Complex_CoT, Response}`` -> one turn whose reply carries the chain of thought as
+    ``reasoning_content`` (learned, masked or dropped per ``data.reasoning``)."""
+    question, trace, answer = _get(rec, "Question"), _get(rec, "Complex_CoT"), _get(rec, "Response")
+    if not question.strip():
+        raise Skip("empty Question")
+    if not answer.strip():
+        raise Skip("empty Response")
+    reply = _msg("assistant", answer) | ({"reasoning_content": trace} if trace.strip() else {})
+    return {"messages": _with_system(rec, [_msg("user", question), reply], "Question")}
 
 
 @register_format("text", "text")
@@ -376,6 +398,7 @@ _DETECT: list[tuple[tuple[str, ...], str]] = [
     (("user_input", "completion_a"), "preference"),
     (("completion", "label"), "kto"),
     (("QUESTION", "final_decision"), "pubmedqa"),
+    (("Question", "Complex_CoT", "Response"), "huatuo-o1"),
     (("question", "options"), "choice"),
     (("question", "option"), "choice"),
     (("Question", "Answer"), "choice"),

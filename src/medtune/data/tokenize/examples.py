@@ -1,19 +1,18 @@
 """Tokenization for training: prompt masking, overlength handling, packing, batch collation.
 
 Labels are ``-100`` wherever no loss is taken. A conversation is rendered with the tokenizer's chat
-template (the one saved with every checkpoint), and the template's ``{% generation %}`` blocks mark
-the assistant tokens that are learned. Packed rows restart ``position_ids`` at every sample, which
+template (the one saved with every checkpoint); the learned spans (each reply and its end-of-turn
+marker) come from the template's ``{% generation %}`` blocks or, for any other template, from its
+serving prompts (:mod:`medtune.data.tokenize.spans`), and are verified for every example. Packed rows restart ``position_ids`` at every sample, which
 transformers turns into a block-diagonal causal mask (only when no ``attention_mask`` and no KV
 cache are given: run packed forward passes with ``use_cache=False``).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-IGNORE = -100
-_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+from medtune.data.tokenize.spans import IGNORE, encode_batch
 
 
 @dataclass
@@ -24,6 +23,7 @@ class TokenStats:
     truncated: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     real_tokens: int = 0  # tokens that carry a label
+    verified: int = 0  # conversations whose learned tokens were checked against their replies
     rows: int = 0  # rows after packing / splitting
     from_cache: bool = False  # True when a previous run's tokenization was reused
 
@@ -34,7 +34,7 @@ class TokenStats:
         """Add the counts of ``other`` (one shard of the same data)."""
         self.merge_dict({"examples": other.examples, "truncated": other.truncated,
                          "skipped": other.skipped, "real_tokens": other.real_tokens,
-                         "rows": other.rows})
+                         "rows": other.rows, "verified": other.verified})
 
     def merge_dict(self, counts: dict) -> None:
         """Add counts saved as a dict (``dataclasses.asdict`` of another TokenStats)."""
@@ -42,6 +42,7 @@ class TokenStats:
         self.truncated += counts.get("truncated", 0)
         self.real_tokens += counts.get("real_tokens", 0)
         self.rows += counts.get("rows", 0)
+        self.verified += counts.get("verified", 0)
         for reason, n in counts.get("skipped", {}).items():
             self.skipped[reason] = self.skipped.get(reason, 0) + n
 
@@ -53,10 +54,6 @@ def apply_template(tokenizer, messages, **kwargs):
     template errors become one-line MedtuneErrors.
     """
     return _call_template(tokenizer, messages, tokenize=True, return_dict=True, **kwargs)
-
-
-def _render(tokenizer, messages, **kwargs) -> str:
-    return _call_template(tokenizer, messages, tokenize=False, **kwargs)
 
 
 def _call_template(tokenizer, messages, **kwargs):
@@ -71,76 +68,41 @@ def _call_template(tokenizer, messages, **kwargs):
         raise MedtuneError(f"chat template failed to render: {exc}") from None
 
 
-def encode_conversation(tokenizer, messages, train_on_prompt: bool = False):
+def encode_conversation(tokenizer, messages, train_on_prompt: bool = False, reasoning: str = "learn"):
     """Return ``(input_ids, labels)`` for one conversation rendered with the tokenizer's template.
 
-    Templates with ``{% generation %}`` blocks (all built-ins) mark the learned tokens themselves;
-    for others (most checkpoints' own templates, ``template: auto``) the assistant spans are found
-    by rendering each conversation prefix (see ``prefix_assistant_mask``).
+    The learned tokens are each reply and its end-of-turn marker, found for any template and
+    verified (see :mod:`medtune.data.tokenize.spans`); a conversation that cannot be split exactly
+    raises a one-line MedtuneError.
     """
-    if _GENERATION_TAG.search(tokenizer.chat_template or ""):
-        enc = apply_template(tokenizer, messages, return_assistant_tokens_mask=True)
-        ids, mask = list(enc["input_ids"]), enc["assistant_masks"]
-    else:
-        ids, mask = prefix_assistant_mask(tokenizer, messages)
-    if train_on_prompt:
-        return ids, list(ids)
-    return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
+    return encode_batch(tokenizer, [messages], reasoning=reasoning, train_on_prompt=train_on_prompt)[0]
 
 
 TEMPLATE_BATCH = 256  # conversations rendered and tokenized per call (the Rust tokenizer batches)
 
 
-def _encoded(tokenizer, conversations, train_on_prompt: bool):
-    """``(input_ids, labels)`` per conversation, as :func:`encode_conversation` gives them;
-    templates with generation blocks are applied to batches (~2.5x faster than one by one)."""
-    if not _GENERATION_TAG.search(tokenizer.chat_template or ""):
-        for messages in conversations:
-            yield encode_conversation(tokenizer, messages, train_on_prompt)
-        return
+def _encoded(tokenizer, conversations, train_on_prompt: bool, reasoning: str = "learn"):
+    """``(input_ids, labels)`` per conversation, as :func:`encode_conversation` gives them, a batch
+    of conversations at a time (one batched tokenizer call per batch)."""
     conversations = list(conversations)
     for start in range(0, len(conversations), TEMPLATE_BATCH):
         batch = conversations[start:start + TEMPLATE_BATCH]
-        enc = apply_template(tokenizer, batch, return_assistant_tokens_mask=True)
-        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"]):
-            ids = list(ids)
-            yield ids, list(ids) if train_on_prompt else [t if m else IGNORE for t, m in zip(ids, mask)]
-
-
-def prefix_assistant_mask(tokenizer, messages):
-    """Return ``(input_ids, mask)`` where mask is 1 on the tokens of each assistant reply.
-
-    Reply ``i`` is the text between ``render(messages[:i], add_generation_prompt=True)`` and
-    ``render(messages[:i+1])``; the whole conversation is tokenized once and tokens are marked by
-    their character offsets. Templates that rewrite earlier turns cannot be split this way.
-    """
-    from medtune.errors import MedtuneError
-
-    if not getattr(tokenizer, "is_fast", False):
-        raise MedtuneError("the tokenizer's own chat template marks no assistant spans and the tokenizer "
-                           "gives no character offsets; set model.template to a built-in template")
-    full = _render(tokenizer, messages)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
-        upto = _render(tokenizer, messages[: i + 1])
-        if not full.startswith(upto) or start > len(upto):
-            raise MedtuneError("the chat template renders a conversation differently from its prefixes; "
-                               "set model.template to a built-in template")
-        spans.append((start, len(upto)))
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
-    return list(enc["input_ids"]), mask
+        yield from encode_batch(tokenizer, batch, reasoning=reasoning, train_on_prompt=train_on_prompt,
+                                offset=start)
 
 
 def encode_conversations(tokenizer, conversations, max_length: int, overlength: str = "truncate",
-                         train_on_prompt: bool = False, stats: TokenStats | None = None) -> list[dict]:
-    """Return training examples ``{input_ids, labels}``; overlength ones truncated or skipped."""
+                         train_on_prompt: bool = False, stats: TokenStats | None = None,
+                         reasoning: str = "learn") -> list[dict]:
+    """Return training examples ``{input_ids, labels}``; overlength ones truncated or skipped.
+
+    Every example's learned tokens are verified against its replies (counted in ``stats.verified``).
+    ``reasoning`` (learn | mask | drop) decides whether reasoning traces are learned.
+    """
     stats = stats or TokenStats()
-    out = []
-    for ids, labels in _encoded(tokenizer, conversations, train_on_prompt):
+    out, verified = [], 0
+    for ids, labels in _encoded(tokenizer, conversations, train_on_prompt, reasoning):
+        verified += 1
         if len(ids) > max_length:
             if overlength == "skip":
                 stats.skip("overlength")
@@ -151,6 +113,7 @@ def encode_conversations(tokenizer, conversations, max_length: int, overlength: 
             stats.skip("no answer tokens within max_length")
             continue
         out.append({"input_ids": ids, "labels": labels})
+    stats.verified += verified
     stats.examples += len(out)
     stats.rows += len(out)
     stats.real_tokens += sum(_count_labels(ex["labels"]) for ex in out)

@@ -17,6 +17,8 @@ from medtune.errors import MedtuneError, did_you_mean
 TEMPLATE_NAMES: tuple[str, ...] = (
     "chatml",
     "qwen",
+    "qwen3",
+    "deepseek-r1",
     "llama2",
     "llama3",
     "chatglm",
@@ -32,6 +34,7 @@ TEMPLATE_NAMES: tuple[str, ...] = (
 _STOP_STRINGS: dict[str, tuple[str, ...]] = {
     "chatml": ("<|im_end|>",),
     "qwen": ("<|im_end|>",),
+    "qwen3": ("<|im_end|>",),
     "llama3": ("<|eot_id|>",),
     "chatglm3": ("<|user|>", "<|observation|>"),
 }
@@ -44,6 +47,8 @@ _STOP_STRINGS: dict[str, tuple[str, ...]] = {
 _SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
     "chatml": ("<|im_start|>", "<|im_end|>"),
     "qwen": ("<|im_start|>", "<|im_end|>"),
+    "qwen3": ("<|im_start|>", "<|im_end|>"),
+    "deepseek-r1": ("<｜User｜>", "<｜Assistant｜>"),
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatglm": ("[gMASK]", "<sop>"),
     "chatglm2": ("[gMASK]",),
@@ -104,3 +109,47 @@ def template_name(source: str | None) -> str:
     if not source:
         return "none"
     return next((n for n in TEMPLATE_NAMES if template_source(n).strip() == source.strip()), "custom")
+
+
+# Built-ins whose final reply is written as the model produces it after the serving prompt, not
+# as their published template writes it: matched on prompts and past turns only.
+_FINAL_TURN_REWRITTEN = frozenset({"deepseek-r1"})
+
+_PROBE_TURNS = (
+    {"role": "user", "content": "What causes a fever?"},
+    {"role": "assistant", "content": "Usually an infection."},
+    {"role": "user", "content": "  When should I see a doctor?\n"},
+    {"role": "assistant", "content": "If it lasts over three days."},
+)
+_PROBE_SYSTEM = {"role": "system", "content": "You are a careful physician."}
+
+
+def _probes():
+    """``(messages, add_generation_prompt)`` pairs that show every part of a chat format."""
+    turns, system = list(_PROBE_TURNS), [_PROBE_SYSTEM]
+    prompts = [(turns[:1], True), (system + turns[:1], True), (turns[:3], True), (system + turns[:3], True)]
+    return prompts, [(turns[:2], False), (system + turns, False)]
+
+
+def _render_or_error(source, messages, add_generation_prompt, bos, eos) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return render(source, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+    except (TemplateError, TypeError, ValueError) as exc:
+        return f"\0error: {exc}"
+
+
+def matching_builtin(source: str | None, bos_token: str = "", eos_token: str = "") -> str | None:
+    """Return the built-in that renders like ``source`` (a checkpoint's own template) on probe
+    conversations (prompts with and without a system message, multi-turn history, and full
+    conversations), so its generation blocks can mark the learned tokens; None if none does."""
+    if not source:
+        return None
+    prompts, full = _probes()
+    for name in TEMPLATE_NAMES:
+        probes = prompts + ([] if name in _FINAL_TURN_REWRITTEN else full)
+        if all(_render_or_error(source, m, g, bos_token, eos_token)
+               == _render_or_error(template_source(name), m, g, bos_token, eos_token) for m, g in probes):
+            return name
+    return None
