@@ -8,7 +8,8 @@ Run on the GPU machine (torch, transformers, peft, accelerate installed there)::
     python bench/gpu_suite.py --out bench/out/gpu --sections lora_8b,qlora_8b      # rerun a few
 
 CPU smoke run (the same code paths on tiny shapes, < 1 minute on 2 cores; sections that need
-CUDA are recorded as "skipped: <reason>")::
+CUDA are recorded as "skipped: <reason>"; its figures test the code paths, not speed: steps of a
+few milliseconds on a shared CPU vary several-fold)::
 
     python bench/gpu_suite.py --smoke --out /tmp/gpu-smoke
 
@@ -169,10 +170,10 @@ class Meter:
 class Suite:
     """Runs sections in order, each isolated and time-boxed; keeps every figure for the JSON."""
 
-    def __init__(self, args, work: Path):
+    def __init__(self, args, work: Path, out: Path):
         import torch
 
-        self.args, self.work, self.smoke = args, work, args.smoke
+        self.args, self.work, self.out, self.smoke = args, work, out, args.smoke
         self.cuda = torch.cuda.is_available() and not args.smoke
         self.p = SMOKE if args.smoke else GPU
         self.results: dict = {}
@@ -207,11 +208,19 @@ class Suite:
         figures["section_s"] = round(time.monotonic() - started, 1)
         self.results[name] = figures
         print(f"[gpu_suite] {name}: {json.dumps(figures)}", flush=True)
+        self.save()  # a run killed later keeps the sections done so far
         if self.cuda:  # free the section's GPU memory for the next one (on CPU a gc pass costs seconds)
             import torch
 
             gc.collect()
             torch.cuda.empty_cache()
+
+    def save(self) -> dict:
+        """Write gpu_suite.json (environment, settings, every section, ratios); return the report."""
+        report = {"environment": environment(self), "settings": self.p, "sections": self.results,
+                  "ratios": ratios(self.results)}
+        (self.out / "gpu_suite.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return report
 
     def _reset_memory(self):
         if self.cuda:
@@ -600,7 +609,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_suite-"))
     os.environ.setdefault("MEDTUNE_CACHE", str(work / "cache"))
     try:
-        suite = Suite(args, work)
+        suite = Suite(args, work, out)
         suite.run("peak", suite.peak)
         suite.run("build_1.5b", suite.build("qwen2.5-1.5b"))
         suite.run("full_ft_medtune", suite.full_ft_medtune)
@@ -612,11 +621,7 @@ def main() -> int:
         suite.run("packing_on", suite.packing(True))
         suite.run("dpo", suite.dpo)
         suite.run("merge", suite.merge)
-        ratio = ratios(suite.results)
-        report = {"environment": environment(suite), "settings": suite.p, "sections": suite.results,
-                  "ratios": ratio}
-        (out / "gpu_suite.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        text = table(suite.results, ratio)
+        text = table(suite.results, suite.save()["ratios"])
         if args.append and not args.smoke:
             from results import publish, section_header
 
