@@ -49,6 +49,11 @@ class ModelConfig:
     dtype: str = field(default="auto", metadata=_choices("auto", "float32", "bfloat16", "float16"))
     device: str = "auto"  # auto: cuda if available, else cpu
     trust_remote_code: bool = False  # runs code shipped with the checkpoint: only for sources you trust
+    # auto: sdpa (eager where a model has none); packed rows on CUDA get a padding-free one below.
+    # flash_attention_2: fastest, CUDA + flash_attn + bf16/fp16; flex_attention: CUDA, block-sparse
+    # masks compiled per shape; eager: plain matmuls, slowest (debugging).
+    attn_implementation: str = field(default="auto", metadata=_choices(
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2"))
 
 
 @dataclass
@@ -119,6 +124,8 @@ class TrainConfig:
     neftune_alpha: float = 0.0  # > 0: NEFTune noise on input embeddings while training (e.g. 5)
     deepspeed: str = ""  # path to a DeepSpeed JSON config (ZeRO-2/3); GPU + deepspeed package only
     fsdp: str = ""  # e.g. "full_shard auto_wrap": PyTorch FSDP under torchrun/accelerate; GPU only
+    liger_kernel: bool = False  # true: Liger's fused Triton kernels: less memory, faster; CUDA + liger-kernel
+    torch_compile: bool = False  # true: faster steps after a first one of minutes (compiling); CUDA only
 
 
 @dataclass
@@ -278,6 +285,7 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
     if cfg.data.curriculum != "none" and cfg.stage in RL_STAGES:
         raise MedtuneError(f"{src}: data.curriculum does not apply to {cfg.stage} (TRL samples prompts per group)")
     _check_adapter(cfg.adapter, src)
+    _check_speed_knobs(cfg, src)
     if cfg.adapter.method == "prefix":
         if cfg.train.gradient_checkpointing:
             raise MedtuneError(f"{src}: adapter.method prefix does not work with train.gradient_checkpointing (set it false)")
@@ -307,6 +315,14 @@ def _check_adapter(a: AdapterConfig, src: str) -> None:
         raise MedtuneError(f"{src}: adapter.trainable_layers is 0 and no trainable_modules: nothing would train")
     if a.method == "prefix" and a.num_virtual_tokens < 1:
         raise MedtuneError(f"{src}: adapter.num_virtual_tokens must be >= 1")
+
+
+def _check_speed_knobs(cfg: StageConfig, src: str) -> None:
+    """Refuse speed knobs that cannot work with the rest of the config (the device is checked at launch)."""
+    m = cfg.model
+    if m.attn_implementation == "flash_attention_2" and m.dtype == "float32":
+        raise MedtuneError(f"{src}: model.attn_implementation flash_attention_2 runs in bfloat16 / float16 only; "
+                           "set model.dtype to bfloat16 (or auto)")
 
 
 def _check_sections(cfg: StageConfig, src: str) -> None:

@@ -102,22 +102,25 @@ def load_tokenizer(path: str, template: str = "auto", trust_remote_code: bool = 
 
 
 def load_model(path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-               quant_bits: int | None = None, merge_adapters: bool = True):
+               quant_bits: int | None = None, merge_adapters: bool = True, attn_implementation: str = "auto"):
     """Return the causal LM at ``path`` on ``device``.
 
     An adapter dir loads its base model with the adapter merged in (``merge_adapters``) or, for a
     stage that keeps training that adapter, the bare base. ``quant_bits`` 4 or 8 loads the weights
     quantized with bitsandbytes (CUDA only; refused elsewhere, never silently ignored).
+    ``attn_implementation`` is transformers' name (sdpa, eager, flex_attention, flash_attention_2);
+    auto: transformers' default (sdpa, or eager for a model without sdpa).
     """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if is_adapter_dir(path):
-        base = load_model(adapter_base(path), dtype, device, trust_remote_code, quant_bits)
+        base = load_model(adapter_base(path), dtype, device, trust_remote_code, quant_bits,
+                          attn_implementation=attn_implementation)
         return merge_adapter(base, path) if merge_adapters else base
     check_model_path(path)
-    extra = {}
+    extra = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     if quant_bits:
         extra["quantization_config"] = quantization_config(quant_bits, device, torch_dtype)
         extra["device_map"] = {"": device}

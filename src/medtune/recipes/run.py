@@ -141,12 +141,18 @@ def resume_point(out: Path):
 
 
 def check_launch(cfg: StageConfig) -> None:
-    """Refuse DeepSpeed / FSDP where they cannot run, instead of silently running without them."""
+    """Refuse DeepSpeed / FSDP and speed knobs (attention, Liger, compile) where they cannot run,
+    instead of silently running without them."""
     import importlib.util
 
     import torch
 
+    from medtune.models.accel import check_accel
+    from medtune.models.load import resolve_device
+    from medtune.recipes import RECIPES
+
     t = cfg.train
+    check_accel(cfg, resolve_device(cfg.model.device), packs_rows(cfg, RECIPES[cfg.stage]))
     if t.deepspeed:
         if not Path(t.deepspeed).is_file():
             raise MedtuneError(f"train.deepspeed: '{t.deepspeed}' is not a file (a DeepSpeed JSON config)")
@@ -173,18 +179,22 @@ def _adapter_to_continue(cfg: StageConfig):
 
 def load_inputs(cfg: StageConfig, recipe):
     """Return ``(files, tokenizer, model)`` for a stage; data is read first so bad input fails fast."""
-    from medtune.models.load import load_model, load_tokenizer
+    from medtune.models.accel import attention_for
+    from medtune.models.load import load_model, load_tokenizer, resolve_device
 
     files = read_stage_data(cfg, recipe)
     m = cfg.model
     path = _absolute_if_local(m.path)
     tokenizer = load_tokenizer(path, m.template, m.trust_remote_code)
+    attn = attention_for(m.attn_implementation, resolve_device(m.device), packs_rows(cfg, recipe))
     if hasattr(recipe, "load_model"):
         model = recipe.load_model(cfg, path)
+        if attn:
+            model.set_attn_implementation(attn)
     else:
         model = load_model(path, m.dtype, m.device, m.trust_remote_code,
                            quant_bits=cfg.adapter.bits if cfg.adapter.method == "qlora" else None,
-                           merge_adapters=not cfg.adapter.incremental)
+                           merge_adapters=not cfg.adapter.incremental, attn_implementation=attn or "auto")
     model.config.use_cache = False  # packed rows need it; training never uses the KV cache
     return files, tokenizer, model
 
@@ -266,12 +276,17 @@ def tokenize_rows(cfg: StageConfig, recipe, tokenizer, files, stats):
     evals = checkpointed_examples(key, "eval", [r for _, r in records[:n_eval]], make, TokenStats(),
                                   cfg.data.workers)
     evals = evals if evals.num_rows else None
-    if cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
-                                      and cfg.data.curriculum == "none"):
+    if packs_rows(cfg, recipe):
         train = pack_sequences(train.to_pylist(), cfg.data.max_length)
         evals = pack_sequences(evals.to_pylist(), cfg.data.max_length) if evals is not None else None
         stats.rows = len(train)
     return train, evals
+
+
+def packs_rows(cfg: StageConfig, recipe) -> bool:
+    """Return True when the stage trains packed rows (data.packing, or auto for pt-like recipes)."""
+    return cfg.data.packing == "true" or (cfg.data.packing == "auto" and recipe.PACK_BY_DEFAULT
+                                          and cfg.data.curriculum == "none")
 
 
 SHARD_RECORDS = 20_000  # tokenization work lost to a crash is at most one shard
@@ -446,6 +461,8 @@ def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dic
     """Return the ``TrainingArguments`` keywords every stage shares (TRL configs accept them too)."""
     import torch
 
+    from medtune.models.accel import accel_kwargs
+
     t = cfg.train
     on_cpu = not next(model.parameters()).is_cuda
     curriculum = cfg.data.curriculum != "none"
@@ -484,6 +501,7 @@ def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dic
         kwargs["deepspeed"] = t.deepspeed
     if t.fsdp:
         kwargs["fsdp"] = t.fsdp
+    kwargs.update(accel_kwargs(cfg, model))
     return kwargs
 
 
@@ -492,6 +510,7 @@ def default_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, kwa
     from transformers import TrainingArguments
 
     from medtune.data.tokenize.examples import Collator
+    from medtune.models.accel import flattens_batches
     from medtune.recipes.trainer import MedtuneTrainer
 
     trainer = MedtuneTrainer(
@@ -499,7 +518,7 @@ def default_trainer(cfg: StageConfig, model, tokenizer, train_set, eval_set, kwa
         args=TrainingArguments(**kwargs),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=Collator(tokenizer.pad_token_id, flatten=flattens_batches(model)),
         processing_class=tokenizer,
     )
     return quiet_trainer(trainer, kwargs["disable_tqdm"])

@@ -188,14 +188,21 @@ class Collator:
     Unpacked examples get an ``attention_mask``. Packed rows (with ``position_ids``) get none: the
     padding is appended as one more segment whose positions restart at 0, so it attends only to
     itself and carries no labels.
+
+    ``flatten=True`` (flash attention) joins the whole batch into one row without padding, each
+    example's positions restarting at 0 and its first label masked, plus the ``cu_seq_lens`` the
+    varlen kernels read (so they need no device sync per layer): the same loss as padded rows.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, flatten: bool = False):
         self.pad = pad_token_id
+        self.flatten = flatten
 
     def __call__(self, features):
         import torch
 
+        if self.flatten:
+            return _flat_batch(features)
         width = max(len(f["input_ids"]) for f in features)
         packed = "position_ids" in features[0]
         batch = {"input_ids": [], "labels": []}
@@ -213,3 +220,17 @@ class Collator:
             else:
                 batch["attention_mask"].append([1] * n + [0] * gap)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+def _flat_batch(features) -> dict:
+    """One padding-free row holding every example of ``features`` (see ``Collator``)."""
+    import torch
+
+    rows = [f if "position_ids" in f else _join([f]) for f in features]
+    row = {key: [t for r in rows for t in r[key]] for key in ("input_ids", "labels", "position_ids")}
+    batch = {k: torch.tensor([v], dtype=torch.long) for k, v in row.items()}
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten()
+    cu_seq_lens = torch.cat([starts, torch.tensor([batch["position_ids"].shape[1]])]).to(torch.int32)
+    batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu_seq_lens
+    batch["max_length_q"] = batch["max_length_k"] = int(cu_seq_lens.diff().max())
+    return batch
