@@ -238,7 +238,7 @@ class Suite:
     # --- inputs -----------------------------------------------------------------------------
     def tokenizer_dir(self) -> Path:
         if "tok" not in self._models:
-            from medtune.data.templates import template_source
+            from medtune.data.tokenize.templates import template_source
 
             from medtune.models.tiny import bundled_text, train_tokenizer
 

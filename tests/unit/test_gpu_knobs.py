@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from medtune.data.tokenize import (
+from medtune.data.tokenize.examples import (
     IGNORE,
     Collator,
     encode_conversations,
