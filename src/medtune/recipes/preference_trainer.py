@@ -120,9 +120,12 @@ class ReferenceMixin:
     switched off, or a frozen copy of the initial weights for full / freeze fine-tuning.
     """
 
+    reference_names: tuple[str, str]  # the ref_* columns of a batch's first and second half
+
     def reference_batch(self, batch) -> dict:
-        """Return the ``ref_*`` tensors of one batch (computed by ``starting_logps``)."""
-        raise NotImplementedError
+        """Return the ``ref_*`` tensors of one batch: starting-model log-probs of each half."""
+        logps, _ = self.starting_logps(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return dict(zip(self.reference_names, logps.chunk(2)))
 
     def setup_reference(self, reference: str, incremental: bool) -> None:
         self.ref_model = None
@@ -184,15 +187,12 @@ class RewardTrainer(PreferenceTrainer):
 class DPOTrainer(ReferenceMixin, PreferenceTrainer):
     """Pairs forwarded as one batch; reference log-probs from the batch or a no-grad forward."""
 
+    reference_names = ("ref_chosen_logps", "ref_rejected_logps")
+
     def __init__(self, *args, loss: str, label_smoothing: float, reference: str, incremental: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_kind, self.label_smoothing = loss, label_smoothing
         self.setup_reference(reference, incremental)
-
-    def reference_batch(self, batch):
-        logps, _ = self.starting_logps(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        chosen, rejected = logps.chunk(2)
-        return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
     def batch_loss(self, model, batch):
         from medtune.recipes.losses import dpo_loss
@@ -239,16 +239,13 @@ class SimPOTrainer(PreferenceTrainer):
 class KTOTrainer(ReferenceMixin, PreferenceTrainer):
     """Examples forwarded with gradients, their mismatched pairs without; reference as in DPO."""
 
+    reference_names = ("ref_logps", "ref_kl_logps")
+
     def __init__(self, *args, reference: str, incremental: bool, desirable_weight: float,
                  undesirable_weight: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.weights = desirable_weight, undesirable_weight
         self.setup_reference(reference, incremental)
-
-    def reference_batch(self, batch):
-        logps, _ = self.starting_logps(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        own, mismatched = logps.chunk(2)
-        return {"ref_logps": own, "ref_kl_logps": mismatched}
 
     def batch_loss(self, model, batch):
         import torch
