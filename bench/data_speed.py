@@ -105,15 +105,18 @@ from medtune.config import stage_from_dict
 from medtune.data.readers.files import read_file
 from medtune.data.tokenize.examples import TokenStats
 from medtune.models.load import load_tokenizer
-from medtune.recipes.run import ExampleMaker, checkpointed_examples, _as_dataset
+from medtune.config.stages import stage_recipe
+from medtune.data.tokenize.cache import as_dataset, parts_dir
+from medtune.data.tokenize.shards import checkpointed_examples
+from medtune.recipes.recipe import StageExamples
 model, data, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = stage_from_dict({"stage": "sft", "model": {"path": model}, "data": {"train": [data],
                        "max_length": 1024}, "output": "unused"}, "bench")
 tok, stats = load_tokenizer(model), TokenStats()
 records = read_file(data).records
-table = checkpointed_examples("bench", "train", records, ExampleMaker("medtune.recipes.sft", cfg, tok),
+table = checkpointed_examples(parts_dir("bench"), "train", records, StageExamples(stage_recipe("sft"), cfg, tok),
                               stats, workers)
-ds = _as_dataset(table)
+ds = as_dataset(table)
 print(json.dumps({"rows": len(ds), "tokens": sum(ds["length"]), "first": ds[0]["input_ids"][:50],
                   "labels": ds[0]["labels"][:50]}))
 """

@@ -239,7 +239,6 @@ class Suite:
     def tokenizer_dir(self) -> Path:
         if "tok" not in self._models:
             from medtune.data.tokenize.templates import template_source
-
             from medtune.models.tiny import bundled_text, train_tokenizer
 
             tok = train_tokenizer(bundled_text(), self.p["tok_vocab"])
@@ -577,7 +576,7 @@ def environment(suite: Suite) -> dict:
 
     import torch
 
-    from medtune.recipes.run import library_versions
+    from medtune.recipes.run_dir import library_versions
 
     env = {"smoke": suite.smoke, "cuda": suite.cuda, "machine": platform.machine(),
            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), **library_versions()}

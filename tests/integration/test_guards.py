@@ -30,15 +30,15 @@ class PoisonAt:
 
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch):
-    from medtune.recipes import run as run_module
+    from medtune.recipes.sft import SFTRecipe
 
-    real = run_module.default_trainer
+    real = SFTRecipe.make_trainer
 
-    def poisoned(cfg, model, *args):
+    def poisoned(self, cfg, model, *args):
         model.forward = PoisonAt(model, step=5)
-        return real(cfg, model, *args)
+        return real(self, cfg, model, *args)
 
-    monkeypatch.setattr(run_module, "default_trainer", poisoned)
+    monkeypatch.setattr(SFTRecipe, "make_trainer", poisoned)
     cfg = config(tiny_dir, sft_data(tmp_path), tmp_path / "out", adapter={"method": "full"},
                  train={"max_steps": 10, "save_steps": 2, "batch_size": 2})
     with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 5; training stopped before the update "

@@ -220,7 +220,7 @@ def test_pair_without_rejected_fails_before_the_output_exists(tiny_dir, tmp_path
 ])
 def test_rm_refuses_options_it_would_ignore(tiny_dir, tmp_path, sections, message):
     out = tmp_path / "out"
-    with pytest.raises(MedtuneError, match=message):
+    with pytest.raises(MedtuneError, match=message):  # refused by config validation
         run_stage(config(tiny_dir, PREFERENCE, out, "rm", **sections), quiet=True)
     assert not out.exists()
 
@@ -258,11 +258,11 @@ def sft_adapter(tiny_dir, tmp_path):
 
 
 def test_rm_starts_from_an_adapter_dir_with_the_merged_backbone(tiny_dir, sft_adapter):
-    from medtune.recipes import rm
+    from medtune.config.stages import stage_recipe
 
     adapter, merged = sft_adapter
     cfg = config(tiny_dir, PREFERENCE, "unused", "rm", model={"path": str(adapter)})
-    model = rm.load_model(cfg, str(adapter))
+    model = stage_recipe("rm").load_model(cfg, str(adapter))
     assert model.config.num_labels == 1 and type(model).__name__ == "LlamaForSequenceClassification"
     ours, theirs = model.model.state_dict(), merged.model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

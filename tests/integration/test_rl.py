@@ -281,7 +281,6 @@ def test_bad_rewards_fail_before_the_output_exists(tiny_dir, tmp_path, change, m
     paths = {"CAUSAL": str(tiny_dir), "MISSING": str(tmp_path / "no-rm")}
     if "reward_model" in change:
         change = {"reward_model": paths[change["reward_model"]]}
-    cfg = rl_config(tiny_dir, tmp_path, "grpo", **change)
-    with pytest.raises(MedtuneError, match=message):
-        run_stage(cfg, quiet=True)
+    with pytest.raises(MedtuneError, match=message):  # data options: refused by config validation
+        run_stage(rl_config(tiny_dir, tmp_path, "grpo", **change), quiet=True)
     assert not (tmp_path / "out").exists()

@@ -183,29 +183,29 @@ def test_tokenization_is_cached_across_runs(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, monkeypatch):
-    from medtune.recipes import run as run_mod
-    from medtune.recipes import sft
+    from medtune.data.tokenize import shards
+    from medtune.recipes.sft import SFTRecipe
 
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(run_mod, "SHARD_RECORDS", 4)  # 16 records, 2 for eval
+    monkeypatch.setattr(shards, "SHARD_RECORDS", 4)  # 16 records, 2 for eval
     rows = [{"messages": c} for c in CONVERSATIONS] * 4
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
-    real, calls = sft.make_examples, []
+    real, calls = SFTRecipe.make_examples, []
 
-    def crashing(cfg, tok, records, stats):
+    def crashing(self, cfg, tok, records, stats):
         calls.append(len(records))
         if len(calls) == 3:
             raise KeyboardInterrupt  # the process dies in the middle of tokenizing
-        return real(cfg, tok, records, stats)
+        return real(self, cfg, tok, records, stats)
 
     cfg = config(tiny_dir, data, tmp_path / "one", data={"eval_split": 0.1, "workers": 1},
                  train={"max_steps": 2})
-    monkeypatch.setattr(sft, "make_examples", crashing)
+    monkeypatch.setattr(SFTRecipe, "make_examples", crashing)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, quiet=True)
     assert calls == [4, 4, 4]
     calls.clear()
-    monkeypatch.setattr(sft, "make_examples", lambda *a: calls.append(len(a[2])) or real(*a))
+    monkeypatch.setattr(SFTRecipe, "make_examples", lambda *a: calls.append(len(a[3])) or real(*a))
     resumed = run_stage(cfg, quiet=True)
     assert calls == [4, 2, 2]  # only the unfinished train shards (14 = 4+4+4+2), then eval (2)
     assert not list((tmp_path / "cache" / "tokenized").glob("*.parts"))
@@ -218,13 +218,14 @@ def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, mon
 
 
 def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch):
+    from medtune.config.stages import stage_recipe
     from medtune.data.readers.files import read_file
+    from medtune.data.tokenize import shards
     from medtune.data.tokenize.examples import TokenStats
     from medtune.models.load import load_tokenizer
-    from medtune.recipes import run as run_mod
-    from medtune.recipes import sft
+    from medtune.recipes.recipe import StageExamples
 
-    monkeypatch.setattr(run_mod, "SHARD_RECORDS", 5)
+    monkeypatch.setattr(shards, "SHARD_RECORDS", 5)
     data = sft_data(tmp_path)
     tok = load_tokenizer(str(tiny_dir))
     results = []
@@ -232,9 +233,10 @@ def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch)
         monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / f"cache{workers}"))
         cfg = config(tiny_dir, data, tmp_path / "o", data={"workers": workers})
         stats = TokenStats()
-        make = run_mod.ExampleMaker(sft.__name__, cfg, tok)
-        assert run_mod.tokenize_workers(workers, 4) == workers
-        table = run_mod.checkpointed_examples("k", "train", read_file(data).records, make, stats, workers)
+        make = StageExamples(stage_recipe("sft"), cfg, tok)
+        assert shards.tokenize_workers(workers, 4) == workers
+        parts = tmp_path / f"cache{workers}" / "k.parts"
+        table = shards.checkpointed_examples(parts, "train", read_file(data).records, make, stats, workers)
         results.append((table.to_pylist(), stats))
     assert results[0][0] == results[1][0] and len(results[0][0]) == 16
     assert results[0][1] == results[1][1]

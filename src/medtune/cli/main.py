@@ -44,9 +44,14 @@ def _add_demo(sub):
 
 
 def _add_train(sub):
+    from medtune.config.stages import STAGE_TABLE
+
+    stages = "\n".join(f"  {name:<7}{spec.summary}" for name, spec in STAGE_TABLE.items())
     p = sub.add_parser("train", help="train one stage from a YAML config",
-                       epilog="example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x")
-    p.add_argument("config", help="stage config YAML (stage: pt|sft|rm|dpo|orpo|simpo|kto|grpo|rloo)")
+                       epilog=f"stages:\n{stages}\n\n"
+                              "example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help=f"stage config YAML (stage: {'|'.join(STAGE_TABLE)})")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output dir")
     p.set_defaults(handler="medtune.cli.commands:cmd_train")

@@ -18,14 +18,7 @@ from dataclasses import dataclass, field
 
 from medtune.errors import MedtuneError, did_you_mean
 
-# Stages and adapter methods this version implements; anything else is refused, never ignored.
-STAGES = ("pt", "sft", "rm", "dpo", "orpo", "simpo", "kto", "grpo", "rloo")
-PREFERENCE_STAGES = ("rm", "dpo", "orpo", "simpo", "kto")
-RL_STAGES = ("grpo", "rloo")
-REMOVED_STAGES = {
-    "ppo": "stage 'ppo' is not available: TRL removed its PPO trainer in 1.13; use stage: grpo or "
-           "stage: rloo (online RL scored by reward_model and/or rl.reward_functions), or stage: dpo",
-}
+# Adapter methods this version implements (stages: config/stages.py); anything else is refused.
 ADAPTER_METHODS = ("full", "freeze", "lora", "dora", "qlora", "prefix")
 LORA_METHODS = ("lora", "dora", "qlora")
 # Adapter options each method reads; setting any other option away from its default is an error.
@@ -248,21 +241,52 @@ def build(cls, data, src: str, prefix: str = ""):
 
 
 def check_stage(cfg: StageConfig, src: str) -> StageConfig:
-    """Return ``cfg`` after the cross-field checks a typed field cannot express."""
-    if cfg.stage in REMOVED_STAGES:
-        raise MedtuneError(f"{src}: {REMOVED_STAGES[cfg.stage]}")
-    if cfg.stage not in STAGES:
-        raise MedtuneError(f"{src}: stage: '{cfg.stage}' is not a stage" + did_you_mean(cfg.stage, STAGES))
+    """Return ``cfg`` after the cross-field checks a typed field cannot express, ending with the
+    stage's own (its recipe's ``check_config``): all before anything loads."""
+    from medtune.config.stages import stage_recipe, stage_spec
+
+    try:
+        spec = stage_spec(cfg.stage)
+    except MedtuneError as exc:
+        raise MedtuneError(f"{src}: {exc}") from None
     if cfg.from_:
         raise MedtuneError(f"{src}: from: only pipeline stages start from another stage")
-    if cfg.stage == "pt" and cfg.data.train_on_prompt:
-        raise MedtuneError(f"{src}: data.train_on_prompt does not apply to pt (every token is learned)")
+    _check_refused(cfg, spec, src)
     if not cfg.model.path:
         raise MedtuneError(f"{src}: model.path is required")
     if not cfg.data.train:
         raise MedtuneError(f"{src}: data.train needs at least one file")
     if not cfg.output:
         raise MedtuneError(f"{src}: output is required (the run directory)")
+    _check_values(cfg, src)
+    if cfg.data.curriculum == "perplexity" and not spec.perplexity_order:
+        from medtune.config.stages import STAGE_TABLE
+
+        scored = " and ".join(name for name, s in STAGE_TABLE.items() if s.perplexity_order)
+        raise MedtuneError(f"{src}: data.curriculum: perplexity applies to {scored} (use length or buckets)")
+    _check_adapter(cfg.adapter, src)
+    _check_speed_knobs(cfg, src)
+    if cfg.adapter.method == "prefix":
+        if cfg.train.gradient_checkpointing:
+            raise MedtuneError(f"{src}: adapter.method prefix does not work with train.gradient_checkpointing (set it false)")
+        if cfg.data.packing == "true" or (cfg.data.packing == "auto" and spec.packs_by_default):
+            raise MedtuneError(f"{src}: adapter.method prefix cannot train packed rows (the prefix breaks sample "
+                               "isolation); set data.packing: false")
+    _check_sections(cfg, spec, src)
+    stage_recipe(cfg.stage).check_config(cfg, src)
+    return cfg
+
+
+def _check_refused(cfg: StageConfig, spec, src: str) -> None:
+    """Refuse the data options (train_on_prompt, packing: true) the stage says it cannot honour."""
+    chosen = {"train_on_prompt": cfg.data.train_on_prompt, "packing": cfg.data.packing == "true"}
+    for option, why in spec.refuses.items():
+        if chosen[option]:
+            raise MedtuneError(f"{src}: " + why.format(stage=cfg.stage))
+
+
+def _check_values(cfg: StageConfig, src: str) -> None:
+    """Refuse numbers out of range and options that exclude each other."""
     if not 0.0 <= cfg.data.eval_split < 1.0:
         raise MedtuneError(f"{src}: data.eval_split must be in [0, 1), got {cfg.data.eval_split}")
     for key in ("batch_size", "grad_accum", "logging_steps"):
@@ -280,23 +304,10 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
         raise MedtuneError(f"{src}: train.deepspeed and train.fsdp exclude each other; pick one")
     if cfg.data.curriculum != "none" and cfg.data.packing == "true":
         raise MedtuneError(f"{src}: data.curriculum orders samples; it cannot be combined with data.packing: true")
-    if cfg.data.curriculum == "perplexity" and cfg.stage not in ("pt", "sft"):
-        raise MedtuneError(f"{src}: data.curriculum: perplexity applies to pt and sft (use length or buckets)")
-    if cfg.data.curriculum != "none" and cfg.stage in RL_STAGES:
-        raise MedtuneError(f"{src}: data.curriculum does not apply to {cfg.stage} (TRL samples prompts per group)")
-    _check_adapter(cfg.adapter, src)
-    _check_speed_knobs(cfg, src)
-    if cfg.adapter.method == "prefix":
-        if cfg.train.gradient_checkpointing:
-            raise MedtuneError(f"{src}: adapter.method prefix does not work with train.gradient_checkpointing (set it false)")
-        if cfg.data.packing == "true" or (cfg.data.packing == "auto" and cfg.stage == "pt"):
-            raise MedtuneError(f"{src}: adapter.method prefix cannot train packed rows (the prefix breaks sample "
-                               "isolation); set data.packing: false")
-    _check_sections(cfg, src)
-    return cfg
 
 
-def _changed(section, name: str) -> bool:
+def changed(section, name: str) -> bool:
+    """Return True when option ``name`` of config ``section`` differs from its default."""
     default = type(section)()
     return getattr(section, name) != getattr(default, name)
 
@@ -305,7 +316,7 @@ def _check_adapter(a: AdapterConfig, src: str) -> None:
     if a.method not in ADAPTER_METHODS:
         raise MedtuneError(f"{src}: adapter.method: '{a.method}' is not allowed" + did_you_mean(a.method, ADAPTER_METHODS))
     for f in dataclasses.fields(a):
-        if f.name != "method" and f.name not in METHOD_OPTIONS[a.method] and _changed(a, f.name):
+        if f.name != "method" and f.name not in METHOD_OPTIONS[a.method] and changed(a, f.name):
             raise MedtuneError(f"{src}: adapter.{f.name} does not apply to method {a.method}")
     if a.method in LORA_METHODS and (a.rank < 1 or a.alpha <= 0):
         raise MedtuneError(f"{src}: adapter.rank must be >= 1 and adapter.alpha > 0")
@@ -325,43 +336,20 @@ def _check_speed_knobs(cfg: StageConfig, src: str) -> None:
                            "set model.dtype to bfloat16 (or auto)")
 
 
-def _check_sections(cfg: StageConfig, src: str) -> None:
-    """Refuse options set for a stage that would not read them (no flag is silently ignored)."""
-    sections = (("preference", PREFERENCE_STAGES), ("rl", RL_STAGES))
-    for name, stages in sections:
+def _check_sections(cfg: StageConfig, spec, src: str) -> None:
+    """Refuse options set for a stage that would not read them (no flag is silently ignored); the
+    fields of a section the stage reads are its recipe's to check."""
+    from medtune.config.stages import stages_reading
+
+    for name in ("preference", "rl"):
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
-            if cfg.stage not in stages and _changed(section, f.name):
+            if name not in spec.sections and changed(section, f.name):
                 raise MedtuneError(f"{src}: {name}.{f.name} does not apply to stage {cfg.stage}")
     p = cfg.preference
-    if p.loss != "sigmoid" and cfg.stage != "dpo":
-        raise MedtuneError(f"{src}: preference.loss selects a DPO loss; it does not apply to stage {cfg.stage}")
-    if p.reference == "live" and cfg.stage not in ("dpo", "kto"):
-        raise MedtuneError(f"{src}: preference.reference applies to dpo and kto (stage {cfg.stage} has no reference model)")
-    if p.label_smoothing and (cfg.stage != "dpo" or p.loss != "sigmoid"):
-        raise MedtuneError(f"{src}: preference.label_smoothing applies to dpo with loss sigmoid only")
-    if (p.desirable_weight != 1.0 or p.undesirable_weight != 1.0) and cfg.stage != "kto":
-        raise MedtuneError(f"{src}: preference.desirable_weight / undesirable_weight apply to kto only")
-    if p.simpo_gamma != 0.5 and cfg.stage != "simpo":
-        raise MedtuneError(f"{src}: preference.simpo_gamma applies to simpo only")
-    if cfg.stage == "rm" and _changed(p, "beta"):
-        raise MedtuneError(f"{src}: preference.beta does not apply to stage rm (the pairwise loss has no temperature)")
-    if cfg.stage == "rm" and cfg.data.train_on_prompt:
-        raise MedtuneError(f"{src}: data.train_on_prompt does not apply to stage rm (it scores whole answers)")
     if not 0.0 <= p.label_smoothing < 0.5:
         raise MedtuneError(f"{src}: preference.label_smoothing must be in [0, 0.5)")
     if p.beta < 0:
         raise MedtuneError(f"{src}: preference.beta must be >= 0 (0: the stage's default)")
-    if cfg.reward_model and cfg.stage not in RL_STAGES:
-        raise MedtuneError(f"{src}: reward_model applies to grpo and rloo")
-    if cfg.stage in RL_STAGES:
-        r = cfg.rl
-        if not cfg.reward_model and not r.reward_functions:
-            raise MedtuneError(f"{src}: stage {cfg.stage} needs reward_model: DIR and/or rl.reward_functions")
-        n_rewards = int(bool(cfg.reward_model)) + len(r.reward_functions)
-        if r.reward_weights and len(r.reward_weights) != n_rewards:
-            raise MedtuneError(f"{src}: rl.reward_weights has {len(r.reward_weights)} weights for {n_rewards} rewards")
-        if r.num_generations < 2:
-            raise MedtuneError(f"{src}: rl.num_generations must be >= 2 (advantages compare a group)")
-        if (cfg.train.batch_size * cfg.train.grad_accum) % r.num_generations:
-            raise MedtuneError(f"{src}: train.batch_size x train.grad_accum must be a multiple of rl.num_generations")
+    if cfg.reward_model and "reward_model" not in spec.sections:
+        raise MedtuneError(f"{src}: reward_model applies to {' and '.join(stages_reading('reward_model'))}")

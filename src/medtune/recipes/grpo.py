@@ -10,13 +10,12 @@ Everything but the trainer class is shared with rloo (see :mod:`medtune.recipes.
 
 from __future__ import annotations
 
-from medtune.recipes.rl import PACK_BY_DEFAULT, SHAPES, extra_metrics, load_model, make_examples  # noqa: F401
+from medtune.recipes.rl import RLRecipe
 
 
-def make_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs):
-    """Return the guarded TRL ``GRPOTrainer`` for this stage."""
-    from trl import GRPOConfig, GRPOTrainer
+class GRPORecipe(RLRecipe):
+    def trl_classes(self):
+        """Return TRL's ``GRPOTrainer`` and ``GRPOConfig``."""
+        from trl import GRPOConfig, GRPOTrainer
 
-    from medtune.recipes.rl import build_trainer
-
-    return build_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs, GRPOTrainer, GRPOConfig)
+        return GRPOTrainer, GRPOConfig

@@ -14,9 +14,7 @@ Example::
 from __future__ import annotations
 
 from medtune.recipes import preference as pref
-
-SHAPES = ("kto", "preference")
-PACK_BY_DEFAULT = False
+from medtune.recipes.preference import PreferenceRecipe
 
 
 def unpaired(records) -> list[tuple[list, list, bool]]:
@@ -28,14 +26,13 @@ def unpaired(records) -> list[tuple[list, list, bool]]:
     return chosen + [(r["prompt"], r["rejected"], False) for r in records]
 
 
-def make_examples(cfg, tokenizer, records, stats):
+def make_unpaired_examples(cfg, tokenizer, records, stats):
     """Return rows ``{input_ids, labels, kl_input_ids, kl_labels, desirable, length}``.
 
     ``kl_*`` is the example's prompt with the previous example's answer (mismatched pair).
     """
     import dataclasses
 
-    pref.check_data_options(cfg)
     examples = unpaired(records)
     kl_data = dataclasses.replace(cfg.data, overlength="truncate")  # a long neighbour answer is cut, not skipped
     rows = []
@@ -70,52 +67,24 @@ class KTOCollator:
         return {**self.pad(rows), "desirable": desirable, **pref.reference_columns(features)}
 
 
-class KTOTrainer(pref.ReferenceMixin, pref.PreferenceTrainer):
-    """Examples forwarded with gradients, their mismatched pairs without; reference as in DPO."""
+class KTORecipe(PreferenceRecipe):
+    """Labelled answers (or pairs split in two) against the starting model's log-probs."""
 
-    def __init__(self, *args, reference: str, incremental: bool, desirable_weight: float,
-                 undesirable_weight: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weights = desirable_weight, undesirable_weight
-        self.setup_reference(reference, incremental)
+    options = ("beta", "reference", "desirable_weight", "undesirable_weight")
+    logged = ("rewards/chosen", "rewards/rejected", "kl")
 
-    def reference_batch(self, batch):
-        logps, _ = self.starting_logps(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        own, mismatched = logps.chunk(2)
-        return {"ref_logps": own, "ref_kl_logps": mismatched}
+    def make_examples(self, cfg, tokenizer, records, stats):
+        return make_unpaired_examples(cfg, tokenizer, records, stats)
 
-    def batch_loss(self, model, batch):
-        import torch
+    def trainer_class(self):
+        from medtune.recipes.preference_trainer import KTOTrainer
 
-        from medtune.recipes.losses import kto_kl, kto_loss
+        return KTOTrainer
 
-        n = len(batch["desirable"])
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        logps, _ = pref.forward_logps(model, ids[:n], mask[:n], labels[:n])
-        with torch.no_grad():
-            kl_logps, _ = pref.forward_logps(model, ids[n:], mask[n:], labels[n:])
-        ref = batch if self.precomputed else self.reference_batch(batch)
-        kl = kto_kl(kl_logps, ref["ref_kl_logps"])
-        good = batch["desirable"]
-        losses = kto_loss(logps, ref["ref_logps"], good, kl, self.beta, *self.weights)
-        rewards = self.beta * (logps - ref["ref_logps"]).detach()
-        metrics = {"kl": kl}
-        if good.any():
-            metrics["rewards/chosen"] = rewards[good].mean()
-        if (~good).any():
-            metrics["rewards/rejected"] = rewards[~good].mean()
-        return losses.mean(), metrics
+    def collator(self, tokenizer):
+        return KTOCollator(tokenizer.pad_token_id)
 
-
-def make_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs):
-    """Return the KTO trainer (reference log-probs precomputed here when so configured)."""
-    p = cfg.preference
-    return pref.build_trainer(KTOTrainer, cfg, model, tokenizer, train_set, eval_set, kwargs,
-                              KTOCollator(tokenizer.pad_token_id), reference=p.reference,
-                              incremental=cfg.adapter.incremental, desirable_weight=p.desirable_weight,
-                              undesirable_weight=p.undesirable_weight)
-
-
-def extra_metrics(cfg, trainer, eval_set):
-    """Return the last logged rewards and KL estimate (train and eval)."""
-    return pref.logged_metrics(trainer, ("rewards/chosen", "rewards/rejected", "kl"))
+    def trainer_options(self, cfg) -> dict:
+        p = cfg.preference
+        return {"reference": p.reference, "incremental": cfg.adapter.incremental,
+                "desirable_weight": p.desirable_weight, "undesirable_weight": p.undesirable_weight}

@@ -10,35 +10,15 @@ Example::
 
 from __future__ import annotations
 
-from medtune.recipes import preference as pref
-
-SHAPES = pref.PREFERENCE_SHAPES
-PACK_BY_DEFAULT = False
+from medtune.recipes.preference import PreferenceRecipe
 
 
-make_examples = pref.make_pair_examples  # chosen and rejected answers, chat template
+class ORPORecipe(PreferenceRecipe):
+    """Pairs forwarded as one batch; the chosen half also gives the NLL term (logged as nll_loss)."""
 
+    logged = ("rewards/accuracies", "rewards/margins", "nll_loss")
 
-class ORPOTrainer(pref.PreferenceTrainer):
-    """Pairs forwarded as one batch; the chosen half also gives the NLL term."""
+    def trainer_class(self):
+        from medtune.recipes.preference_trainer import ORPOTrainer
 
-    def batch_loss(self, model, batch):
-        from medtune.recipes.losses import log_odds_ratio, orpo_loss
-
-        chosen, rejected = pref.average_logps(model, batch)
-        loss = orpo_loss(chosen, rejected, self.beta).mean()
-        metrics = pref.reward_metrics(self.beta * chosen.detach(), self.beta * rejected.detach())
-        metrics["nll_loss"] = -chosen.detach().mean()
-        metrics["log_odds_ratio"] = log_odds_ratio(chosen, rejected).detach().mean()
-        return loss, metrics
-
-
-def make_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs):
-    """Return the ORPO trainer."""
-    return pref.build_trainer(ORPOTrainer, cfg, model, tokenizer, train_set, eval_set, kwargs,
-                              pref.PairCollator(tokenizer.pad_token_id))
-
-
-def extra_metrics(cfg, trainer, eval_set):
-    """Return the last logged reward accuracy, margin and chosen-answer NLL (train and eval)."""
-    return pref.logged_metrics(trainer, ("rewards/accuracies", "rewards/margins", "nll_loss"))
+        return ORPOTrainer

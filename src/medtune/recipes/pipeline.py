@@ -25,7 +25,6 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
     an earlier stage's output exists, reward model dirs, and that each adapter method fits the
     base architecture (on a weightless meta-device copy of the model).
     """
-    from medtune.recipes import RECIPES
     from medtune.recipes.run import read_stage_data
 
     outputs = {str(Path(c.output)) for c in stages}
@@ -38,7 +37,7 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
                 raise MedtuneError(f"vocab: corpus file '{path}' not found")
     for cfg in stages:
         where = f"stage {cfg.name or cfg.stage}"
-        _prefixed(where, read_stage_data, cfg, RECIPES[cfg.stage])
+        _prefixed(where, read_stage_data, cfg)
         if str(Path(cfg.model.path)) not in outputs:
             _prefixed(where, _check_model, cfg.model.path)
         if cfg.reward_model and str(Path(cfg.reward_model)) not in outputs:

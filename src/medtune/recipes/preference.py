@@ -1,6 +1,6 @@
 """What the offline preference stages (rm, dpo, orpo, simpo, kto) share: tokenized answers, the
-pair collator, the guarded trainer that forwards chosen and rejected answers as one batch, and
-the reference model (precomputed log-probs or a live no-grad forward).
+pair collator, and ``PreferenceRecipe``, which builds a stage's trainer from
+:mod:`medtune.recipes.preference_trainer` and checks which ``preference`` options it reads.
 
 Example (any of the five stages)::
 
@@ -17,32 +17,74 @@ or in Python::
 
 from __future__ import annotations
 
-import copy
-from collections import defaultdict
-from contextlib import contextmanager, nullcontext
-
-import torch
-from transformers import Trainer
-
+from medtune.config.schema import changed
 from medtune.data.tokenize.examples import IGNORE, Collator, apply_template, encode_conversation
 from medtune.errors import MedtuneError
-from medtune.recipes.losses import sequence_logps
-from medtune.recipes.trainer import guarded
+from medtune.recipes.recipe import Recipe
 
-PREFERENCE_SHAPES = ("preference",)
-DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
+# Why a preference option is refused by a stage that does not read it ({stage} is filled in).
+NOT_READ = {
+    "loss": "preference.loss selects a DPO loss; it does not apply to stage {stage}",
+    "reference": "preference.reference applies to dpo and kto (stage {stage} has no reference model)",
+    "label_smoothing": "preference.label_smoothing applies to dpo with loss sigmoid only",
+    "desirable_weight": "preference.desirable_weight / undesirable_weight apply to kto only",
+    "undesirable_weight": "preference.desirable_weight / undesirable_weight apply to kto only",
+    "simpo_gamma": "preference.simpo_gamma applies to simpo only",
+    "beta": "preference.beta does not apply to stage {stage} (the pairwise loss has no temperature)",
+}
 
 
-def stage_beta(cfg) -> float:
-    """Return ``preference.beta``, or the stage's default when it is 0."""
-    return cfg.preference.beta or DEFAULT_BETA[cfg.stage]
+class PreferenceRecipe(Recipe):
+    """A stage trained on pairs (or labelled answers) with a trainer from ``preference_trainer``."""
 
+    options: tuple[str, ...] = ("beta",)  # the preference options this stage reads
+    logged: tuple[str, ...] = ("rewards/accuracies", "rewards/margins")  # reported in the lineage
 
-def check_data_options(cfg) -> None:
-    """Refuse data options a preference stage cannot honour (checked before the output dir exists)."""
-    if cfg.data.packing == "true":
-        raise MedtuneError(f"data.packing: true does not apply to stage {cfg.stage} (chosen and rejected answers "
-                           "are compared row by row); set it to auto or false")
+    def check_config(self, cfg, src: str) -> None:
+        """Refuse preference options this stage would ignore, and a beta with no value (β = 0)."""
+        for name, why in NOT_READ.items():
+            if name not in self.options and changed(cfg.preference, name):
+                raise MedtuneError(f"{src}: " + why.format(stage=cfg.stage))
+        if "beta" in self.options and not cfg.preference.beta:
+            try:
+                self.spec.default("preference.beta")
+            except MedtuneError as exc:
+                raise MedtuneError(f"{src}: {exc}") from None
+
+    def make_examples(self, cfg, tokenizer, records, stats):
+        return make_pair_examples(cfg, tokenizer, records, stats)
+
+    def trainer_class(self):
+        """Return the stage's trainer class (a ``PreferenceTrainer``; imports torch)."""
+        raise NotImplementedError
+
+    def trainer_options(self, cfg) -> dict:
+        """Return the keywords of the stage's trainer beyond the shared ones."""
+        return {}
+
+    def collator(self, tokenizer):
+        return PairCollator(tokenizer.pad_token_id)
+
+    def make_trainer(self, cfg, model, tokenizer, train_set, eval_set, kwargs):
+        """Return the stage's trainer with the shared TrainingArguments, its beta and options."""
+        from transformers import TrainingArguments
+
+        from medtune.recipes.trainer import quiet_trainer
+
+        beta = self.beta(cfg) if "beta" in self.options else 0.0
+        trainer = self.trainer_class()(
+            model=model, args=TrainingArguments(**kwargs), train_dataset=train_set, eval_dataset=eval_set,
+            data_collator=self.collator(tokenizer), processing_class=tokenizer, beta=beta,
+            **self.trainer_options(cfg))
+        return quiet_trainer(trainer, kwargs["disable_tqdm"])
+
+    def beta(self, cfg) -> float:
+        """Return ``preference.beta``, or the stage's default when it is 0."""
+        return cfg.preference.beta or self.spec.default("preference.beta")
+
+    def extra_metrics(self, cfg, trainer, eval_set):
+        """Return the last logged value of the stage's reward metrics (train and eval)."""
+        return logged_metrics(trainer, self.logged)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +136,6 @@ def make_pair_examples(cfg, tokenizer, records, stats) -> list[dict]:
 
     A pair is skipped (and counted) when either answer must be; ``length`` is the longer side.
     """
-    check_data_options(cfg)
     rows = []
     for rec in records:
         c_ids, c_labels, c_note = encode_answer(tokenizer, rec["prompt"], rec["chosen"], cfg.data)
@@ -128,161 +169,10 @@ class PairCollator:
 
 def reference_columns(features) -> dict:
     """Return the features' precomputed ``ref_*`` values as float tensors (empty when live)."""
+    import torch
+
     names = [k for k in features[0] if k.startswith("ref_")]
     return {k: torch.tensor([f[k] for f in features], dtype=torch.float32) for k in names}
-
-
-# --------------------------------------------------------------------------------------------
-# model helpers
-
-
-def is_peft(model) -> bool:
-    """Return True for a PEFT-wrapped model (its adapters can be switched off)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-@contextmanager
-def eval_mode(model):
-    """Run the block with ``model`` in eval mode (no dropout), restoring its mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def forward_logps(model, input_ids, attention_mask, labels):
-    """Return ``(summed log-probs, token count)`` of each row's labelled tokens under ``model``."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return sequence_logps(logits, labels)
-
-
-def average_logps(model, batch):
-    """Return ``(chosen, rejected)`` length-averaged answer log-probs of a pair batch (orpo, simpo)."""
-    logps, tokens = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return (logps / tokens.clamp(min=1)).chunk(2)
-
-
-def reward_metrics(chosen, rejected) -> dict:
-    """Return the logged reward statistics of a batch of pairs (detached rewards)."""
-    return {"rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
-            "rewards/accuracies": (chosen > rejected).float().mean(),
-            "rewards/margins": (chosen - rejected).mean()}
-
-
-# --------------------------------------------------------------------------------------------
-# trainer
-
-
-class PreferenceTrainer(guarded(Trainer)):
-    """The guarded ``Trainer`` for preference stages; a stage defines ``batch_loss``.
-
-    Losses are per-pair means, so the Trainer's division by the accumulation steps is exactly
-    right: ``num_items_in_batch`` (a token count meant for LM losses) is switched off.
-    """
-
-    def __init__(self, *args, beta: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.beta = beta
-        self.model_accepts_loss_kwargs = False
-        self.loss_is_scaled_for_ga = False
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-
-    def batch_loss(self, model, batch):
-        """Return ``(loss, metrics)`` of one batch; metrics are scalar tensors to log."""
-        raise NotImplementedError
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.batch_loss(model, inputs)
-        mode = "train" if model.training else "eval"
-        for name, value in metrics.items():
-            self._metrics[mode][name].append(float(value))
-        return (loss, {}) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def log(self, logs, start_time=None):
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        logs.update({prefix + k: round(sum(v) / len(v), 6) for k, v in self._metrics[mode].items() if v})
-        self._metrics[mode].clear()
-        super().log(logs, start_time)
-
-    def ordered_batches(self, dataset):
-        """Yield device batches of ``dataset`` in order (eval batch size, the trainer's collator)."""
-        from torch.utils.data import DataLoader
-
-        size = self.args.per_device_eval_batch_size
-        for batch in DataLoader(dataset, batch_size=size, collate_fn=self.data_collator):
-            yield self._prepare_inputs(batch)
-
-
-class ReferenceMixin:
-    """Log-probs of the starting model for dpo and kto.
-
-    ``precomputed``: one no-grad pass over train and eval data before training, stored as ``ref_*``
-    columns (no reference model in memory). ``live``: every step, the PEFT model with its adapter
-    switched off, or a frozen copy of the initial weights for full / freeze fine-tuning.
-    """
-
-    def reference_batch(self, batch) -> dict:
-        """Return the ``ref_*`` tensors of one batch (computed by ``starting_logps``)."""
-        raise NotImplementedError
-
-    def setup_reference(self, reference: str, incremental: bool) -> None:
-        self.ref_model = None
-        self.precomputed = reference == "precomputed"
-        self.adapter_off = is_peft(self.model) and not incremental  # a new adapter is not part of the start
-        if self.precomputed:
-            self.train_dataset = self.with_reference(self.train_dataset)
-            if self.eval_dataset is not None:
-                self.eval_dataset = self.with_reference(self.eval_dataset)
-        elif not is_peft(self.model):
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        elif incremental:
-            raise MedtuneError("preference.reference: live switches the adapter off to get the starting model, "
-                               "but an incremental adapter is part of it; use reference: precomputed")
-
-    def with_reference(self, dataset):
-        """Return ``dataset`` with the reference columns, computed once before training."""
-        columns = defaultdict(list)
-        for batch in self.ordered_batches(dataset):
-            for name, values in self.reference_batch(batch).items():
-                columns[name] += values.float().cpu().tolist()
-        for name, values in columns.items():
-            dataset = dataset.add_column(name, values)
-        return dataset
-
-    def starting_logps(self, input_ids, attention_mask, labels):
-        """Return ``(summed log-probs, token count)`` per row under the starting model, no gradients.
-
-        The starting model is the frozen copy (live, full / freeze), the PEFT model with its new
-        adapter switched off, or the model as loaded (precomputed, or an incremental adapter).
-        """
-        model = self.ref_model if self.ref_model is not None else self.model
-        off = self.ref_model is None and self.adapter_off
-        with torch.no_grad(), eval_mode(model), (model.disable_adapter() if off else nullcontext()):
-            return forward_logps(model, input_ids, attention_mask, labels)
-
-
-def build_trainer(trainer_cls, cfg, model, tokenizer, train_set, eval_set, kwargs, collator, **options):
-    """Return ``trainer_cls`` set up with the shared TrainingArguments, the stage's beta and ``options``."""
-    from transformers import TrainingArguments
-
-    from medtune.recipes.run import quiet_trainer
-
-    beta = stage_beta(cfg) if cfg.stage in DEFAULT_BETA else 0.0
-    trainer = trainer_cls(model=model, args=TrainingArguments(**kwargs), train_dataset=train_set,
-                          eval_dataset=eval_set, data_collator=collator, processing_class=tokenizer,
-                          beta=beta, **options)
-    return quiet_trainer(trainer, kwargs["disable_tqdm"])
 
 
 def logged_metrics(trainer, names=("rewards/accuracies", "rewards/margins")) -> dict:

@@ -7,13 +7,15 @@ Example::
 
 from __future__ import annotations
 
-SHAPES = ("text",)
-PACK_BY_DEFAULT = True  # documents share blocks, isolated from each other by position ids
+from medtune.recipes.recipe import Recipe
 
 
-def make_examples(cfg, tokenizer, records, stats):
-    """Return pretraining pieces (every token learned) for ``records`` of shape text."""
-    from medtune.data.tokenize.examples import encode_texts
+class PTRecipe(Recipe):
+    """Every token learned; documents share blocks, isolated from each other by position ids."""
 
-    d = cfg.data
-    return encode_texts(tokenizer, (r["text"] for r in records), d.max_length, d.overlength, stats)
+    def make_examples(self, cfg, tokenizer, records, stats):
+        """Return pretraining pieces (every token learned) for ``records`` of shape text."""
+        from medtune.data.tokenize.examples import encode_texts
+
+        d = cfg.data
+        return encode_texts(tokenizer, (r["text"] for r in records), d.max_length, d.overlength, stats)

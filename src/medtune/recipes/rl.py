@@ -29,9 +29,7 @@ import math
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-
-SHAPES = ("messages", "preference")
-PACK_BY_DEFAULT = False  # rows are prompts to sample from; nothing to pack
+from medtune.recipes.recipe import Recipe
 
 
 def split_record(record: dict):
@@ -68,32 +66,15 @@ def make_examples(cfg, tokenizer, records, stats):
     return rows
 
 
-def check_rl_stage(cfg) -> None:
-    """Raise a one-line MedtuneError for an RL option that cannot work: data options RL does not
-    read, an unknown reward function, a reward_model dir that is not a reward model."""
+def check_rewards(cfg) -> None:
+    """Raise a one-line MedtuneError for an unknown reward function or a reward_model dir that is
+    not a reward model (reads config files only, no weights)."""
     from medtune.recipes.rewards import reward_function
 
-    d, stage = cfg.data, cfg.stage
-    if d.packing == "true":
-        raise MedtuneError(f"data.packing does not apply to stage {stage}: its rows are prompts to sample from")
-    if d.train_on_prompt:
-        raise MedtuneError(f"data.train_on_prompt does not apply to stage {stage}: it learns from sampled completions")
     for spec in cfg.rl.reward_functions:
         reward_function(spec)
     if cfg.reward_model:
         check_reward_model(cfg.reward_model)
-
-
-def load_model(cfg, path: str):
-    """Return the policy to train, after checking the stage's rewards (so a bad reward_model or
-    reward function fails before the output dir is claimed and before any weights load)."""
-    from medtune.models.load import load_model as load_causal_lm
-
-    check_rl_stage(cfg)
-    m = cfg.model
-    return load_causal_lm(path, m.dtype, m.device, m.trust_remote_code,
-                          quant_bits=cfg.adapter.bits if cfg.adapter.method == "qlora" else None,
-                          merge_adapters=not cfg.adapter.incremental)
 
 
 def _read_json(path: Path) -> dict:
@@ -192,24 +173,6 @@ def rl_arguments(cfg, kwargs: dict, config_cls):
     )
 
 
-def build_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs: dict, trainer_cls, config_cls):
-    """Return the guarded TRL RL trainer (``GRPOTrainer`` / ``RLOOTrainer``) for this stage."""
-    from medtune.recipes.run import quiet_trainer
-    from medtune.recipes.trainer import guarded
-
-    funcs, classes = reward_sources(cfg, str(next(model.parameters()).device))
-    trainer = guarded(trainer_cls, order=False)(
-        model=model,
-        reward_funcs=funcs,
-        args=rl_arguments(cfg, kwargs, config_cls),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,  # its chat template renders the prompts
-        reward_processing_classes=classes,
-    )
-    return quiet_trainer(trainer, kwargs["disable_tqdm"])
-
-
 def drop_reference_adapter(model) -> None:
     """Remove the frozen ``ref`` adapter TRL adds to a PEFT policy when beta > 0 (not an output)."""
     peft_config = getattr(model, "peft_config", None)
@@ -217,14 +180,9 @@ def drop_reference_adapter(model) -> None:
         model.delete_adapter("ref")
 
 
-def extra_metrics(cfg, trainer, eval_set) -> dict:
-    """Return the mean reward at the first and last log (total and per reward), and the last KL.
-
-    Called by run_stage after training and evaluation, right before saving: the reference adapter
-    is dropped here so that only the trained adapter is saved.
-    """
-    drop_reference_adapter(trainer.model)
-    logs = [h for h in trainer.state.log_history if h.get("reward") is not None]
+def reward_log_metrics(log_history: list) -> dict:
+    """Return the mean reward at the first and last log (total and per reward), and the last KL."""
+    logs = [h for h in log_history if h.get("reward") is not None]
     if not logs:
         return {}
     first, last = logs[0], logs[-1]
@@ -235,3 +193,59 @@ def extra_metrics(cfg, trainer, eval_set) -> dict:
     if last.get("kl") is not None:
         metrics["kl_end"] = round(last["kl"], 6)
     return metrics
+
+
+class RLRecipe(Recipe):
+    """Online RL on a TRL trainer: grpo and rloo differ only in ``trl_classes``."""
+
+    def trl_classes(self):
+        """Return ``(trainer_cls, config_cls)`` of the TRL algorithm (imports trl)."""
+        raise NotImplementedError
+
+    def check_config(self, cfg, src: str) -> None:
+        """Refuse a curriculum, a stage without rewards, and groups the batch cannot hold."""
+        r, stage = cfg.rl, cfg.stage
+        if cfg.data.curriculum != "none":
+            raise MedtuneError(f"{src}: data.curriculum does not apply to {stage} (TRL samples prompts per group)")
+        if not cfg.reward_model and not r.reward_functions:
+            raise MedtuneError(f"{src}: stage {stage} needs reward_model: DIR and/or rl.reward_functions")
+        n_rewards = int(bool(cfg.reward_model)) + len(r.reward_functions)
+        if r.reward_weights and len(r.reward_weights) != n_rewards:
+            raise MedtuneError(f"{src}: rl.reward_weights has {len(r.reward_weights)} weights for {n_rewards} rewards")
+        if r.num_generations < 2:
+            raise MedtuneError(f"{src}: rl.num_generations must be >= 2 (advantages compare a group)")
+        if (cfg.train.batch_size * cfg.train.grad_accum) % r.num_generations:
+            raise MedtuneError(f"{src}: train.batch_size x train.grad_accum must be a multiple of rl.num_generations")
+
+    def load_model(self, cfg, path: str):
+        """Return the policy to train, after checking the stage's rewards (so a bad reward_model or
+        reward function fails before the output dir is claimed and before any weights load)."""
+        check_rewards(cfg)
+        return super().load_model(cfg, path)
+
+    def make_examples(self, cfg, tokenizer, records, stats):
+        return make_examples(cfg, tokenizer, records, stats)
+
+    def make_trainer(self, cfg, model, tokenizer, train_set, eval_set, kwargs: dict):
+        """Return the guarded TRL RL trainer (``GRPOTrainer`` / ``RLOOTrainer``) for this stage."""
+        from medtune.recipes.trainer import guarded, quiet_trainer
+
+        trainer_cls, config_cls = self.trl_classes()
+        funcs, classes = reward_sources(cfg, str(next(model.parameters()).device))
+        trainer = guarded(trainer_cls, order=False)(
+            model=model,
+            reward_funcs=funcs,
+            args=rl_arguments(cfg, kwargs, config_cls),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer,  # its chat template renders the prompts
+            reward_processing_classes=classes,
+        )
+        return quiet_trainer(trainer, kwargs["disable_tqdm"])
+
+    def extra_metrics(self, cfg, trainer, eval_set) -> dict:
+        return reward_log_metrics(trainer.state.log_history)
+
+    def prepare_save(self, cfg, trainer) -> None:
+        """Drop TRL's reference adapter so that only the trained adapter is saved."""
+        drop_reference_adapter(trainer.model)

@@ -11,13 +11,12 @@ class is shared with grpo (see :mod:`medtune.recipes.rl`).
 
 from __future__ import annotations
 
-from medtune.recipes.rl import PACK_BY_DEFAULT, SHAPES, extra_metrics, load_model, make_examples  # noqa: F401
+from medtune.recipes.rl import RLRecipe
 
 
-def make_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs):
-    """Return the guarded TRL ``RLOOTrainer`` for this stage."""
-    from trl import RLOOConfig, RLOOTrainer
+class RLOORecipe(RLRecipe):
+    def trl_classes(self):
+        """Return TRL's ``RLOOTrainer`` and ``RLOOConfig``."""
+        from trl import RLOOConfig, RLOOTrainer
 
-    from medtune.recipes.rl import build_trainer
-
-    return build_trainer(cfg, model, tokenizer, train_set, eval_set, kwargs, RLOOTrainer, RLOOConfig)
+        return RLOOTrainer, RLOOConfig

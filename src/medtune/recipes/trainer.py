@@ -1,4 +1,5 @@
-"""The trainer every stage runs on: a transformers (or TRL) trainer plus medtune's guards.
+"""The trainer every stage runs on: a transformers (or TRL) trainer plus medtune's guards, the
+``TrainingArguments`` every stage shares, its headline metrics and the saved outputs.
 
 Guards, added to any trainer class by :func:`guarded`:
 
@@ -18,14 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
+from medtune.config import StageConfig
 from medtune.errors import MedtuneError
-
-COMPLETE = "medtune-complete"
-log = logging.getLogger("medtune")
+from medtune.recipes.run_dir import CHECKPOINTS, COMPLETE, last_checkpoint
 
 
 class NonFiniteLoss(MedtuneError):
@@ -114,27 +113,88 @@ def guarded(trainer_cls, order: bool = True):
     return type(f"Medtune{trainer_cls.__name__}", bases, {})
 
 
-def _complete_checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in found if (p / COMPLETE).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dict:
+    """Return the ``TrainingArguments`` keywords every stage shares (TRL configs accept them too)."""
+    import torch
+
+    from medtune.models.accel import accel_kwargs
+
+    t = cfg.train
+    on_cpu = not next(model.parameters()).is_cuda
+    curriculum = cfg.data.curriculum != "none"
+    kwargs = dict(
+        output_dir=str(Path(cfg.output) / CHECKPOINTS),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_grad_norm=t.max_grad_norm,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not curriculum else "random",
+        activation_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy={0: "epoch", -1: "no"}.get(t.save_steps, "steps"),
+        save_steps=max(t.save_steps, 1),
+        save_total_limit=t.save_total_limit,
+        eval_strategy="epoch" if has_eval else "no",
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=on_cpu,
+        bf16=(not on_cpu) and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16"),
+        report_to=[],
+        disable_tqdm=quiet,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    if t.neftune_alpha:
+        kwargs["neftune_noise_alpha"] = t.neftune_alpha
+    if t.deepspeed:
+        kwargs["deepspeed"] = t.deepspeed
+    if t.fsdp:
+        kwargs["fsdp"] = t.fsdp
+    kwargs.update(accel_kwargs(cfg, model))
+    return kwargs
 
 
-def last_checkpoint(checkpoints_dir: Path) -> str | None:
-    """Return the newest complete checkpoint under ``checkpoints_dir`` (None if there is none)."""
-    done = _complete_checkpoints(Path(checkpoints_dir)) if Path(checkpoints_dir).is_dir() else []
-    return str(done[-1]) if done else None
+def quiet_trainer(trainer, quiet: bool):
+    """Return ``trainer`` without its log printer when quiet (no bar: it would print every log)."""
+    if quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
-def drop_partial_checkpoints(checkpoints_dir: Path) -> list[str]:
-    """Delete checkpoints a crash left without their completion marker; return their names."""
-    dropped = []
-    for p in Path(checkpoints_dir).glob("checkpoint-*"):
-        if p.is_dir() and not (p / COMPLETE).is_file():
-            shutil.rmtree(p, ignore_errors=True)
-            dropped.append(p.name)
-    for name in dropped:
-        log.warning("removed incomplete checkpoint %s (the run was killed while saving it)", name)
-    return dropped
+def collect_metrics(trainer, train_out, has_eval: bool) -> dict:
+    """Return the run's headline metrics: losses, steps, throughput."""
+    m = dict(train_out.metrics)
+    metrics = {
+        "train_loss": round(float(train_out.training_loss), 6),
+        "global_steps": trainer.state.global_step,
+        "train_runtime_s": round(m.get("train_runtime", 0.0), 2),
+        "world_size": trainer.args.world_size,
+    }
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["first_logged_loss"] = losses[0]
+        metrics["last_logged_loss"] = losses[-1]
+    if has_eval:
+        metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 6)
+    return metrics
+
+
+def save_outputs(model, tokenizer, out: Path) -> None:
+    """Save HF-native weights (full model or PEFT adapter) and the tokenizer with its template."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    base.config.use_cache = True  # turned off for training; inference wants it
+    model.save_pretrained(out, safe_serialization=True)  # full models: generation_config.json too
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # resumable state is not needed once done
 
 
 _TRAINER = []
