@@ -39,7 +39,7 @@ from typing import Any
 from medtune.errors import MedtuneError
 from medtune.files import atomic_write_text
 
-__all__ = ["ChatClient", "RequestFailed", "Stopped", "UnparsableReply", "strip_fence",
+__all__ = ["ChatClient", "RequestFailed", "Stopped", "UnparsableReply", "reply_json", "strip_fence",
            "urllib_transport"]
 
 # transport(url, body, headers, timeout) -> (status, response headers, body); raises OSError
@@ -81,6 +81,19 @@ def strip_fence(text: str) -> str:
     text = text.strip()
     fenced = _FENCE.match(text)
     return fenced.group(1).strip() if fenced else text
+
+
+def reply_json(content: str, expected: type, **loads_kwargs):
+    """The JSON value of a reply (a ```json fence is tolerated) when it is of type ``expected``
+    (list or dict); raises UnparsableReply saying what is wrong."""
+    try:
+        value = json.loads(strip_fence(content), **loads_kwargs)
+    except json.JSONDecodeError as e:
+        raise UnparsableReply(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(value, expected):
+        kind = {list: "list", dict: "object"}[expected]
+        raise UnparsableReply(f"expected a JSON {kind}, got {type(value).__name__}")
+    return value
 
 
 def urllib_transport(url: str, body: bytes, headers: dict, timeout: float):

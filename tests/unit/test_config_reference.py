@@ -37,3 +37,13 @@ def test_comments_above_and_beside_a_field_are_joined():
         b: str = "x"
 
     assert reference.field_comments(Example) == {"a": "first line second line beside", "b": ""}
+
+
+def test_train_help_points_to_the_reference_and_examples():
+    from medtune.cli.main import build_parser
+
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    text = train.format_help()
+    assert "docs/config.md" in text and "python -m medtune.config.reference" in text
+    assert "examples/" in text and all(name in text for name in ("pt ", "sft ", "grpo "))

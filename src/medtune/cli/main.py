@@ -43,13 +43,19 @@ def _add_demo(sub):
     p.set_defaults(handler="medtune.cli.commands:cmd_demo")
 
 
+CONFIG_DOC = "docs/config.md in the source tree (or print it: python -m medtune.config.reference)"
+EXAMPLES_DIR = "examples/ (sft_lora.yaml, pt.yaml, dpo.yaml, pipeline.yaml, ...)"
+
+
 def _add_train(sub):
     from medtune.config.stages import STAGE_TABLE
 
     stages = "\n".join(f"  {name:<7}{spec.summary}" for name, spec in STAGE_TABLE.items())
     p = sub.add_parser("train", help="train one stage from a YAML config",
                        epilog=f"stages:\n{stages}\n\n"
-                              "example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x",
+                              "example: medtune train sft.yaml train.learning_rate=1e-4 output=runs/x\n"
+                              f"every config key, its default and the stages it applies to: {CONFIG_DOC}\n"
+                              f"runnable configs: {EXAMPLES_DIR}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help=f"stage config YAML (stage: {'|'.join(STAGE_TABLE)})")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -59,7 +65,9 @@ def _add_train(sub):
 
 def _add_pipeline(sub):
     p = sub.add_parser("pipeline", help="run a multi-stage pipeline YAML",
-                       epilog="example: medtune pipeline pipe.yaml stages.sft.train.epochs=1")
+                       epilog="example: medtune pipeline pipe.yaml stages.sft.train.epochs=1\n"
+                              f"config keys: {CONFIG_DOC}; examples: {EXAMPLES_DIR}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="pipeline YAML (base: model block, stages: list)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (stages.<name>.key=value)")
     p.add_argument("--overwrite", action="store_true", help="replace different runs in stage outputs")
@@ -117,6 +125,11 @@ def _add_infer(sub):
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
+def _add_bind_args(p, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+
+
 def _add_serve(sub):
     from medtune.cli.model_args import add_backend_args, add_model_args
 
@@ -129,8 +142,7 @@ def _add_serve(sub):
     a.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=DIR",
                    help="LoRA adapter on --model served as model NAME (repeatable)")
     a.add_argument("--name", help="model name of --model itself (default: its directory name)")
-    a.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    a.add_argument("--port", type=int, default=8000)
+    _add_bind_args(a, port=8000)
     a.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set)")
     add_backend_args(a)
@@ -143,8 +155,7 @@ def _add_serve(sub):
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
     add_model_args(w)
-    w.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    w.add_argument("--port", type=int, default=7860)
+    _add_bind_args(w, port=7860)
     w.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import textwrap
 import typing
 
-from medtune.config import schema
+from medtune.config import schema, stages
 
 SECTIONS = [("", schema.StageConfig), ("model", schema.ModelConfig), ("data", schema.DataConfig),
             ("adapter", schema.AdapterConfig), ("train", schema.TrainConfig),
@@ -26,7 +27,7 @@ def field_comments(cls) -> dict[str, str]:
     """Map each field of dataclass ``cls`` to its comment: the ``#`` lines just above it and the
     comment at the end of its line, joined."""
     comments, above = {}, []
-    for line in inspect.getsource(cls).splitlines()[1:]:
+    for line in textwrap.dedent(inspect.getsource(cls)).splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("#"):
             above.append(stripped.lstrip("# ").rstrip())
@@ -60,16 +61,21 @@ def default_text(f: dataclasses.Field) -> str:
 
 
 def applies_to(section: str, name: str) -> str:
-    """The stages that read ``section.name`` (every stage unless the schema restricts it); for an
-    adapter option, the methods that read it."""
+    """The stages that read ``section.name``, from the stage table (a preference option: the
+    stages whose recipe reads it; a refused data option: the stages that do not refuse it); for
+    an adapter option, the methods that read it."""
     if section == "adapter" and name != "method":
         return "methods: " + ", ".join(m for m, opts in schema.METHOD_OPTIONS.items() if name in opts)
-    stages = {"preference": schema.PREFERENCE_STAGES, "rl": schema.RL_STAGES}.get(section, schema.STAGES)
-    if (section, name) == ("", "reward_model"):
-        stages = schema.RL_STAGES
-    if (section, name) == ("data", "train_on_prompt"):
-        stages = tuple(s for s in schema.STAGES if s not in ("pt", "rm"))
-    return "all" if tuple(stages) == tuple(schema.STAGES) else ", ".join(stages)
+    table = stages.STAGE_TABLE
+    if section in ("preference", "rl") or (section, name) == ("", "reward_model"):
+        readers = stages.stages_reading(section or name)
+        if section == "preference":
+            readers = tuple(s for s in readers if name in getattr(stages.stage_recipe(s), "options", (name,)))
+    elif section == "data" and name in ("train_on_prompt", "packing"):
+        readers = tuple(s for s, spec in table.items() if name not in spec.refuses)
+    else:
+        readers = tuple(table)
+    return "all" if readers == tuple(table) else ", ".join(readers)
 
 
 def section_table(prefix: str, cls) -> list[str]:
@@ -95,7 +101,8 @@ def config_reference() -> str:
              "block) plus `stages:` (a list of stage configs, each with a `name:` and optionally "
              "`from: <name>`). Unknown keys are errors with a suggestion; `key.sub=value` on the "
              "command line overrides the YAML. Runnable examples: `examples/`.", "",
-             f"Stages: {', '.join(f'`{s}`' for s in schema.STAGES)}.", ""]
+             "Stages (`stage:`):", "",
+             *[f"- `{name}`: {spec.summary}" for name, spec in stages.STAGE_TABLE.items()], ""]
     for prefix, cls in SECTIONS:
         lines += [f"## `{prefix}`" if prefix else "## top level", ""]
         doc = inspect.getdoc(cls) or ""

@@ -39,6 +39,7 @@ def _choices(*values):
 class ModelConfig:
     path: str = ""  # local dir or hub id
     template: str = "auto"  # auto: the tokenizer's own chat template; or a built-in name
+    # auto: bf16 on capable GPUs, fp32 on CPU
     dtype: str = field(default="auto", metadata=_choices("auto", "float32", "bfloat16", "float16"))
     device: str = "auto"  # auto: cuda if available, else cpu
     trust_remote_code: bool = False  # runs code shipped with the checkpoint: only for sources you trust
@@ -51,6 +52,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # data files (JSONL, JSON, txt, CSV/TSV, Parquet); all of one shape
     train: list[str] = field(default_factory=list)
     format: str = "auto"  # alpaca|sharegpt|messages|text|preference; auto-detected per file
     eval_split: float = 0.0  # fraction held out for eval loss (0 = none)
@@ -78,9 +80,9 @@ class AdapterConfig:
     # lora / dora: low-rank adapters (dora adds a magnitude vector, ~20% slower); qlora: lora on a
     # 4/8-bit base (GPU only); prefix: P-Tuning v2 prefix tuning (learned past key/values).
     method: str = "lora"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    rank: int = 8  # lora: rank of the update (higher: more capacity and memory)
+    alpha: int = 16  # lora: scale of the update (alpha/rank)
+    dropout: float = 0.0  # lora: dropout on the adapter input (0: none)
     target: list[str] = field(default_factory=lambda: ["all"])  # all = every linear layer but lm_head
     rslora: bool = False  # true: scale by alpha/sqrt(rank) instead of alpha/rank (steadier at high rank)
     # Trained and saved in full next to the adapter, e.g. [embed_tokens, lm_head] after vocab growth.
@@ -97,23 +99,23 @@ class AdapterConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0
+    epochs: float = 3.0  # passes over the data (fractions allowed)
     max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2.0e-4
-    lr_scheduler: str = field(
+    learning_rate: float = 2.0e-4  # peak learning rate (lora ~1e-4..5e-4; full fine-tuning ~1e-5..1e-4)
+    lr_scheduler: str = field(  # learning-rate shape after warmup
         default="cosine", metadata=_choices("linear", "cosine", "constant", "constant_with_warmup")
     )
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0  # < 1: share of steps warming up; >= 1: a step count
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    batch_size: int = 8  # samples per device per step (memory grows with it)
+    grad_accum: int = 1  # steps summed per update: effective batch = batch_size x grad_accum
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
     group_by_length: bool = True  # true: batches of similar length, less padding (faster)
     gradient_checkpointing: bool = False  # true: less memory, ~30% slower
-    logging_steps: int = 10
+    logging_steps: int = 10  # log losses every N updates
     save_steps: int = 0  # 0: checkpoint once per epoch; -1: never (no resume, less disk I/O)
-    save_total_limit: int = 2
-    seed: int = 42
+    save_total_limit: int = 2  # checkpoints kept while training (removed when the run finishes)
+    seed: int = 42  # seeds data order, adapter init and sampling: same config, same run
     neftune_alpha: float = 0.0  # > 0: NEFTune noise on input embeddings while training (e.g. 5)
     deepspeed: str = ""  # path to a DeepSpeed JSON config (ZeRO-2/3); GPU + deepspeed package only
     fsdp: str = ""  # e.g. "full_shard auto_wrap": PyTorch FSDP under torchrun/accelerate; GPU only
@@ -141,8 +143,8 @@ class RLConfig:
     """Online RL stages: grpo, rloo (generate, score, update)."""
 
     num_generations: int = 4  # completions sampled per prompt (the group)
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    max_new_tokens: int = 64  # longest sampled completion
+    temperature: float = 1.0  # sampling temperature of the completions (1: the model's distribution)
     beta: float = 0.0  # KL penalty against the starting model (0: no reference model kept)
     # Built-in names (see medtune.recipes.rewards) or "package.module:function" from your own code.
     reward_functions: list[str] = field(default_factory=list)
@@ -151,7 +153,7 @@ class RLConfig:
 
 @dataclass
 class StageConfig:
-    stage: str = "sft"
+    stage: str = "sft"  # which recipe trains: pt, sft, rm, dpo, orpo, simpo, kto, grpo, rloo
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -159,7 +161,7 @@ class StageConfig:
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     reward_model: str = ""  # grpo/rloo: a dir written by stage rm
-    output: str = ""
+    output: str = ""  # the run dir (weights or adapter, tokenizer, config.yaml, lineage.json)
     name: str = ""  # a pipeline stage's name
     from_: str = ""  # pipeline: start from this stage's output instead of the previous one
 

@@ -53,7 +53,6 @@ with ``failed`` and ``n`` (prompts scored).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +62,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.evaluation.answer_files import Item
 from medtune.evaluation.results import EvalResult
-from medtune.llm_client import ChatClient, RequestFailed, UnparsableReply, strip_fence
+from medtune.llm_client import ChatClient, RequestFailed, UnparsableReply, reply_json
 
 __all__ = ["JUDGE_PROMPT_VERSION", "RUBRICS", "Judge", "Rubric", "dreamer_focus", "judge_client",
            "judge_messages", "judge_result", "parse_verdict"]
@@ -212,12 +211,7 @@ def _entry(value, label: str, rubric: Rubric) -> tuple[dict, str]:
 
 def parse_verdict(content: str, rubric: Rubric, labels: list[str]) -> dict:
     """``{label: (scores, reason)}`` from a judge reply; raises UnparsableReply saying why."""
-    try:
-        verdict = json.loads(strip_fence(content), object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as e:
-        raise UnparsableReply(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(verdict, dict):
-        raise UnparsableReply(f"expected a JSON object, got {type(verdict).__name__}")
+    verdict = reply_json(content, dict, object_pairs_hook=_unique_keys)
     missing = [label for label in labels if label not in verdict]
     extra = sorted(set(verdict) - set(labels))
     if missing or extra:

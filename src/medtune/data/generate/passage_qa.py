@@ -20,7 +20,6 @@ answer. Records are unified ``messages`` records (see :mod:`medtune.data.readers
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import Counter
@@ -45,7 +44,7 @@ from medtune.llm_client import (
     RequestFailed,
     Transport,
     UnparsableReply,
-    strip_fence,
+    reply_json,
     urllib_transport,
 )
 
@@ -171,12 +170,7 @@ _PROMPTS = {
 def parse_qa_pairs(content: str) -> list[tuple[str, str]]:
     """``[(question, answer)]`` from a reply that is a JSON list of {"question", "answer"}
     (a ```json fence is tolerated); raises UnparsableReply naming what is wrong."""
-    try:
-        items = json.loads(strip_fence(content))
-    except json.JSONDecodeError as e:
-        raise UnparsableReply(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(items, list):
-        raise UnparsableReply(f"expected a JSON list, got {type(items).__name__}")
+    items = reply_json(content, list)
     pairs = []
     for i, item in enumerate(items, 1):
         for key in ("question", "answer"):
