@@ -24,6 +24,7 @@ EPILOG = """examples:
   medtune data convert huatuo.json -o sft.jsonl    any layout -> unified JSONL (also clean, generate,
                                                    mix, split, stats)
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
+  medtune template check --model runs/sft         training render vs serving prompt, learned spans
   medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
   medtune export gguf --model runs/sft-merged -o sft.gguf --modelfile  llama.cpp / Ollama file
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
@@ -261,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from medtune.cli.data_args import add_data
+    from medtune.cli.template import add_template
 
-    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer,
+    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer, add_template,
                 _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
         add(sub)
     return parser

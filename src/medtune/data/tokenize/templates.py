@@ -137,6 +137,14 @@ def template_name(source: str | None) -> str:
 # user turn before the last reply).
 _FINAL_TURN_REWRITTEN = frozenset({"deepseek-r1", "glm4", "mistral"})
 
+
+
+def final_reply_rewritten(name: str) -> bool:
+    """Whether built-in ``name`` writes a conversation's final reply unlike its published template
+    (its prompts and past turns are the published ones)."""
+    return name in _FINAL_TURN_REWRITTEN
+
+
 _PROBE_TURNS = (
     {"role": "user", "content": "What causes a fever?"},
     {"role": "assistant", "content": "Usually an infection."},
