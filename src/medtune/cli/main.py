@@ -87,7 +87,7 @@ def _add_chat(sub):
                        epilog="example: medtune chat --model runs/demo/sft   ('clear' resets, 'stop' quits)")
     add_model_args(p)
     p.add_argument("--system", help="system prompt")
-    add_generation_args(p, ("max_new_tokens", "temperature"))
+    add_generation_args(p, ("max_new_tokens", "temperature", "enable_thinking", "thinking_budget"))
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
@@ -104,7 +104,8 @@ def _add_infer(sub):
     p.add_argument("--input", required=True, help="JSONL of messages / prompt / instruction(+input) rows")
     p.add_argument("--output", required=True, help="JSONL written row by row; a re-run continues it")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    add_generation_args(p, ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed"),
+    add_generation_args(p, ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed", "enable_thinking",
+                            "thinking_budget"),
                         defaults={"seed": 42})  # a sampled run is reproducible unless asked otherwise
     p.add_argument("--system", help="system prompt added to rows that have none")
     add_backend_args(p)
