@@ -356,7 +356,7 @@ def test_go_template_renders_what_jinja_renders(name):
             assert go_render(tpl, msgs) == want, (name, msgs)
 
 
-@pytest.mark.parametrize("name", ["llama2", "llama3"])
+@pytest.mark.parametrize("name", ["llama2", "llama3", "llama3.0"])
 def test_go_template_leaves_bos_to_a_tokenizer_that_adds_it(name):
     msgs = CONVERSATIONS[1][:4] + [{"role": "user", "content": "还有呢？"}]
     want = render(template_source(name), msgs, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")

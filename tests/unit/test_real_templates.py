@@ -35,6 +35,10 @@ FAMILIES = {
     "gemma": ("gemma.jinja", "<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"]),
     "mistral": ("mistral.jinja", "<s>", "</s>", ["[INST]", "[/INST]"]),
     "llama2": ("llama2.jinja", "<s>", "</s>", []),  # [INST] is plain text in Llama 2's tokenizer
+    "gemma3": ("gemma3.jinja", "<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"]),
+    "phi4": ("phi4.jinja", None, "<|im_end|>", ["<|im_start|>", "<|im_sep|>", "<|im_end|>"]),
+    "yi": ("yi.jinja", "<|startoftext|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"]),
+    "glm4": ("glm4.jinja", None, "<|endoftext|>", ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"]),
 }
 
 SYSTEM = "You are a medical assistant."
@@ -55,6 +59,9 @@ LEARNED = {
     "gemma": [A1 + "<end_of_turn>", A2 + "<end_of_turn>"],
     "mistral": [" " + A1 + "</s>", " " + A2 + "</s>"],
     "llama2": [" " + A1 + " </s>", " " + A2 + " </s>"],
+    "gemma3": [A1 + "<end_of_turn>", A2 + "<end_of_turn>"],
+    "phi4": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
+    "yi": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
 }
 
 
@@ -115,7 +122,8 @@ def test_multi_turn_learns_each_reply_and_the_serving_prompt_is_a_token_prefix(f
     assert labels[len(prompt) - 1] == IGNORE and labels[len(prompt)] != IGNORE  # the reply starts there
 
 
-@pytest.mark.parametrize("family", ["qwen2.5", "qwen3", "llama3.1", "phi3", "zephyr", "llama2"])
+@pytest.mark.parametrize("family", ["qwen2.5", "qwen3", "llama3.1", "phi3", "zephyr", "llama2", "gemma3", "phi4",
+                                    "yi"])
 def test_system_prompt_single_turn(family_tokenizer, family):
     tok = family_tokenizer(family)
     ids, labels = encode_conversation(tok, WITH_SYSTEM)

@@ -39,7 +39,8 @@ ZH_TEMPLATES = {"chatglm", "chatglm2", "chatglm3", "baichuan2", "huatuo"}
 
 # The tokenizer's own bos/eos for each family (what apply_chat_template passes in).
 BOS_EOS = {
-    "llama3": ("<|begin_of_text|>", "<|end_of_text|>"),  # Meta-Llama-3 tokenizer
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),  # Llama-3.1-Instruct tokenizer
+    "llama3.0": ("<|begin_of_text|>", "<|end_of_text|>"),  # Meta-Llama-3 tokenizer
     "chatglm": ("<sop>", "<eop>"),  # THUDM/chatglm-6b tokenization_chatglm.py
     "deepseek-r1": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),  # DeepSeek-R1-Distill tokenizer
 }
@@ -189,7 +190,7 @@ GOLDEN = {
     # Llama 3: meta-llama/llama3 llama/tokenizer.py ChatFormat: <|begin_of_text|>, then per message
     # "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>", then the assistant
     # header.
-    "llama3": {
+    "llama3.0": {
         "system_single": (
             "<|begin_of_text|>"
             "<|start_header_id|>system<|end_header_id|>\n\nYou are a medical assistant.<|eot_id|>"
@@ -365,6 +366,103 @@ GOLDEN = {
     },
 }
 
+LLAMA31_SYSTEM = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                  "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")
+LLAMA3_TURNS = {
+    "u1": "<|start_header_id|>user<|end_header_id|>\n\nWhat is a normal resting heart rate?<|eot_id|>",
+    "a1": "<|start_header_id|>assistant<|end_header_id|>\n\nFor adults, 60 to 100 beats per minute.<|eot_id|>",
+    "u2": "<|start_header_id|>user<|end_header_id|>\n\nIs 55 too low?<|eot_id|>",
+    "a2": "<|start_header_id|>assistant<|end_header_id|>\n\nNot for a fit adult without symptoms.<|eot_id|>",
+    "gen": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+}
+
+GOLDEN.update({
+    # Llama 3.1+: meta-llama/Llama-3.1-8B-Instruct chat_template: the system header is always
+    # written, with "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" before
+    # the (possibly empty) system message; then Llama 3 turns.
+    "llama3": {
+        "system_single": LLAMA31_SYSTEM + "You are a medical assistant.<|eot_id|>" + LLAMA3_TURNS["u1"] + LLAMA3_TURNS["a1"],
+        "two_turn": LLAMA31_SYSTEM + "<|eot_id|>" + "".join(LLAMA3_TURNS[k] for k in ("u1", "a1", "u2", "a2")),
+        "gen_single": LLAMA31_SYSTEM + "<|eot_id|>" + LLAMA3_TURNS["u1"] + LLAMA3_TURNS["gen"],
+        "gen_history": LLAMA31_SYSTEM + "<|eot_id|>" + "".join(LLAMA3_TURNS[k] for k in ("u1", "a1", "u2", "gen")),
+    },
+    # GLM-4: THUDM/glm-4-9b-chat: "[gMASK]<sop>", then <|role|> + "\n" + content per message,
+    # generation prompt <|assistant|>; medtune writes eos after the final reply (GLM-4 finetune.py).
+    "glm4": {
+        "system_single": ("[gMASK]<sop><|system|>\nYou are a medical assistant.<|user|>\n"
+                          "What is a normal resting heart rate?<|assistant|>\nFor adults, 60 to 100 beats per minute.</s>"),
+        "two_turn": ("[gMASK]<sop><|user|>\nWhat is a normal resting heart rate?<|assistant|>\n"
+                     "For adults, 60 to 100 beats per minute.<|user|>\nIs 55 too low?<|assistant|>\n"
+                     "Not for a fit adult without symptoms.</s>"),
+        "gen_single": "[gMASK]<sop><|user|>\nWhat is a normal resting heart rate?<|assistant|>",
+        "gen_history": ("[gMASK]<sop><|user|>\nWhat is a normal resting heart rate?<|assistant|>\n"
+                        "For adults, 60 to 100 beats per minute.<|user|>\nIs 55 too low?<|assistant|>"),
+    },
+    # Gemma 3: google/gemma-3-4b-it: bos, <start_of_turn>user|model\n ... <end_of_turn>\n, the
+    # system text + "\n\n" opening the first user turn.
+    "gemma": {
+        "system_single": ("<s><start_of_turn>user\nYou are a medical assistant.\n\nWhat is a normal resting heart rate?"
+                          "<end_of_turn>\n<start_of_turn>model\nFor adults, 60 to 100 beats per minute.<end_of_turn>\n"),
+        "two_turn": ("<s><start_of_turn>user\nWhat is a normal resting heart rate?<end_of_turn>\n"
+                     "<start_of_turn>model\nFor adults, 60 to 100 beats per minute.<end_of_turn>\n"
+                     "<start_of_turn>user\nIs 55 too low?<end_of_turn>\n"
+                     "<start_of_turn>model\nNot for a fit adult without symptoms.<end_of_turn>\n"),
+        "gen_single": "<s><start_of_turn>user\nWhat is a normal resting heart rate?<end_of_turn>\n<start_of_turn>model\n",
+        "gen_history": ("<s><start_of_turn>user\nWhat is a normal resting heart rate?<end_of_turn>\n"
+                        "<start_of_turn>model\nFor adults, 60 to 100 beats per minute.<end_of_turn>\n"
+                        "<start_of_turn>user\nIs 55 too low?<end_of_turn>\n<start_of_turn>model\n"),
+    },
+    # Mistral v3: mistralai/Mistral-7B-Instruct-v0.3: bos, "[INST] " + text + "[/INST]", " " + reply
+    # + eos; the system message in the last user turn.
+    "mistral": {
+        "system_single": ("<s>[INST] You are a medical assistant.\n\nWhat is a normal resting heart rate?[/INST]"
+                          " For adults, 60 to 100 beats per minute.</s>"),
+        "two_turn": ("<s>[INST] What is a normal resting heart rate?[/INST] For adults, 60 to 100 beats per minute.</s>"
+                     "[INST] Is 55 too low?[/INST] Not for a fit adult without symptoms.</s>"),
+        "gen_single": "<s>[INST] What is a normal resting heart rate?[/INST]",
+        "gen_history": ("<s>[INST] What is a normal resting heart rate?[/INST] For adults, 60 to 100 beats per minute.</s>"
+                        "[INST] Is 55 too low?[/INST]"),
+    },
+    # Phi-3: microsoft/Phi-3-mini-4k-instruct: <|role|>\n + content + <|end|>\n, eos after a
+    # conversation, generation prompt <|assistant|>\n.
+    "phi3": {
+        "system_single": ("<|system|>\nYou are a medical assistant.<|end|>\n<|user|>\nWhat is a normal resting heart rate?"
+                          "<|end|>\n<|assistant|>\nFor adults, 60 to 100 beats per minute.<|end|>\n</s>"),
+        "two_turn": ("<|user|>\nWhat is a normal resting heart rate?<|end|>\n<|assistant|>\n"
+                     "For adults, 60 to 100 beats per minute.<|end|>\n<|user|>\nIs 55 too low?<|end|>\n"
+                     "<|assistant|>\nNot for a fit adult without symptoms.<|end|>\n</s>"),
+        "gen_single": "<|user|>\nWhat is a normal resting heart rate?<|end|>\n<|assistant|>\n",
+        "gen_history": ("<|user|>\nWhat is a normal resting heart rate?<|end|>\n<|assistant|>\n"
+                        "For adults, 60 to 100 beats per minute.<|end|>\n<|user|>\nIs 55 too low?<|end|>\n<|assistant|>\n"),
+    },
+    # Phi-4: microsoft/phi-4: <|im_start|>role<|im_sep|> + content + <|im_end|>, no newlines.
+    "phi4": {
+        "system_single": ("<|im_start|>system<|im_sep|>You are a medical assistant.<|im_end|>"
+                          "<|im_start|>user<|im_sep|>What is a normal resting heart rate?<|im_end|>"
+                          "<|im_start|>assistant<|im_sep|>For adults, 60 to 100 beats per minute.<|im_end|>"),
+        "two_turn": ("<|im_start|>user<|im_sep|>What is a normal resting heart rate?<|im_end|>"
+                     "<|im_start|>assistant<|im_sep|>For adults, 60 to 100 beats per minute.<|im_end|>"
+                     "<|im_start|>user<|im_sep|>Is 55 too low?<|im_end|>"
+                     "<|im_start|>assistant<|im_sep|>Not for a fit adult without symptoms.<|im_end|>"),
+        "gen_single": "<|im_start|>user<|im_sep|>What is a normal resting heart rate?<|im_end|><|im_start|>assistant<|im_sep|>",
+        "gen_history": ("<|im_start|>user<|im_sep|>What is a normal resting heart rate?<|im_end|>"
+                        "<|im_start|>assistant<|im_sep|>For adults, 60 to 100 beats per minute.<|im_end|>"
+                        "<|im_start|>user<|im_sep|>Is 55 too low?<|im_end|><|im_start|>assistant<|im_sep|>"),
+    },
+    # Yi-1.5: 01-ai/Yi-1.5-9B-Chat: the system text bare, the assistant header after every user turn.
+    "yi": {
+        "system_single": ("You are a medical assistant.<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n"
+                          "<|im_start|>assistant\nFor adults, 60 to 100 beats per minute.<|im_end|>\n"),
+        "two_turn": ("<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n<|im_start|>assistant\n"
+                     "For adults, 60 to 100 beats per minute.<|im_end|>\n<|im_start|>user\nIs 55 too low?<|im_end|>\n"
+                     "<|im_start|>assistant\nNot for a fit adult without symptoms.<|im_end|>\n"),
+        "gen_single": "<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n<|im_start|>assistant\n",
+        "gen_history": ("<|im_start|>user\nWhat is a normal resting heart rate?<|im_end|>\n<|im_start|>assistant\n"
+                        "For adults, 60 to 100 beats per minute.<|im_end|>\n<|im_start|>user\nIs 55 too low?<|im_end|>\n"
+                        "<|im_start|>assistant\n"),
+    },
+})
+
 # What each template marks as learned in conversation(name) (system + two answered turns): each
 # reply with its end-of-turn marker, as decoded from the assistant mask.
 LEARNED = {
@@ -374,6 +472,13 @@ LEARNED = {
     "deepseek-r1": [A1 + "<｜end▁of▁sentence｜>", "\n</think>\n\n" + A2 + "<｜end▁of▁sentence｜>"],
     "llama2": [" " + A1 + " </s>", " " + A2 + " </s>"],
     "llama3": [A1 + "<|eot_id|>", A2 + "<|eot_id|>"],
+    "llama3.0": [A1 + "<|eot_id|>", A2 + "<|eot_id|>"],
+    "glm4": ["\n" + A1 + "<|user|>", "\n" + A2 + "</s>"],
+    "gemma": [A1 + "<end_of_turn>", A2 + "<end_of_turn>"],
+    "mistral": [" " + A1 + "</s>", " " + A2 + "</s>"],
+    "phi3": [A1 + "<|end|>", A2 + "<|end|>"],
+    "phi4": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
+    "yi": [A1 + "<|im_end|>", A2 + "<|im_end|>"],
     # ChatGLM-6B: earlier replies are history inside the bidirectional prompt; only the last one
     # is learned.
     "chatglm": [ZH_A2 + "<eop>"],
@@ -458,8 +563,12 @@ def test_llama_templates_strip_content():
         {"role": "assistant", "content": "\nHello  "},
     ]
     assert render_named("llama2", messages) == "<s>[INST] Hi [/INST] Hello </s>"
-    assert render_named("llama3", messages) == (
+    assert render_named("llama3.0", messages) == (
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>"
+    )
+    assert render_named("llama3", messages).endswith(
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>"
     )
 
@@ -481,6 +590,7 @@ def test_stop_strings_and_special_tokens():
         "deepseek-r1": [],
         "llama2": [],
         "llama3": ["<|eot_id|>"],
+        "llama3.0": ["<|eot_id|>"],
         "chatglm": [],
         "chatglm2": [],
         "chatglm3": ["<|user|>", "<|observation|>"],
@@ -488,6 +598,12 @@ def test_stop_strings_and_special_tokens():
         "vicuna": [],
         "baichuan2": [],
         "huatuo": [],
+        "glm4": ["<|user|>", "<|observation|>"],
+        "gemma": ["<end_of_turn>"],
+        "mistral": [],
+        "phi3": ["<|end|>"],
+        "phi4": ["<|im_end|>"],
+        "yi": ["<|im_end|>"],
     }
     assert {n: special_tokens(n) for n in TEMPLATE_NAMES} == {
         "chatml": ["<|im_start|>", "<|im_end|>"],
@@ -496,6 +612,7 @@ def test_stop_strings_and_special_tokens():
         "deepseek-r1": ["<｜User｜>", "<｜Assistant｜>"],
         "llama2": [],
         "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "llama3.0": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
         "chatglm": ["[gMASK]", "<sop>"],
         "chatglm2": ["[gMASK]"],
         "chatglm3": ["[gMASK]", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
@@ -503,6 +620,12 @@ def test_stop_strings_and_special_tokens():
         "vicuna": [],
         "baichuan2": ["<reserved_106>", "<reserved_107>"],
         "huatuo": [],
+        "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "gemma": ["<start_of_turn>", "<end_of_turn>"],
+        "mistral": ["[INST]", "[/INST]"],
+        "phi3": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        "phi4": ["<|im_start|>", "<|im_sep|>", "<|im_end|>"],
+        "yi": ["<|im_start|>", "<|im_end|>"],
     }
     stop_strings("chatml").append("x")  # callers get a copy
     assert stop_strings("chatml") == ["<|im_end|>"]

@@ -109,7 +109,8 @@ def cmd_chat(args) -> int:
     from medtune.inference.chat import ChatModel
 
     bot = ChatModel.load(args.model, **model_kwargs(args),
-                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+                         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
     chat_loop(bot, args.system, sys.stdin, sys.stdout)
     return 0
 

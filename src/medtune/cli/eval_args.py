@@ -26,7 +26,7 @@ def add_gen_args(p, add_model_args) -> None:
     p.add_argument("--data", help="dataset with references (any format medtune data reads); 'safety': the "
                                   "bundled safety set, scored by refusal rate ('safety:FILE': your own set)")
     p.add_argument("--predictions", help="JSONL with 'prediction' and 'reference' per line: score only")
-    add_generation_args(p, ("max_new_tokens",))
+    add_generation_args(p, ("max_new_tokens", "enable_thinking", "thinking_budget"))
     p.add_argument("--system", help="system prompt for generation")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad record / predictions line (default: skip and count it)")
@@ -41,7 +41,7 @@ def add_choice_args(p, add_model_args) -> None:
                    help="loglik: score the answer letter; generate: answer freely, extract the letter")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples from --dev (default 0)")
     p.add_argument("--dev", nargs="+", help="dev files for few-shot examples (default: the sibling dev split if found)")
-    add_generation_args(p, ("max_new_tokens",), defaults={"max_new_tokens": 64},  # one letter, a short reason
+    add_generation_args(p, ("max_new_tokens", "enable_thinking", "thinking_budget"), defaults={"max_new_tokens": 64},  # one letter, a short reason
                         helps={"max_new_tokens": "for --method generate"})
     _common(p)
 
@@ -81,3 +81,8 @@ def add_report_args(p) -> None:
     p.add_argument("runs", nargs="+", help="training run dirs and/or eval output dirs")
     p.add_argument("--output", required=True, help="output dir (report.md, report.html, PNGs)")
     p.add_argument("--samples", type=int, default=5, help="sample answers shown side by side (default 5)")
+
+
+def thinking_settings(args) -> dict:
+    """The reasoning settings an eval command was given (none for ``eval ppl``)."""
+    return {k: getattr(args, k, None) for k in ("enable_thinking", "thinking_budget")}

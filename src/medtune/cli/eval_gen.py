@@ -55,10 +55,11 @@ def _check_counts(args, *names) -> None:
 
 
 def _load_bot(args):
+    from medtune.cli.eval_args import thinking_settings
     from medtune.cli.model_args import model_kwargs
     from medtune.inference.chat import ChatModel
 
-    return ChatModel.load(args.model, **model_kwargs(args))
+    return ChatModel.load(args.model, **model_kwargs(args), **thinking_settings(args))
 
 
 def _settings(args, **extra) -> dict:

@@ -24,6 +24,7 @@ EPILOG = """examples:
   medtune data convert huatuo.json -o sft.jsonl    any layout -> unified JSONL (also clean, generate,
                                                    mix, split, stats)
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
+  medtune template check --model runs/sft         training render vs serving prompt, learned spans
   medtune export merge --adapter runs/sft -o runs/sft-merged           LoRA -> full weights
   medtune export gguf --model runs/sft-merged -o sft.gguf --modelfile  llama.cpp / Ollama file
   medtune chat --model runs/demo/sft               interactive; 'clear' resets, 'stop'/'exit' quits
@@ -99,7 +100,7 @@ def _add_chat(sub):
                        epilog="example: medtune chat --model runs/demo/sft   ('clear' resets, 'stop' quits)")
     add_model_args(p)
     p.add_argument("--system", help="system prompt")
-    add_generation_args(p, ("max_new_tokens", "temperature"))
+    add_generation_args(p, ("max_new_tokens", "temperature", "enable_thinking", "thinking_budget"))
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
@@ -116,7 +117,8 @@ def _add_infer(sub):
     p.add_argument("--input", required=True, help="JSONL of messages / prompt / instruction(+input) rows")
     p.add_argument("--output", required=True, help="JSONL written row by row; a re-run continues it")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    add_generation_args(p, ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed"),
+    add_generation_args(p, ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed", "enable_thinking",
+                            "thinking_budget"),
                         defaults={"seed": 42})  # a sampled run is reproducible unless asked otherwise
     p.add_argument("--system", help="system prompt added to rows that have none")
     add_backend_args(p)
@@ -277,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from medtune.cli.data_args import add_data
+    from medtune.cli.template import add_template
 
-    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer,
+    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer, add_template,
                 _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
         add(sub)
     return parser

@@ -30,7 +30,8 @@ def cmd_infer(args) -> int:
         raise MedtuneError(f"--input '{args.input}' not found")
     params = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                                seed=args.seed if args.temperature > 0 else None)
+                                seed=args.seed if args.temperature > 0 else None,
+                                enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
     engine = _engine(args)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
                         system=args.system, model_label=args.model, adapter=args.adapter,

@@ -54,7 +54,10 @@ def extract_answer(text: str, options: dict, multi: bool) -> str | None:
     """The answer letters in a generated reply, or None: CMB's "答案是X" rule (and its English
     counterpart), then Apollo's first-line rules, then CMB's fallback (every option letter in
     the reply). Single-answer: the most frequent letter found (ties: the first); multi-answer:
-    the sorted set."""
+    the sorted set. A leading reasoning trace (``<think>…</think>``) is not part of the answer."""
+    from medtune.inference.reasoning import split_trace
+
+    text = split_trace(text)[1]
     found = _phrase_letters(text, options) or _first_line_letters(text, options) or _runs(text, options)
     if not found:
         return None

@@ -80,14 +80,18 @@ def group_key(records: list[dict]) -> str | None:
 
 def generate_replies(bot, prompts: list, batch_size: int = 16, max_new_tokens: int = 256,
                      system: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
-    """Return ``bot``'s greedy reply to each prompt, ``batch_size`` prompts per generate call."""
+    """Return ``bot``'s greedy reply to each prompt, ``batch_size`` prompts per generate call; a
+    reasoning trace before the answer is dropped (the answer alone is scored)."""
     from tqdm import tqdm
+
+    from medtune.inference.reasoning import split_trace
 
     replies: list[str] = []
     with tqdm(total=len(prompts), disable=not progress, unit="prompt", desc=desc) as bar:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            replies += bot.generate(chunk, system=system, max_new_tokens=max_new_tokens, temperature=0.0)
+            replies += [split_trace(r)[1].strip()
+                        for r in bot.generate(chunk, system=system, max_new_tokens=max_new_tokens, temperature=0.0)]
             bar.update(len(chunk))
     return replies
 

@@ -8,12 +8,12 @@ Example::
 Ollama does not run the Jinja ``tokenizer.chat_template`` stored in the GGUF: it matches it against
 its own library of templates and otherwise falls back to a bare ``{{ .Prompt }}``, which silently
 drops the chat format. So a Modelfile is written only for the built-in templates whose Go form is
-below (chatml, qwen, llama3, llama2, alpaca, vicuna, huatuo); a custom or other template is refused.
+below (chatml, qwen, llama3, llama3.0, llama2, alpaca, vicuna, huatuo); a custom or other template is refused.
 
 The Go templates use Ollama's ``.Messages`` form (system messages included in order) and render what
 the Jinja template renders with ``add_generation_prompt`` when the last message is not the
 assistant's; a trailing assistant message is left open so Ollama continues it, as Ollama's own
-templates do. Differences: Go templates cannot trim, so llama2/llama3 contents are not stripped, and
+templates do. Differences: Go templates cannot trim, so llama2/llama3 contents are not stripped, llama3's date line is the published default, and
 alpaca's optional ``input`` field does not exist in Ollama's API.
 """
 
@@ -56,10 +56,25 @@ def _qwen() -> str:
             + _chatml())
 
 
-def _llama3(bos: str) -> str:
-    return (bos + RANGE + "<|start_header_id|>{{ $m.Role }}<|end_header_id|>\n\n{{ $m.Content }}"
-            f"{{{{ if not {OPEN} }}}}<|eot_id|>{{{{ end }}}}"
-            f"{{{{ if {PROMPT} }}}}<|start_header_id|>assistant<|end_header_id|>\n\n{{{{ end }}}}{{{{ end }}}}")
+LLAMA3_GEN = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+LLAMA31_SYSTEM = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+
+
+def _llama3_turn() -> str:
+    return ("<|start_header_id|>{{ $m.Role }}<|end_header_id|>\n\n{{ $m.Content }}"
+            f"{{{{ if not {OPEN} }}}}<|eot_id|>{{{{ end }}}}")
+
+
+def _llama30(bos: str) -> str:
+    return bos + RANGE + _llama3_turn() + f"{{{{ if {PROMPT} }}}}{LLAMA3_GEN}{{{{ end }}}}{{{{ end }}}}"
+
+
+def _llama31(bos: str) -> str:
+    """Llama 3.1+: the system header is always written; a first system message fills it."""
+    header = (f"<|start_header_id|>system<|end_header_id|>\n\n{LLAMA31_SYSTEM}"
+              f"{{{{ if {SYSTEM_FIRST} }}}}{{{{ (index $.Messages 0).Content }}}}{{{{ end }}}}<|eot_id|>")
+    return (bos + header + RANGE + '{{ if not (and (eq $i 0) (eq $m.Role "system")) }}' + _llama3_turn()
+            + f"{{{{ end }}}}{{{{ if {PROMPT} }}}}{LLAMA3_GEN}{{{{ end }}}}{{{{ end }}}}")
 
 
 def _llama2(bos: str, eos: str, adds_bos: bool) -> str:
@@ -93,7 +108,7 @@ def _huatuo(eos: str) -> str:
             + f"{{{{ if {PROMPT} }}}}### 回答:\n{{{{ end }}}}{{{{ end }}}}")
 
 
-GO_TEMPLATES = ("chatml", "qwen", "llama3", "llama2", "alpaca", "vicuna", "huatuo")
+GO_TEMPLATES = ("chatml", "qwen", "llama3", "llama3.0", "llama2", "alpaca", "vicuna", "huatuo")
 
 
 def go_template(name: str, bos: str = "", eos: str = "", adds_bos: bool = False) -> str:
@@ -103,7 +118,8 @@ def go_template(name: str, bos: str = "", eos: str = "", adds_bos: bool = False)
     GGUF's ``add_bos_token``), llama.cpp prepends it, so the template leaves the first one out.
     """
     first_bos = "" if adds_bos else bos
-    builders = {"chatml": _chatml, "qwen": _qwen, "llama3": lambda: _llama3(first_bos),
+    builders = {"chatml": _chatml, "qwen": _qwen, "llama3": lambda: _llama31(first_bos),
+                "llama3.0": lambda: _llama30(first_bos),
                 "llama2": lambda: _llama2(bos, eos, adds_bos), "alpaca": lambda: _alpaca(eos),
                 "vicuna": lambda: _vicuna(eos), "huatuo": lambda: _huatuo(eos)}
     if name not in builders:

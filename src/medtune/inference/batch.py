@@ -170,10 +170,10 @@ def run_infer(engine, input_path, output_path, params, batch_size=16, system=Non
     started = time.perf_counter()
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), disable=not progress,
                                                      unit="row", desc="infer") as bar:
-        for batch, prompts in _length_sorted_batches(engine, todo, batch_size):
+        for batch, prompts in _length_sorted_batches(engine, todo, batch_size, params.enable_thinking):
             answers = engine.generate(prompts, _batch_params(params, batch))
-            for row, got in zip(batch, _per_prompt(answers, params.n)):
-                f.write(json.dumps(_output_row(row, got), ensure_ascii=False) + "\n")
+            for row, got, prompt in zip(batch, _per_prompt(answers, params.n), prompts):
+                f.write(json.dumps(_output_row(row, got, _opens_thinking(engine, prompt)), ensure_ascii=False) + "\n")
                 summary.completion_tokens += sum(c.completion_tokens for c in got)
             f.flush()
             summary.generated += len(batch)
@@ -188,9 +188,10 @@ def meta_file(output_path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def _length_sorted_batches(engine, rows, batch_size):
+def _length_sorted_batches(engine, rows, batch_size, enable_thinking=None):
     """Yield ``(rows, prompt ids)`` batches, longest prompts first (less padding, early OOM)."""
-    encoded = sorted(((engine.encode_chat(r.messages), r) for r in rows), key=lambda p: -len(p[0]))
+    encoded = sorted(((engine.encode_chat(r.messages, enable_thinking=enable_thinking), r) for r in rows),
+                     key=lambda p: -len(p[0]))
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i:i + batch_size]
         yield [r for _, r in chunk], [ids for ids, _ in chunk]
@@ -210,12 +211,24 @@ def _per_prompt(completions, n):
     return [completions[i:i + n] for i in range(0, len(completions), n)]
 
 
-def _output_row(row: InferRow, got) -> dict:
-    out = {**row.source, "id": row.id, "response": got[0].text.strip(),
+def _opens_thinking(engine, prompt) -> bool:
+    from medtune.inference.reasoning import opens_thinking
+
+    return opens_thinking(engine.tokenizer().decode(prompt[-8:], skip_special_tokens=False))
+
+
+def _output_row(row: InferRow, got, opened: bool = False) -> dict:
+    """The output row: ``response`` is the answer; a reasoning trace goes to ``reasoning_content``."""
+    from medtune.inference.reasoning import split_trace
+
+    reasoning, answer = split_trace(got[0].text, opened)
+    out = {**row.source, "id": row.id, "response": answer.strip(),
            "finish_reason": got[0].finish_reason, "prompt_tokens": got[0].prompt_tokens,
            "completion_tokens": got[0].completion_tokens}
+    if reasoning is not None:
+        out["reasoning_content"] = reasoning
     if len(got) > 1:
-        out["responses"] = [c.text.strip() for c in got]
+        out["responses"] = [split_trace(c.text, opened)[1].strip() for c in got]
     return out
 
 
@@ -232,8 +245,10 @@ def _meta(engine, input_path, params, system, model_label, adapter, batch_size) 
 
 
 def _params_record(params) -> dict:
-    """``params`` as OUT.meta.json has always recorded them: ``max_new_tokens`` named ``max_tokens``."""
-    return {"max_tokens" if k == "max_new_tokens" else k: v for k, v in asdict(params).items()}
+    """``params`` as OUT.meta.json has always recorded them: ``max_new_tokens`` named ``max_tokens``;
+    the thinking settings only when set (so runs from before they existed still resume)."""
+    return {"max_tokens" if k == "max_new_tokens" else k: v for k, v in asdict(params).items()
+            if v is not None or k not in ("enable_thinking", "thinking_budget")}
 
 
 def _write_meta(path: Path, meta: dict, summary: InferSummary, status: str) -> None:

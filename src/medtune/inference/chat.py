@@ -68,7 +68,7 @@ class ChatModel:
 
     def prompt_ids(self, messages) -> list[int]:
         """Return the token ids of ``messages`` rendered with the generation prompt."""
-        return self.engine.encode_chat(messages)
+        return self.engine.encode_chat(messages, enable_thinking=self.settings.enable_thinking)
 
     def chat(self, query: str, history=None, system: str | None = None, **overrides):
         """Return ``(reply, history)`` where history now ends with this exchange."""

@@ -115,11 +115,13 @@ class ChatEngine:
     def template(self, model: str | None = None) -> str:
         return self.tokenizer(model).chat_template or ""
 
-    def encode_chat(self, messages, model: str | None = None) -> list[int]:
-        """Return the prompt ids of ``messages`` in the model's template, ready for the reply."""
+    def encode_chat(self, messages, model: str | None = None, enable_thinking: bool | None = None) -> list[int]:
+        """Return the prompt ids of ``messages`` in the model's template, ready for the reply
+        (``enable_thinking``, when given, is passed to the template as Qwen3's expects)."""
         from medtune.data.tokenize.examples import apply_template
 
-        return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True)["input_ids"])
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True, **extra)["input_ids"])
 
     def encode_text(self, text: str, model: str | None = None) -> list[int]:
         """Return the ids of plain ``text`` (no template): completion-style prompts."""
@@ -209,6 +211,13 @@ class HFEngine(ChatEngine):
         sample = params.temperature > 0
         extra = {"temperature": params.temperature, "top_p": params.top_p} if sample else \
             {"temperature": None, "top_p": None, "top_k": None}
+        processors = []
+        if params.thinking_budget is not None:
+            from transformers import LogitsProcessorList
+
+            from medtune.inference.reasoning import ThinkingBudget
+
+            processors = LogitsProcessorList([ThinkingBudget(tok, params.thinking_budget, rows, width)])
         seeded = torch.random.fork_rng(devices=[]) if params.seed is not None else nullcontext()
         with seeded, torch.no_grad():
             if params.seed is not None:
@@ -217,7 +226,7 @@ class HFEngine(ChatEngine):
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=sample,
                 repetition_penalty=params.repetition_penalty, eos_token_id=tracker.stop_ids,
                 pad_token_id=pad, streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker]),
-                **extra)
+                logits_processor=processors or None, **extra)
         tracker.finish()
 
 

@@ -15,6 +15,7 @@ web slider and the flag help.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, fields
 
 from medtune.errors import MedtuneError
@@ -38,6 +39,12 @@ class GenerationSettings:
     stop: tuple[str, ...] = _setting(())
     n: int = _setting(1, ge=1, served={"le": 16})
     seed: int | None = _setting(None, "sampling seed (with --temperature > 0)")
+    enable_thinking: bool | None = _setting(
+        None, "passed to the chat template as enable_thinking (Qwen3: off puts an empty think block in "
+              "the prompt); default: the template's own default")
+    thinking_budget: int | None = _setting(
+        None, "at most N tokens inside an open <think> block, then '\\n</think>\\n\\n' is appended and "
+              "the answer generated (hf backend)")
 
     def __post_init__(self):
         for f in fields(self):  # sliders and JSON send whole numbers as ints
@@ -49,6 +56,8 @@ class GenerationSettings:
                 raise MedtuneError(f"{name} must be {_describe(bounds)}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise MedtuneError("stop must be non-empty strings")
+        if self.thinking_budget is not None and self.thinking_budget < 0:
+            raise MedtuneError("thinking_budget must be >= 0")
 
 
 FIELDS = {f.name: f for f in fields(GenerationSettings)}
@@ -91,5 +100,9 @@ def add_generation_args(parser, names, defaults: dict | None = None, helps: dict
     defaults, helps = defaults or {}, helps or {}
     for name in names:
         f = FIELDS[name]
+        if f.type == "bool | None":
+            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=defaults.get(name, f.default),
+                                help=helps.get(name, f.metadata["help"]))
+            continue
         parser.add_argument(flag(name), type=_FLAG_TYPES[f.type], default=defaults.get(name, f.default),
                             help=helps.get(name, f.metadata["help"]))

@@ -79,6 +79,8 @@ class VLLMEngine(ChatEngine):
     def generate(self, prompts, params, model=None, on_text=None, cancel=None) -> list[Completion]:
         """Return ``n`` completions per prompt (prompt-major), as ``HFEngine.generate``."""
         key = self._key(model)
+        if params.thinking_budget is not None:
+            raise MedtuneError("thinking_budget is applied by the hf backend only; use --backend hf")
         cancel = cancel or [None] * len(prompts)
         runs = [self._one(list(p), params, key, on_text, i * params.n, cancel[i]) for i, p in enumerate(prompts)]
         future = asyncio.run_coroutine_threadsafe(_gather(runs), self._loop)

@@ -43,6 +43,7 @@ _FAMILY_MARKERS = (
     ("<｜Assistant｜>", "deepseek"),
     ("<|start_header_id|>", "llama3"),
     ("<start_of_turn>", "gemma"),
+    ("<|im_sep|>", "phi4"),
     ("<|im_start|>", "chatml/qwen"),
     ("[gMASK]", "glm"),
     ("<|assistant|>", "phi/zephyr"),

@@ -21,6 +21,7 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "deepseek-r1",
     "llama2",
     "llama3",
+    "llama3.0",
     "chatglm",
     "chatglm2",
     "chatglm3",
@@ -28,6 +29,12 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "vicuna",
     "baichuan2",
     "huatuo",
+    "glm4",
+    "gemma",
+    "mistral",
+    "phi3",
+    "phi4",
+    "yi",
 )
 
 # End-of-turn markers other than the tokenizer's eos: generation must stop at these.
@@ -36,7 +43,13 @@ _STOP_STRINGS: dict[str, tuple[str, ...]] = {
     "qwen": ("<|im_end|>",),
     "qwen3": ("<|im_end|>",),
     "llama3": ("<|eot_id|>",),
+    "llama3.0": ("<|eot_id|>",),
     "chatglm3": ("<|user|>", "<|observation|>"),
+    "glm4": ("<|user|>", "<|observation|>"),
+    "gemma": ("<end_of_turn>",),
+    "phi3": ("<|end|>",),
+    "phi4": ("<|im_end|>",),
+    "yi": ("<|im_end|>",),
 }
 
 # Control strings the template writes that a tokenizer must hold as single special tokens.
@@ -50,10 +63,17 @@ _SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
     "qwen3": ("<|im_start|>", "<|im_end|>"),
     "deepseek-r1": ("<｜User｜>", "<｜Assistant｜>"),
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "llama3.0": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatglm": ("[gMASK]", "<sop>"),
     "chatglm2": ("[gMASK]",),
     "chatglm3": ("[gMASK]", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
     "baichuan2": ("<reserved_106>", "<reserved_107>"),
+    "glm4": ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "mistral": ("[INST]", "[/INST]"),
+    "phi3": ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    "phi4": ("<|im_start|>", "<|im_sep|>", "<|im_end|>"),
+    "yi": ("<|im_start|>", "<|im_end|>"),
 }
 
 
@@ -112,8 +132,18 @@ def template_name(source: str | None) -> str:
 
 
 # Built-ins whose final reply is written as the model produces it after the serving prompt, not
-# as their published template writes it: matched on prompts and past turns only.
-_FINAL_TURN_REWRITTEN = frozenset({"deepseek-r1"})
+# as their published template writes it: matched on prompts and past turns only (deepseek-r1: the
+# '<think>\n' of its prompt; glm4: eos after the last reply; mistral: the system message in the
+# user turn before the last reply).
+_FINAL_TURN_REWRITTEN = frozenset({"deepseek-r1", "glm4", "mistral"})
+
+
+
+def final_reply_rewritten(name: str) -> bool:
+    """Whether built-in ``name`` writes a conversation's final reply unlike its published template
+    (its prompts and past turns are the published ones)."""
+    return name in _FINAL_TURN_REWRITTEN
+
 
 _PROBE_TURNS = (
     {"role": "user", "content": "What causes a fever?"},
