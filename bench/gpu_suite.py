@@ -276,7 +276,7 @@ class Suite:
 
     def peak(self) -> dict:
         self.peak_flops = measure_peak(self.p["peak_n"], self.cuda)
-        return {"peak_tflops": round(self.peak_flops / 1e12, 2), "dtype": "bfloat16" if self.cuda else "float32"}
+        return {"peak_tflops": float(f"{self.peak_flops / 1e12:.4g}"), "dtype": "bfloat16" if self.cuda else "float32"}
 
     def medtune_run(self, name: str, model: str, records: str, k: int, steps: int, **sections) -> dict:
         """Train one medtune stage through run_stage; return tokens/s, MFU and loss."""

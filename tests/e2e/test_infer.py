@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import write_jsonl
-from tests.helpers.cli import medtune
+from tests.helpers.cli import assert_one_line_error, medtune
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_bad_rows_are_counted_with_line_or_refused_with_strict(varied_dir, tmp_p
     assert "not valid JSON: 1" in proc.stdout and "duplicate id: 1" in proc.stdout
     assert f"{src}:2" in proc.stderr  # the first example of each reason is named with file:line
     strict = medtune("infer", "--model", varied_dir, "--input", src, "--output", tmp_path / "o2.jsonl", "--strict")
-    assert strict.returncode == 2 and strict.stderr.startswith(f"error: {src}:2: not valid JSON (")
+    assert_one_line_error(strict, f"error: {src}:2: not valid JSON (")
     assert not (tmp_path / "o2.jsonl").exists()
 
 
