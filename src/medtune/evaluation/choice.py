@@ -252,10 +252,10 @@ def render_prompts(tokenizer, items, picker: ShotPicker | None, shots: int, rese
 
 
 def _fit_prompt(tokenizer, item, examples, room: int | None, counts: Counter):
-    from medtune.data.tokenize.examples import _render
+    from medtune.data.tokenize.examples import render_chat
 
     while True:
-        text = _render(tokenizer, prompt_messages(item, examples), add_generation_prompt=True)
+        text = render_chat(tokenizer, prompt_messages(item, examples), add_generation_prompt=True)
         tokens = encode(tokenizer, text)
         if room is None or len(tokens) <= room:
             return text, tokens

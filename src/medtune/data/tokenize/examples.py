@@ -56,6 +56,11 @@ def apply_template(tokenizer, messages, **kwargs):
     return _call_template(tokenizer, messages, tokenize=True, return_dict=True, **kwargs)
 
 
+def render_chat(tokenizer, messages, **kwargs) -> str:
+    """Return the chat template's text for ``messages`` (same error handling as apply_template)."""
+    return _call_template(tokenizer, messages, tokenize=False, **kwargs)
+
+
 def _call_template(tokenizer, messages, **kwargs):
     from jinja2 import TemplateError
 
