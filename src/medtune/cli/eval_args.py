@@ -81,3 +81,14 @@ def add_report_args(p) -> None:
     p.add_argument("runs", nargs="+", help="training run dirs and/or eval output dirs")
     p.add_argument("--output", required=True, help="output dir (report.md, report.html, PNGs)")
     p.add_argument("--samples", type=int, default=5, help="sample answers shown side by side (default 5)")
+
+
+def guard_eval_output(output, files, **inputs) -> None:
+    """Refuse an ``--output`` dir whose ``files`` would replace an input or land inside one
+    (``inputs``: flag name -> path(s), e.g. ``model=args.model``)."""
+    from pathlib import Path
+
+    from medtune.files import guard_outputs
+
+    guard_outputs({"--output": [Path(output) / name for name in files]},
+                  {f"--{k.replace('_', '-')}": v for k, v in inputs.items()})

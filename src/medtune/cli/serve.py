@@ -23,11 +23,15 @@ def _engine(args, adapters=None):
 
 
 def cmd_infer(args) -> int:
+    from medtune.files import guard_outputs
     from medtune.inference.batch import meta_file, run_infer
     from medtune.inference.settings import GenerationSettings
 
     if not Path(args.input).is_file():
-        raise MedtuneError(f"--input '{args.input}' not found")
+        what = "is a directory" if Path(args.input).is_dir() else "not found"
+        raise MedtuneError(f"--input '{args.input}' {what}")
+    guard_outputs({"--output": args.output, "meta": meta_file(args.output)},
+                  {"--input": args.input, "--model": args.model, "--adapter": args.adapter})
     params = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                 seed=args.seed if args.temperature > 0 else None)
