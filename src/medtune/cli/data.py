@@ -288,6 +288,8 @@ def _unified(path: str, tmp: Path, quiet: bool) -> Path:
         return p
     out = tmp / f"{len(list(tmp.iterdir()))}-{p.stem}.jsonl"
     [tally] = convert_files([p], out, ConvertOptions())
+    if not tally.written:
+        raise MedtuneError(f"{p}: no records (every row was skipped); check it with medtune data convert")
     skipped = sum(tally.skipped.values())
     if not quiet:
         print(f"{p}: converted {tally.written:,} records ({skipped:,} skipped)")
