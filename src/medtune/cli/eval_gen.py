@@ -26,6 +26,10 @@ def cmd_eval_gen(args) -> int:
 
     _check_gen_args(args)
     started = time.perf_counter()
+    if not is_safety_spec(args.data):
+        from medtune.cli.faults import require_extras
+
+        require_extras("jieba", "rouge_chinese", "nltk")  # the metrics' libraries, before generating
     if args.predictions:
         result = _score_predictions(args)
     elif is_safety_spec(args.data):

@@ -43,6 +43,22 @@ def missing_extra_message(module: str) -> str:
     return f"{top} is not installed; run: {how}"
 
 
+def require_extras(*modules: str) -> None:
+    """Raise a one-line :class:`MedtuneError` naming the pip install when an optional module is
+    missing; call it before any model loads."""
+    import importlib.util
+
+    from medtune.errors import MedtuneError
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a None in sys.modules
+            found = False
+        if not found:
+            raise MedtuneError(missing_extra_message(module))
+
+
 def fault_message(exc: BaseException) -> str | None:
     """The one-line message for an expected fault, or None when ``exc`` is a medtune bug."""
     if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in EXTRAS:

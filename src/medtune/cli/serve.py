@@ -71,6 +71,9 @@ def parse_adapters(specs) -> dict:
 
 
 def cmd_serve_api(args) -> int:
+    from medtune.cli.faults import require_extras
+
+    require_extras("fastapi", "uvicorn")
     from medtune.serving.api import ServerLimits, serve
 
     api_key = args.api_key or os.environ.get("MEDTUNE_API_KEY") or None
