@@ -22,6 +22,7 @@ from medtune.errors import MedtuneError
 from medtune.files import atomic_output, atomic_write_text, guard_outputs
 
 SHOWN_EXAMPLES = 3
+UPSAMPLE_WARN = 10  # data mix warns when a source is repeated more than this many times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +342,10 @@ def cmd_mix(args) -> int:
     for name, s in summary["sources"].items():
         note = "  (upsampled)" if s["upsampled"] else ""
         print(f"{name:<24} available {s['available']:>9,}  taken {s['taken']:>9,}{note}")
+        if s["taken"] > UPSAMPLE_WARN * max(s["available"], 1):
+            print(f"warning: {name} is repeated {s['taken'] / max(s['available'], 1):.0f}x "
+                  f"({s['available']:,} records -> {s['taken']:,}); a model sees each of them that often "
+                  "per epoch and may memorise them; lower its weight or --total", file=sys.stderr)
     print(f"total {summary['total']:,} records (seed {args.seed}) -> {out}; counts -> {out}.mix.json")
     return 0
 
@@ -362,6 +367,9 @@ def cmd_split(args) -> int:
     with tempfile.TemporaryDirectory(prefix="medtune-split-") as tmp:
         src = _unified(args.input, Path(tmp), args.quiet)
         result = split(src, args.out, val, args.seed, stratify=stratify, progress=not args.quiet)
+    if result.get("duplicates"):
+        print(f"{result['duplicates']:,} records repeat another's content (an upsampled mix?); "
+              "each content went to one side only")
     for group, counts in result["groups"].items():
         print(f"{group!s:<24} train {counts['train']:>9,}  validation {counts['validation']:>7,}")
     print(f"train {result['train']:,}, validation {result['validation']:,} -> "
