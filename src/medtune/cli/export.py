@@ -29,9 +29,9 @@ def cmd_export_gguf(args) -> int:
     from medtune.export.gguf import claim_file, export_gguf, gguf_arch
 
     modelfile = Path(args.out).with_suffix(".Modelfile")
+    gguf_arch(args.model)  # refuse a missing dir or another architecture before anything else
     guard_outputs({"-o": args.out, "--modelfile": modelfile if args.modelfile else None},
                   {"--model": args.model})
-    gguf_arch(args.model)  # refuse a missing dir or another architecture before anything else
     claim_file(args.out, args.overwrite)
     if args.modelfile:
         _check_modelfile(args.model, modelfile, args.overwrite)  # before minutes of export, not after
