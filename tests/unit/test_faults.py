@@ -52,3 +52,15 @@ def test_a_library_value_error_is_expected_but_ours_is_an_internal_error(capsys)
     import yaml
 
     assert fault_message(_raised(lambda: yaml.safe_load("a: ["))).startswith("yaml: ")
+
+
+def test_require_extras_names_the_pip_install_for_a_missing_module(monkeypatch):
+    import sys
+
+    from medtune.cli.faults import require_extras
+    from medtune.errors import MedtuneError
+
+    require_extras("json")
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    with pytest.raises(MedtuneError, match=r"gradio is not installed; run: pip install 'medtune\[web\]'"):
+        require_extras("gradio")
