@@ -2,10 +2,13 @@
 
 Example::
 
-    from medtune.files import atomic_output, atomic_write_text, iter_jsonl
+    from medtune.files import atomic_dir, atomic_output, atomic_write_text, guard_outputs, iter_jsonl
+    guard_outputs({"-o": "runs/m"}, {"--adapter": "runs/m/lora"})  # MedtuneError: one inside the other
     atomic_write_text("runs/eval/metrics.json", text)      # the old file stays until the new one is whole
     with atomic_output("data/train.jsonl") as tmp:          # a sibling temp file, renamed on success
         tmp.write_text(body, encoding="utf-8")
+    with atomic_dir("runs/merged") as tmp:                 # a sibling temp dir, swapped in on success
+        model.save_pretrained(tmp)
     for line, row in iter_jsonl("data/train.jsonl"):        # MedtuneError "data/train.jsonl:17: ..."
         ...
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +34,85 @@ def atomic_output(path) -> Iterator[Path]:
     The name is unique per call, so concurrent writers of one path never share a temp file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MedtuneError(f"{path}: is a directory; give a file path for this output")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path) -> Iterator[Path]:
+    """Yield a new empty temporary sibling directory of ``path``; when the block ends without an
+    exception it takes ``path``'s place (an old ``path`` is removed only then), otherwise it is
+    removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            os.replace(path, old)  # two renames: the old dir is gone only once the new one is in place
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if path.exists() or path.is_symlink():
+                path.unlink()
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _real(path, flag: str | None = None) -> Path:
+    """``path`` absolute with every symlink resolved; a symlink loop is an error naming ``flag``
+    when given (an output), else kept as written (an input: reading it reports the loop)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        if flag:
+            raise MedtuneError(f"{flag} '{path}': a symlink loop; fix the link or write elsewhere") from None
+        return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def guard_outputs(outputs: dict, inputs: dict) -> None:
+    """Refuse (:class:`MedtuneError`) when an output path equals or lies inside an input path, or
+    an input lies inside an output, compared after resolving symlinks.
+
+    ``outputs`` and ``inputs`` map a flag (``"-o"``, ``"--adapter"``) to a path or a list of paths;
+    ``None`` entries are ignored. Hub ids and other names that are not local paths compare as
+    relative paths, which a real output never equals unless it is one."""
+    ins = [(flag, p, _real(p)) for flag, paths in inputs.items() for p in _as_list(paths)]
+    outs = [(flag, p, _real(p, flag)) for flag, paths in outputs.items() for p in _as_list(paths)]
+    for out_flag, out, real_out in outs:
+        for in_flag, given, real_in in ins:
+            if real_out == real_in:
+                how = "is"
+            elif real_out.is_relative_to(real_in):
+                how = "lies inside"
+            elif real_in.is_relative_to(real_out):
+                how = "contains"
+            else:
+                continue
+            raise MedtuneError(f"{out_flag} '{out}' {how} the input {in_flag} '{given}'; "
+                               "write to another path (medtune never writes over its own inputs)")
+    for i, (flag_a, a, real_a) in enumerate(outs):
+        for flag_b, b, real_b in outs[i + 1:]:
+            if real_a == real_b:
+                raise MedtuneError(f"{flag_a} '{a}' and {flag_b} '{b}' are the same path; "
+                                   "give each output its own path")
+
+
+def _as_list(paths) -> list:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    return [p for p in paths if p is not None]
 
 
 def atomic_write_text(path, text: str) -> None:

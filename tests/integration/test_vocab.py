@@ -214,7 +214,7 @@ def test_cli_end_to_end(tiny_dir, corpus, tmp_path):
     ({"--add": "0"}, "--add must be at least 1, got 0"),
     ({"--max-chars": "0"}, "--max-chars must be at least 1"),
     ({"--min-freq": "1000"}, "lower --min-freq"),
-    ({"-o": "<parent of base>"}, "would replace --base"),
+    ({"-o": "<parent of base>"}, "contains the input --base"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tiny_dir, corpus, tmp_path, monkeypatch, capsys, change, message):
     monkeypatch.chdir(tmp_path)

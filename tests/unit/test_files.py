@@ -82,3 +82,51 @@ def test_parse_json_object_reads_bytes_and_reports_bad_utf8():
 
 def test_numbered_lines_counts_from_one_over_blank_lines():
     assert list(numbered_lines("a\n\n \nb\n")) == [(1, "a"), (4, "b")]
+
+
+# ------------------------------------------------------------------ guard_outputs, atomic_dir
+
+
+def test_guard_refuses_an_output_equal_to_inside_or_holding_an_input(tmp_path):
+    from medtune.files import guard_outputs
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
+    for out, how in ((tmp_path / "adapter", "is"), (tmp_path / "adapter" / "merged", "lies inside"),
+                     (tmp_path, "contains"), (tmp_path / "link.jsonl", "is")):
+        with pytest.raises(MedtuneError, match=f"-o '.*' {how} the input --adapter|-o '.*' {how} the input"):
+            guard_outputs({"-o": out}, {"--adapter": tmp_path / "adapter", "input": [tmp_path / "in.jsonl"]})
+    guard_outputs({"-o": tmp_path / "out.jsonl", "--report": None}, {"input": [tmp_path / "in.jsonl"]})
+
+
+def test_guard_refuses_two_outputs_on_one_path_and_an_output_symlink_loop(tmp_path):
+    from medtune.files import guard_outputs
+
+    with pytest.raises(MedtuneError, match="--report '.*' are the same path"):
+        guard_outputs({"-o": tmp_path / "a", "--report": tmp_path / "a"}, {})
+    (tmp_path / "x").symlink_to(tmp_path / "y")
+    (tmp_path / "y").symlink_to(tmp_path / "x")
+    with pytest.raises(MedtuneError, match="symlink loop"):
+        guard_outputs({"-o": tmp_path / "x"}, {})
+
+
+def test_atomic_dir_swaps_in_on_success_and_keeps_the_old_dir_on_failure(tmp_path):
+    from medtune.files import atomic_dir
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "old.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+        raise RuntimeError("save failed")
+    assert [p.name for p in out.iterdir()] == ["old.bin"]
+    with atomic_dir(out) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+    assert [p.name for p in out.iterdir()] == ["new.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_atomic_output_refuses_a_directory(tmp_path):
+    with pytest.raises(MedtuneError, match="is a directory"), atomic_output(tmp_path):
+        pass

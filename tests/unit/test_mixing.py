@@ -224,7 +224,7 @@ def split_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def test_split_by_fraction_is_exact_and_stratified(tmp_path, grouped):
     result = split(grouped, tmp_path / "s", val=0.1, seed=0)
-    assert result == {"train": 90, "validation": 10, "groups": {
+    assert result == {"train": 90, "validation": 10, "duplicates": 0, "groups": {
         "x": {"train": 54, "validation": 6}, "y": {"train": 27, "validation": 3},
         "(none)": {"train": 9, "validation": 1}}}
     train, val = split_rows(tmp_path / "s")
@@ -280,3 +280,31 @@ def test_split_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(MedtuneError, match=r"bad.jsonl:3: invalid JSON"):
         split(tmp_path / "bad.jsonl", tmp_path / "s", val=0.1, seed=0)
     assert not (tmp_path / "s" / "train.jsonl").exists()
+
+
+def test_split_keeps_the_copies_of_an_upsampled_record_on_one_side(tmp_path):
+    """README: data mix (upsampling) then data split must not leak validation records into train."""
+    from medtune.data.mixing import mix, split
+
+    src = tmp_path / "small.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(50)),
+                   encoding="utf-8")
+    mix({"small": src}, None, total=2500, seed=0, out_path=tmp_path / "mix.jsonl")
+    result = split(tmp_path / "mix.jsonl", tmp_path / "out", val=0.1, seed=0)
+
+    def contents(name):
+        return set((tmp_path / "out" / name).read_text(encoding="utf-8").splitlines())
+
+    assert not contents("train.jsonl") & contents("validation.jsonl")
+    assert result["train"] + result["validation"] == 2500 and result["duplicates"] == 2450
+    assert result["validation"] == 250  # 5 of 50 contents, 50 copies each
+
+
+def test_split_without_duplicates_is_unchanged_by_content_units(tmp_path):
+    from medtune.data.mixing import split
+
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "a"}) + "\n" for i in range(20)),
+                   encoding="utf-8")
+    result = split(src, tmp_path / "out", val=3, seed=1)
+    assert (result["train"], result["validation"], result["duplicates"]) == (17, 3, 0)

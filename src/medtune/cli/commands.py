@@ -75,8 +75,12 @@ def cmd_model_tiny(args) -> int:
     from pathlib import Path
 
     from medtune.errors import MedtuneError
+    from medtune.files import guard_outputs
     from medtune.models.tiny import TinySpec, build_tiny
 
+    guard_outputs({"-o": args.out}, {"--text": args.text})
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise MedtuneError(f"-o '{args.out}' is a file; give a directory for the model")
     texts = None
     if args.text:
         texts = []

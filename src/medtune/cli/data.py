@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-from medtune.files import atomic_output
+from medtune.files import atomic_output, atomic_write_text, guard_outputs
 
 SHOWN_EXAMPLES = 3
+UPSAMPLE_WARN = 10  # data mix warns when a source is repeated more than this many times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,6 +45,14 @@ def read_options(args, **extra):
     from medtune.data.readers.formats import format_name
     from medtune.data.readers.stream import ReadOptions
 
+    if args.encoding:
+        import codecs
+
+        try:
+            codecs.lookup(args.encoding)
+        except LookupError:
+            raise MedtuneError(f"--encoding '{args.encoding}': unknown encoding "
+                               "(e.g. utf-8, utf-16, utf-32, gb18030)") from None
     columns = parse_map(getattr(args, "map", []))
     if getattr(args, "prompt_column", None):
         columns[args.prompt_column] = "prompt"
@@ -67,11 +76,10 @@ def progress_bar(total: int, quiet: bool, unit: str = "B", desc: str = ""):
         yield bar.update
 
 
-def _check_out(inputs, out) -> Path:
-    out = Path(out)
-    if any(Path(i).resolve() == out.resolve() for i in inputs):
-        raise MedtuneError(f"{out}: the output is also an input; write to another file")
-    return out
+def _check_out(inputs, out, **others) -> Path:
+    """Refuse an ``-o`` (or another output flag in ``others``) that is, holds or lies in an input."""
+    guard_outputs({"-o": out, **{f"--{k}": v for k, v in others.items()}}, {"input": list(inputs)})
+    return Path(out)
 
 
 def print_tallies(tallies, out: Path, seconds: float) -> None:
@@ -93,7 +101,7 @@ def print_tallies(tallies, out: Path, seconds: float) -> None:
 
 def write_json(path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    atomic_write_text(path, json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +111,7 @@ def write_json(path, payload: dict) -> None:
 def cmd_convert(args) -> int:
     from medtune.data.readers.convert import ConvertOptions, convert_files
 
-    out = _check_out(args.inputs, args.out)
+    out = _check_out(args.inputs, args.out, report=args.report)
     options = ConvertOptions(read=read_options(args, source=args.source), workers=args.workers)
     started = time.perf_counter()
     total = sum(Path(p).stat().st_size for p in args.inputs if Path(p).is_file())
@@ -115,7 +123,8 @@ def cmd_convert(args) -> int:
         write_json(args.report, {"output": str(out), "seconds": round(seconds, 3),
                                  "files": [t.to_dict() for t in tallies]})
     if not any(t.written for t in tallies):
-        raise MedtuneError(f"{out}: no records written (every input record was skipped)")
+        kept = f"; the previous {out} is kept" if out.exists() else ""
+        raise MedtuneError(f"{out}: no records written (every input record was skipped){kept}")
     return 0
 
 
@@ -126,7 +135,8 @@ def cmd_convert(args) -> int:
 def cmd_clean(args) -> int:
     from medtune.data.clean.cleaner import CleanOptions, clean_files
 
-    out = _check_out(args.inputs, args.out)
+    out = _check_out([*args.inputs, *(args.decontaminate or []), args.tokenizer], args.out,
+                     report=args.report)
     if args.max_tokens and not args.tokenizer:
         raise MedtuneError("--max-tokens needs --tokenizer (a model or tokenizer dir)")
     if not 0.0 < args.near_threshold < 1.0:
@@ -199,6 +209,7 @@ def cmd_generate_kg(args) -> int:
 
     if args.phrasings < 1:
         raise MedtuneError(f"--phrasings must be at least 1, got {args.phrasings}")
+    _check_out([args.triples], args.out)
     tally, on_skip = _skip_collector(args.triples, args.strict)
     triples = list(read_triples(args.triples, on_skip=on_skip))
     n = _write_records(kg_to_qa(triples, phrasings=args.phrasings, seed=args.seed, lang=args.lang),
@@ -222,6 +233,8 @@ def cmd_generate_passage(args) -> int:
 
     from medtune.data.generate.passage_qa import PassageQAGenerator, read_passages
 
+    _check_out([args.passages], args.out, cache=args.cache or f"{args.out}.cache",
+               summary=f"{args.out}.summary.json")
     tally, on_skip = _skip_collector(args.passages, False)
     passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
     if not passages:
@@ -276,6 +289,8 @@ def _unified(path: str, tmp: Path, quiet: bool) -> Path:
         return p
     out = tmp / f"{len(list(tmp.iterdir()))}-{p.stem}.jsonl"
     [tally] = convert_files([p], out, ConvertOptions())
+    if not tally.written:
+        raise MedtuneError(f"{p}: no records (every row was skipped); check it with medtune data convert")
     skipped = sum(tally.skipped.values())
     if not quiet:
         print(f"{p}: converted {tally.written:,} records ({skipped:,} skipped)")
@@ -317,7 +332,7 @@ def cmd_mix(args) -> int:
     from medtune.data.mixing import mix
 
     paths, weights = parse_sources(args.sources)
-    out = _check_out(paths.values(), args.out)
+    out = _check_out(paths.values(), args.out, counts=f"{args.out}.mix.json")
     with tempfile.TemporaryDirectory(prefix="medtune-mix-") as tmp:
         unified = {name: _unified(p, Path(tmp), args.quiet) for name, p in paths.items()}
         summary = mix(unified, weights, args.total, args.seed, out, shuffle=not args.no_shuffle,
@@ -327,6 +342,10 @@ def cmd_mix(args) -> int:
     for name, s in summary["sources"].items():
         note = "  (upsampled)" if s["upsampled"] else ""
         print(f"{name:<24} available {s['available']:>9,}  taken {s['taken']:>9,}{note}")
+        if s["taken"] > UPSAMPLE_WARN * max(s["available"], 1):
+            print(f"warning: {name} is repeated {s['taken'] / max(s['available'], 1):.0f}x "
+                  f"({s['available']:,} records -> {s['taken']:,}); a model sees each of them that often "
+                  "per epoch and may memorise them; lower its weight or --total", file=sys.stderr)
     print(f"total {summary['total']:,} records (seed {args.seed}) -> {out}; counts -> {out}.mix.json")
     return 0
 
@@ -341,9 +360,16 @@ def cmd_split(args) -> int:
     except ValueError:
         raise MedtuneError(f"--val {args.val!r}: a fraction (0.05) or a record count (500)") from None
     stratify = None if args.stratify.lower() == "none" else args.stratify
+    guard_outputs({"-o": [Path(args.out) / "train.jsonl", Path(args.out) / "validation.jsonl"]},
+                  {"input": args.input})
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise MedtuneError(f"-o '{args.out}' is a file; split writes a directory (train.jsonl, validation.jsonl)")
     with tempfile.TemporaryDirectory(prefix="medtune-split-") as tmp:
         src = _unified(args.input, Path(tmp), args.quiet)
         result = split(src, args.out, val, args.seed, stratify=stratify, progress=not args.quiet)
+    if result.get("duplicates"):
+        print(f"{result['duplicates']:,} records repeat another's content (an upsampled mix?); "
+              "each content went to one side only")
     for group, counts in result["groups"].items():
         print(f"{group!s:<24} train {counts['train']:>9,}  validation {counts['validation']:>7,}")
     print(f"train {result['train']:,}, validation {result['validation']:,} -> "
@@ -355,6 +381,7 @@ def cmd_stats(args) -> int:
     from medtune.data.readers.stream import Tally, iter_records
     from medtune.data.stats import compute_stats, format_stats, plot_lengths
 
+    guard_outputs({"--plot": args.plot, "--json": args.json}, {"input": args.inputs, "--tokenizer": args.tokenizer})
     tokenizer = None
     if args.tokenizer:
         from medtune.models.load import load_tokenizer

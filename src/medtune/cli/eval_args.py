@@ -86,3 +86,14 @@ def add_report_args(p) -> None:
 def thinking_settings(args) -> dict:
     """The reasoning settings an eval command was given (none for ``eval ppl``)."""
     return {k: getattr(args, k, None) for k in ("enable_thinking", "thinking_budget")}
+
+
+def guard_eval_output(output, files, **inputs) -> None:
+    """Refuse an ``--output`` dir whose ``files`` would replace an input or land inside one
+    (``inputs``: flag name -> path(s), e.g. ``model=args.model``)."""
+    from pathlib import Path
+
+    from medtune.files import guard_outputs
+
+    guard_outputs({"--output": [Path(output) / name for name in files]},
+                  {f"--{k.replace('_', '-')}": v for k, v in inputs.items()})

@@ -23,11 +23,13 @@ from medtune.errors import MedtuneError
 
 def cmd_eval_choice(args) -> int:
     """Load the model, evaluate it on ``--data``, write the results; return the exit code."""
-    from medtune.cli.eval_args import thinking_settings
+    from medtune.cli.eval_args import guard_eval_output, thinking_settings
     from medtune.cli.model_args import model_kwargs
     from medtune.evaluation.choice import prepare_benchmark, run_benchmark
     from medtune.inference.chat import ChatModel
 
+    guard_eval_output(args.output, ("metrics.json", "predictions.jsonl"), data=args.data, dev=args.dev,
+                      model=args.model, adapter=getattr(args, "adapter", None))
     bench = prepare_benchmark(args.data, _settings(args))  # bad data fails before the model load
     bot = ChatModel.load(args.model, **model_kwargs(args), **thinking_settings(args))
     name = f"{args.model}+{args.adapter}" if getattr(args, "adapter", None) else args.model

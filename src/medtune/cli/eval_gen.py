@@ -26,6 +26,10 @@ def cmd_eval_gen(args) -> int:
 
     _check_gen_args(args)
     started = time.perf_counter()
+    if not is_safety_spec(args.data):
+        from medtune.cli.faults import require_extras
+
+        require_extras("jieba", "rouge_chinese", "nltk")  # the metrics' libraries, before generating
     if args.predictions:
         result = _score_predictions(args)
     elif is_safety_spec(args.data):
@@ -45,6 +49,12 @@ def _check_gen_args(args) -> None:
     if args.data and not args.model:
         raise MedtuneError("--data needs --model to generate with (or score existing outputs with --predictions)")
     _check_counts(args, "batch_size", "limit", "max_new_tokens")
+    from medtune.cli.eval_args import guard_eval_output
+    from medtune.evaluation.generation import SAMPLES_FILE
+
+    data = None if args.data in (None, "safety") else args.data.removeprefix("safety:")
+    guard_eval_output(args.output, ("metrics.json", SAMPLES_FILE), data=data,
+                      predictions=args.predictions, model=args.model, adapter=getattr(args, "adapter", None))
 
 
 def _check_counts(args, *names) -> None:
@@ -131,6 +141,10 @@ def cmd_eval_ppl(args) -> int:
     from medtune.evaluation.results import EvalResult, write_result
 
     _check_counts(args, "batch_size", "limit")
+    from medtune.cli.eval_args import guard_eval_output
+
+    guard_eval_output(args.output, ("metrics.json",), data=args.data, model=args.model,
+                      adapter=getattr(args, "adapter", None))
     check_window(args.window, args.stride, None)  # before the model loads; positions checked after
     started = time.perf_counter()
     texts, skipped = read_texts(args.data, args.strict, args.limit)

@@ -92,10 +92,13 @@ def _report(usage: dict, rows: list[dict], out: Path, quiet: bool) -> None:
 
 def cmd_eval_judge(args) -> int:
     from medtune.cli.data import progress_bar
+    from medtune.cli.eval_args import guard_eval_output
     from medtune.evaluation.judge import Judge, judge_client, judge_result
     from medtune.evaluation.results import write_result
 
     _check_args(args)
+    guard_eval_output(args.output, ("metrics.json", "judgments.jsonl", args.cache or "cache"),
+                      answers=args.answers, references=args.references)
     systems, items = _load(args)
     out = Path(args.output)
     client = judge_client(args.endpoint, args.judge_model,

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medtune.files import guard_outputs
+
 
 def cmd_export_merge(args) -> int:
     from medtune.export.merge import merge_to_dir
+    from medtune.models.load import adapter_base, is_adapter_dir
 
+    base = args.base or (adapter_base(args.adapter) if is_adapter_dir(args.adapter) else None)
+    guard_outputs({"-o": args.out}, {"--adapter": args.adapter, "--base": base})
     out = merge_to_dir(args.adapter, args.out, base=args.base, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged {args.adapter} -> {out} (plain transformers model, chat template kept)")
     return 0
@@ -25,6 +30,8 @@ def cmd_export_gguf(args) -> int:
 
     modelfile = Path(args.out).with_suffix(".Modelfile")
     gguf_arch(args.model)  # refuse a missing dir or another architecture before anything else
+    guard_outputs({"-o": args.out, "--modelfile": modelfile if args.modelfile else None},
+                  {"--model": args.model})
     claim_file(args.out, args.overwrite)
     if args.modelfile:
         _check_modelfile(args.model, modelfile, args.overwrite)  # before minutes of export, not after
@@ -52,6 +59,8 @@ def _check_modelfile(model: str, modelfile: Path, overwrite: bool) -> None:
 
 def cmd_export_quantize(args) -> int:
     from medtune.export.quantize import quantize_to_dir
+
+    guard_outputs({"-o": args.out}, {"--model": args.model})
 
     out = quantize_to_dir(args.model, args.out, args.bits, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

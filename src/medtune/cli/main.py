@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, errors only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and the traceback of an error")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from medtune.cli.data_args import add_data
@@ -304,7 +304,8 @@ def _call(handler: str, args) -> int:
 
 
 def main(argv=None) -> int:
-    """Run the CLI; return the process exit code (bad input: 2, interrupted: 130)."""
+    """Run the CLI; return the process exit code (bad input or an expected fault: 2, a medtune
+    bug: 1, interrupted: 130). Tracebacks only with ``--verbose``."""
     args = build_parser().parse_args(argv)
     try:
         from medtune.cli.commands import configure_logging
@@ -312,11 +313,19 @@ def main(argv=None) -> int:
         configure_logging(args.quiet, args.verbose)
         code = _call(args.handler, args)
     except MedtuneError as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the error boundary: one line, exit 2 for expected faults (cli/faults.py)
+        from medtune.cli.faults import report
+
+        code = report(exc, args.verbose)
     _end_distributed(code)
     return code
 

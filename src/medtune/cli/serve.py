@@ -23,15 +23,21 @@ def _engine(args, adapters=None):
 
 
 def cmd_infer(args) -> int:
-    from medtune.inference.batch import meta_file, run_infer
+    from medtune.files import guard_outputs
+    from medtune.inference.batch import meta_file, read_rows, run_infer
     from medtune.inference.settings import GenerationSettings
 
     if not Path(args.input).is_file():
-        raise MedtuneError(f"--input '{args.input}' not found")
+        what = "is a directory" if Path(args.input).is_dir() else "not found"
+        raise MedtuneError(f"--input '{args.input}' {what}")
+    guard_outputs({"--output": args.output, "meta": meta_file(args.output)},
+                  {"--input": args.input, "--model": args.model, "--adapter": args.adapter})
     params = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                 seed=args.seed if args.temperature > 0 else None,
                                 enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
+    if args.strict:
+        read_rows(args.input, args.system, strict=True)  # a bad row fails before the model loads
     engine = _engine(args)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
                         system=args.system, model_label=args.model, adapter=args.adapter,
@@ -42,6 +48,11 @@ def cmd_infer(args) -> int:
           f"{skipped} skipped{' (' + reasons + ')' if skipped else ''} | {summary.rows_per_s:.2f} rows/s, "
           f"{summary.tokens_per_s:.1f} new tokens/s in {summary.seconds:.1f}s | settings: "
           f"{meta_file(args.output)}")
+    if not summary.rows:
+        hint = ("; rows ending with an assistant turn already hold an answer (drop it, or regenerate "
+                "and score them with medtune eval gen)" if any("end with a user turn" in k for k in summary.skipped)
+                else "")
+        raise MedtuneError(f"{args.input}: no row to answer ({reasons or 'empty file'}){hint}")
     return 0
 
 
@@ -61,6 +72,9 @@ def parse_adapters(specs) -> dict:
 
 
 def cmd_serve_api(args) -> int:
+    from medtune.cli.faults import require_extras
+
+    require_extras("fastapi", "uvicorn")
     from medtune.serving.api import ServerLimits, serve
 
     api_key = args.api_key or os.environ.get("MEDTUNE_API_KEY") or None

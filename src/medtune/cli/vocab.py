@@ -17,7 +17,10 @@ def summary_line(report: dict) -> str:
 
 
 def cmd_tokenizer_extend(args) -> int:
+    from medtune.files import guard_outputs
     from medtune.models.vocab import REPORT, extend_vocabulary
+
+    guard_outputs({"-o": args.out}, {"--base": args.base, "--corpus": args.corpus})
 
     report = extend_vocabulary(args.base, args.corpus, args.add, args.out, min_freq=args.min_freq,
                                max_chars=args.max_chars, overwrite=args.overwrite, progress=not args.quiet)

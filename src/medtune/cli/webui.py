@@ -16,10 +16,12 @@ from medtune.errors import MedtuneError
 
 def cmd_serve_web(args) -> int:
     """Load the model, serve the chat page until interrupted (its URL is printed once it is up)."""
+    from medtune.cli.faults import require_extras
     from medtune.cli.model_args import model_kwargs
     from medtune.inference.chat import ChatModel
     from medtune.serving.webui import build_app, launch
 
+    require_extras("gradio")
     _check_port_free(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach it can chat with the model")

@@ -335,16 +335,29 @@ def _iter_lines(f) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def _read_groups(path: Path, stratify: str | None) -> tuple[np.ndarray, list[str]]:
-    """Return the group id (int32) of each record of ``path`` and the group labels by id."""
+def _content_hash(record: dict) -> int:
+    """A 63-bit hash of a record's content: its fields but ``source`` and ``id``, so the copies an
+    upsampling mix makes of one record (and exact duplicates) hash alike."""
+    import hashlib
+
+    body = json.dumps({k: v for k, v in record.items() if k not in ("source", "id")},
+                      ensure_ascii=False, sort_keys=True)
+    return int.from_bytes(hashlib.blake2b(body.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def _read_groups(path: Path, stratify: str | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Return the group id (int32) of each record of ``path``, the group labels by id, and each
+    record's content hash (int64)."""
     from array import array
 
-    ids, labels = array("i"), {}
+    ids, labels, hashes = array("i"), {}, array("q")
     with _open_binary(path) as f:
         for number, line in _iter_lines(f):
-            label = _group_label(_parse_record(line, path, lambda n=number: n), stratify)
-            ids.append(labels.setdefault(label, len(labels)))
-    return np.frombuffer(ids, dtype=np.int32), list(labels)
+            record = _parse_record(line, path, lambda n=number: n)
+            ids.append(labels.setdefault(_group_label(record, stratify), len(labels)))
+            hashes.append(_content_hash(record))
+    return (np.frombuffer(ids, dtype=np.int32), list(labels),
+            np.frombuffer(hashes, dtype=np.int64))
 
 
 def _validation_size(val, n: int, path: Path) -> int:
@@ -401,18 +414,39 @@ def split(path, out_dir, val: float, seed: int, stratify: str | None = "source",
     records in proportion to its size, by largest remainder so the total is exact. A group too small
     for its share can get 0 validation records — no minimum per group, which would skew the
     proportions; the returned ``groups`` shows it. Lines are copied byte for byte, each file keeping
-    input order. Same file and seed → same split."""
+    input order. Same file and seed → same split.
+
+    Records with the same content (all fields but ``source`` and ``id``: the copies an upsampling
+    mix makes, exact duplicates) are one unit and land on one side together, so validation never
+    holds a record training also saw; the validation count is then scaled to the unique records
+    and the returned counts (and ``duplicates``, records beyond the first of their content) are
+    the records actually written."""
     path, out_dir = Path(path), Path(out_dir)
-    group_ids, labels = _read_groups(path, stratify)
+    group_ids, labels, hashes = _read_groups(path, stratify)
     if len(group_ids) == 0:
         raise MedtuneError(f"{path}: no records")
     n_val = _validation_size(val, len(group_ids), path)
-    mask, per_group = _validation_mask(group_ids, len(labels), n_val, np.random.default_rng(seed))
+    _, first, unit_of = np.unique(hashes, return_index=True, return_inverse=True)
+    unit_of = unit_of.reshape(-1)
+    order = np.argsort(first, kind="stable")  # units in file order of their first record
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    unit_of, first = rank[unit_of], first[order]
+    n_units = len(first)
+    if n_units < 2:
+        raise MedtuneError(f"{path}: every record has the same content; nothing to hold out")
+    n_unit_val = n_val if n_units == len(group_ids) else \
+        min(n_units - 1, max(1, round(n_val * n_units / len(group_ids))))
+    unit_mask, _ = _validation_mask(group_ids[first], len(labels), n_unit_val, np.random.default_rng(seed))
+    mask = unit_mask[unit_of]
     _write_split(path, mask, out_dir, progress)
+    n_val = int(mask.sum())
+    val_sizes = np.bincount(group_ids[mask], minlength=len(labels))
     sizes = np.bincount(group_ids, minlength=len(labels))
     return {
         "train": len(mask) - n_val,
         "validation": n_val,
-        "groups": {label: {"train": int(sizes[g]) - per_group[g], "validation": per_group[g]}
+        "duplicates": len(group_ids) - n_units,
+        "groups": {label: {"train": int(sizes[g] - val_sizes[g]), "validation": int(val_sizes[g])}
                    for g, label in enumerate(labels)},
     }

@@ -13,11 +13,11 @@ would silently stay unmerged.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.files import atomic_dir
 
 MERGE_RECORD = "merge.json"
 
@@ -43,11 +43,12 @@ def merge_to_dir(adapter: str, out: str, base: str | None = None, dtype: str = "
     out_dir = _claim(Path(out), overwrite)
     merged = merge_adapter(model, adapter)
     merged.config.use_cache = True
-    merged.save_pretrained(out_dir, safe_serialization=True)
-    load_tokenizer(adapter).save_pretrained(out_dir)  # the template the adapter was trained with
-    record = {"adapter": str(Path(adapter).resolve()), "base": base, "dtype": str(merged.dtype),
-              "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (out_dir / MERGE_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    with atomic_dir(out_dir) as tmp:  # a failed merge leaves a previous output as it was
+        merged.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(adapter).save_pretrained(tmp)  # the template the adapter was trained with
+        record = {"adapter": str(Path(adapter).resolve()), "base": base, "dtype": str(merged.dtype),
+                  "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return out_dir
 
 
@@ -77,9 +78,9 @@ def _refuse_quantized_config(base: str) -> None:
 
 
 def _claim(out: Path, overwrite: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise MedtuneError(f"output '{out}' is not empty; choose another dir or pass --overwrite")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse a non-empty ``out`` without ``overwrite``; nothing is removed until the merge succeeds."""
+    if out.exists() and not out.is_dir():
+        raise MedtuneError(f"output '{out}' is a file; give a directory for the merged model")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MedtuneError(f"output '{out}' is not empty; choose another dir or pass --overwrite")
     return out

@@ -9,7 +9,10 @@ Input rows carry ``messages`` (ending with a user turn), or ``prompt``, or ``ins
 plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``, written
 (and flushed) batch by batch; ``OUT.meta.json`` records the model, template, sampling parameters and
 throughput. Re-running the same command continues an interrupted run: rows already in the output
-are kept and not generated again; a half-written last line is dropped and redone.
+are kept and not generated again; a half-written last line is dropped and redone. A finished row
+is recognised by its ``row_key``, a hash of its id, its rendered prompt and the settings: a row
+whose prompt changed under the same id is generated again, and answers to rows no longer in the
+input are dropped from the output.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from medtune.data.readers.records import parse_object_line
 from medtune.errors import MedtuneError
-from medtune.files import atomic_write_text
+from medtune.files import atomic_output, atomic_write_text
 from medtune.inference.chat import with_system
 
 
@@ -32,6 +35,7 @@ class InferRow:
     id: str | int
     messages: list
     source: dict  # the input row, copied to the output
+    key: str = ""  # row_key(): set once the prompt is rendered
 
 
 @dataclass
@@ -114,22 +118,34 @@ def _warn_once(skipped: dict, reason: str, message: str) -> None:
         logging.getLogger("medtune").warning("skipped %s", message)
 
 
-def finished_ids(out: Path) -> set:
-    """Return the ids already in ``out``; cut off a half-written last line first."""
+def row_key(row_id, prompt_ids, settings: str) -> str:
+    """The content address of one answer: a hash of the row's id, its rendered prompt (token ids,
+    template and system prompt included) and the generation settings."""
+    body = json.dumps([row_id, list(prompt_ids), settings], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
+
+
+def keep_finished(out: Path, keys: set) -> set:
+    """Return the keys of ``keys`` already answered in ``out``; rewrite ``out`` without its other
+    rows (answers to prompts that changed or left the input) and without a half-written last line."""
     if not out.exists():
         return set()
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(out, "r+b") as f:
-            f.truncate(end)
-    ids = set()
-    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+    lines = data[:end].decode("utf-8").splitlines(keepends=True)
+    kept, done = [], set()
+    for n, line in enumerate(lines, 1):
         try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+            key = json.loads(line).get("row_key")
+        except (json.JSONDecodeError, AttributeError):
             raise MedtuneError(f"{out}:{n}: not a medtune infer row; use --overwrite to start over") from None
-    return ids
+        if key in keys and key not in done:
+            kept.append(line)
+            done.add(key)
+    if len(kept) != len(lines) or end != len(data):
+        with atomic_output(out) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
+    return done
 
 
 def _settings_fingerprint(meta: dict) -> str:
@@ -163,14 +179,18 @@ def run_infer(engine, input_path, output_path, params, batch_size=16, system=Non
     if overwrite and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out)
-    todo = [r for r in rows if r.id not in done]
+    settings = _settings_fingerprint(meta)
+    encoded = [(engine.encode_chat(r.messages, enable_thinking=params.enable_thinking), r) for r in rows]
+    for ids, r in encoded:
+        r.key = row_key(r.id, ids, settings)
+    done = keep_finished(out, {r.key for r in rows})
+    todo = [(ids, r) for ids, r in encoded if r.key not in done]
     summary = InferSummary(rows=len(rows), done_before=len(rows) - len(todo), skipped=skipped)
     _write_meta(meta_path, meta, summary, "running")
     started = time.perf_counter()
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), disable=not progress,
                                                      unit="row", desc="infer") as bar:
-        for batch, prompts in _length_sorted_batches(engine, todo, batch_size, params.enable_thinking):
+        for batch, prompts in _length_sorted_batches(todo, batch_size):
             answers = engine.generate(prompts, _batch_params(params, batch))
             for row, got, prompt in zip(batch, _per_prompt(answers, params.n), prompts):
                 f.write(json.dumps(_output_row(row, got, _opens_thinking(engine, prompt)), ensure_ascii=False) + "\n")
@@ -188,10 +208,10 @@ def meta_file(output_path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def _length_sorted_batches(engine, rows, batch_size, enable_thinking=None):
-    """Yield ``(rows, prompt ids)`` batches, longest prompts first (less padding, early OOM)."""
-    encoded = sorted(((engine.encode_chat(r.messages, enable_thinking=enable_thinking), r) for r in rows),
-                     key=lambda p: -len(p[0]))
+def _length_sorted_batches(encoded, batch_size):
+    """Yield ``(rows, prompt ids)`` batches of ``(prompt ids, row)`` pairs, longest prompts first
+    (less padding, early OOM)."""
+    encoded = sorted(encoded, key=lambda p: -len(p[0]))
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i:i + batch_size]
         yield [r for _, r in chunk], [ids for ids, _ in chunk]
@@ -222,7 +242,7 @@ def _output_row(row: InferRow, got, opened: bool = False) -> dict:
     from medtune.inference.reasoning import split_trace
 
     reasoning, answer = split_trace(got[0].text, opened)
-    out = {**row.source, "id": row.id, "response": answer.strip(),
+    out = {**row.source, "id": row.id, "row_key": row.key, "response": answer.strip(),
            "finish_reason": got[0].finish_reason, "prompt_tokens": got[0].prompt_tokens,
            "completion_tokens": got[0].completion_tokens}
     if reasoning is not None:

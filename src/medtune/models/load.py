@@ -41,8 +41,20 @@ def check_model_path(path: str) -> str:
         raise MedtuneError("model path is empty")
     if Path(path).is_dir():
         return path
-    if Path(path).exists() or not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
-        raise MedtuneError(f"model path '{path}' not found (expected a local model dir or a hub id like org/name)")
+    if Path(path).exists():
+        raise MedtuneError(f"model path '{path}' is a file, not a model directory")
+    # "runs/sft-typo" looks like a hub id, but when "runs" is a local dir it is a mistyped path:
+    # say so at once instead of retrying the hub for a minute.
+    looks_local = Path(path.split("/")[0]).is_dir()
+    if looks_local or not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
+        from medtune.errors import did_you_mean
+
+        parent = Path(path).parent
+        hint = did_you_mean(Path(path).name, [p.name for p in parent.iterdir() if p.is_dir()]) \
+            if parent.is_dir() else ""
+        hint = hint if hint.startswith(" (did you mean") else ""
+        raise MedtuneError(f"model path '{path}' not found: no such directory{hint} (expected a local model dir "
+                           "or a hub id like org/name)")
     return path
 
 

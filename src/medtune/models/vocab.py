@@ -32,7 +32,6 @@ from __future__ import annotations
 import heapq
 import json
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -273,12 +272,12 @@ def _load_tokenizer(base: str):
 
 
 def _save(model, tokenizer, out: Path, dtype, report: dict) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.to(dtype).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    from medtune.files import atomic_dir
+
+    with atomic_dir(out) as tmp:  # a failed save leaves a previous output as it was
+        model.to(dtype).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def extend_vocabulary(base, corpus, add: int, out, min_freq: int = 5, max_chars: int = 4,

@@ -26,6 +26,7 @@ from medtune.data.readers.stream import (
     check_readable,
     container_kind,
     detect_encoding,
+    is_wide,
     iter_records,
     jsonl_chunks,
 )
@@ -75,7 +76,7 @@ def read_plan(path, read: ReadOptions, chunk_bytes: int = CHUNK_BYTES) -> list[P
     enc = read.encoding or detect_encoding(p)
     kind = container_kind(p, enc)
     read = replace(read, encoding=enc, format=_resolve_format(p, read))
-    if kind not in ("jsonl", "lines") or enc == "utf-16" or p.stat().st_size <= chunk_bytes:
+    if kind not in ("jsonl", "lines") or is_wide(enc) or p.stat().st_size <= chunk_bytes:
         return [Piece(str(p), read)]
     return [Piece(str(p), read, chunk) for chunk in jsonl_chunks(p, chunk_bytes)]
 
@@ -109,6 +110,7 @@ def convert_files(inputs, out, options: ConvertOptions | None = None,
     """Convert ``inputs`` into the JSONL file ``out`` (written atomically); one tally per input.
 
     All inputs must give one record shape. ``progress(n_bytes)`` is called as pieces finish.
+    When no record is written, ``out`` is left as it was (a previous good output survives).
     """
     options = options or ConvertOptions()
     plans = [read_plan(p, options.read, options.chunk_bytes) for p in inputs]
@@ -116,16 +118,25 @@ def convert_files(inputs, out, options: ConvertOptions | None = None,
     out, shapes = Path(out), {}
     out.parent.mkdir(parents=True, exist_ok=True)
     pieces = [piece for plan in plans for piece in plan]
-    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for piece, (text, tally) in zip(pieces, parallel_map(run_piece, pieces,
-                                                             default_workers(options.workers))):
-            _check_shape(shapes, piece.path, tally.format)
-            tallies[piece.path].merge(tally)
-            tallies[piece.path].encoding = piece.read.encoding
-            f.write(text)
-            if progress:
-                progress(_piece_size(piece))
+    try:
+        with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for piece, (text, tally) in zip(pieces, parallel_map(run_piece, pieces,
+                                                                 default_workers(options.workers))):
+                _check_shape(shapes, piece.path, tally.format)
+                tallies[piece.path].merge(tally)
+                tallies[piece.path].encoding = piece.read.encoding
+                f.write(text)
+                if progress:
+                    progress(_piece_size(piece))
+            if not any(t.written for t in tallies.values()):
+                raise _NothingWritten
+    except _NothingWritten:
+        pass
     return list(tallies.values())
+
+
+class _NothingWritten(Exception):
+    """Raised inside the atomic write so that an empty result does not replace ``out``."""
 
 
 def _check_shape(shapes: dict, path: str, fmt: str) -> None:

@@ -3,10 +3,10 @@
 Containers: JSONL (also misnamed ``.json``), JSON arrays, JSON objects keyed by id (PubMedQA),
 one pretty-printed JSON object, ``.txt`` (one document per non-blank line), ``.csv`` / ``.tsv``
 (header row; ``line`` is the CSV line) and ``.parquet`` (``line`` is the row number).
-Encodings: UTF-8 (BOM tolerated), UTF-16 with a BOM, and GB18030 — detected from the first MiB
-unless ``encoding`` is given. JSONL and text files are read line by line (and can be read in byte
-ranges, which is how ``medtune data convert`` spreads one file over several processes); JSON arrays,
-keyed objects and UTF-16 files are read whole.
+Encodings: UTF-8 (BOM tolerated), UTF-16 and UTF-32 with a BOM, and GB18030 — detected from the
+first MiB unless ``encoding`` is given. JSONL and text files are read line by line, however long
+their lines (and can be read in byte ranges, which is how ``medtune data convert`` spreads one file
+over several processes); JSON arrays, keyed objects and UTF-16 / UTF-32 files are read whole.
 
 Three policies for rows that do not become records (``on_error``):
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from medtune.data.readers import formats
 from medtune.errors import MedtuneError, where
 
-__all__ = ["Tally", "detect_encoding", "iter_records", "jsonl_chunks", "line_file"]
+__all__ = ["Tally", "detect_encoding", "is_wide", "iter_records", "jsonl_chunks", "line_file"]
 
 SAMPLE_BYTES = 1 << 20
 EXAMPLES_PER_REASON = 5
@@ -93,11 +93,13 @@ class RowError(Exception):
 
 
 def detect_encoding(path, sample: int = SAMPLE_BYTES) -> str:
-    """'utf-8-sig', 'utf-16', 'utf-8' or 'gb18030', judged from the first ``sample`` bytes."""
+    """'utf-8-sig', 'utf-32', 'utf-16', 'utf-8' or 'gb18030', judged from the first ``sample`` bytes."""
     with open(path, "rb") as f:
         head = f.read(sample)
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00
+        return "utf-32"
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
     for enc in ("utf-8", "gb18030"):
@@ -107,6 +109,11 @@ def detect_encoding(path, sample: int = SAMPLE_BYTES) -> str:
         except UnicodeDecodeError:
             continue
     return "utf-8"  # undecodable lines are then reported one by one
+
+
+def is_wide(enc: str) -> bool:
+    """True for UTF-16 / UTF-32, whose newlines are not the byte 0x0A: such files are read whole."""
+    return codecs.lookup(enc).name.startswith(("utf-16", "utf-32"))
 
 
 def _decode_error(path, line, enc: str, data: bytes, e: UnicodeDecodeError) -> RowError:
@@ -159,11 +166,14 @@ def container_kind(path: Path, enc: str) -> str:
         return suffix[1:]
     if suffix == ".txt":
         return "lines"
-    if enc == "utf-16":
-        return "json"
-    with open(path, "rb") as f:
-        head = f.read(SAMPLE_BYTES)
-    body = head.decode(enc, errors="replace").lstrip("\ufeff \t\r\n")
+    if is_wide(enc):
+        body = _read_text(path, enc).lstrip("\ufeff \t\r\n")
+    else:
+        with open(path, "rb") as f:
+            head = f.read(SAMPLE_BYTES)
+            if b"\n" not in head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+                head += f.readline()  # a first line longer than the sample: judge it whole
+        body = head.decode(enc, errors="replace").lstrip("\ufeff \t\r\n")
     if body.startswith("["):
         return "json"
     if body.startswith("{"):
@@ -171,7 +181,7 @@ def container_kind(path: Path, enc: str) -> str:
         try:
             value = json.loads(first)
             return "jsonl" if isinstance(value, dict) and not _is_keyed(value) else "json"
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return "json" if first.strip() == "{" or "\n" not in body else "jsonl"
     return "notjson" if body else "empty"
 
@@ -200,8 +210,18 @@ def line_file(path: Path, enc: str, plain: bool, byte_range=None) -> Iterator[tu
     """Rows of a JSONL (``plain=False``) or text file, or of one ``(start, end, first_line)`` byte
     range of it; undecodable lines and broken JSON come back as :class:`RowError` rows. The file
     is read a chunk at a time."""
+    if is_wide(enc):
+        yield from _wide_lines(path, enc, plain)
+        return
     for chunk in [byte_range] if byte_range else iter_chunks(path):
         yield from _line_range(path, enc, plain, chunk)
+
+
+def _wide_lines(path: Path, enc: str, plain: bool) -> Iterator[tuple[int, object]]:
+    """Rows of a UTF-16 / UTF-32 line file, decoded whole."""
+    for n, text in enumerate(_read_text(path, enc).lstrip("\ufeff").split("\n"), 1):
+        if text.strip():
+            yield n, _line_row(text.rstrip("\r"), plain)
 
 
 def _line_range(path: Path, enc: str, plain: bool, byte_range) -> Iterator[tuple[int, object]]:
@@ -220,14 +240,20 @@ def _line_range(path: Path, enc: str, plain: bool, byte_range) -> Iterator[tuple
         except UnicodeDecodeError as e:
             yield n, _decode_error(path, n, enc, raw, e)
             continue
-        if plain:
-            yield n, {"text": text}
-            continue
-        try:
-            yield n, json.loads(text)
-        except json.JSONDecodeError as e:
-            reason = "broken JSON line" if text.lstrip().startswith("{") else "invalid JSON"
-            yield n, RowError(reason, f"invalid JSON ({e.msg} at column {e.colno})")
+        yield n, _line_row(text, plain)
+
+
+def _line_row(text: str, plain: bool):
+    """One line as a row: ``{"text": ...}`` (``plain``), its JSON value, or a :class:`RowError`."""
+    if plain:
+        return {"text": text}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        reason = "broken JSON line" if text.lstrip().startswith("{") else "invalid JSON"
+        return RowError(reason, f"invalid JSON ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return RowError("nested too deeply", "JSON nested too deeply to read")
 
 
 def _json_rows(path: Path, enc: str) -> Iterator[tuple[int, object]]:
@@ -238,6 +264,8 @@ def _json_rows(path: Path, enc: str) -> Iterator[tuple[int, object]]:
     except json.JSONDecodeError as e:
         raise MedtuneError(f"{where(path, e.lineno)}: invalid JSON ({e.msg} at column {e.colno})") \
             from None
+    except RecursionError:
+        raise MedtuneError(f"{path}: JSON nested too deeply to read") from None
     if isinstance(value, list):
         lines = _ElementLines(text)
         for i, row in enumerate(value):
@@ -320,14 +348,20 @@ def _csv_rows(path: Path, enc: str, delimiter: str) -> Iterator[tuple[int, objec
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     check_readable(path)
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except pa.ArrowException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MedtuneError(f"{where(path, n + 1 if n else None)}: not a readable Parquet file ({first})") \
+            from None
 
 
 def iter_rows(path: Path, enc: str, kind: str, fmt: str, byte_range=None):
