@@ -116,6 +116,82 @@ def test_busy_port_is_a_one_line_error_before_loading(tmp_path):
     assert_one_line_error(proc, "cannot serve on 127.0.0.1:")
 
 
+@pytest.fixture(scope="module")
+def thinker(tiny_dir):
+    """``(ChatModel, Scripted)``: the tiny model with the qwen3 built-in, scripted to think, then answer."""
+    from medtune.inference.chat import ChatModel
+    from tests.helpers.scripted import Scripted
+
+    script = Scripted(tiny_dir, "qwen3")
+    return ChatModel(script.engine.model, script.tok, name="tiny"), script
+
+
+def test_thinking_controls_come_from_generation_settings(bot, thinker):
+    import gradio as gr
+
+    from medtune.inference.settings import label
+    from medtune.serving.webui import build_app
+
+    def controls(chat):
+        blocks = build_app(chat, "m").blocks.values()
+        return {b.label: b for b in blocks if isinstance(b, (gr.Checkbox, gr.Number))}
+
+    qwen3 = controls(thinker[0])
+    box, budget = qwen3[label("enable_thinking")], qwen3[label("thinking_budget")]
+    assert box.visible and box.value is True and budget.value is None and budget.minimum == 0
+    assert controls(bot)[label("enable_thinking")].visible is False  # chatml reads no enable_thinking
+
+
+def test_settings_from_controls():
+    from medtune.serving.webui import settings_from_controls
+
+    sliders = [0.0, 1.0, 32.0, 1.0]
+    assert settings_from_controls([*sliders, False, None], thinks=True) == {
+        "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32, "repetition_penalty": 1.0,
+        "enable_thinking": False, "thinking_budget": None}
+    got = settings_from_controls([*sliders, True, 5.0], thinks=False)
+    assert got["enable_thinking"] is None and got["thinking_budget"] == 5 and type(got["thinking_budget"]) is int
+
+
+def test_the_trace_streams_into_a_collapsible_thinking_message(thinker):
+    from medtune.serving.webui import reply_messages
+
+    chat, s = thinker
+    s.script = s.ids("<thi", "nk>\n", [s.fever] * 3, "\n</", "think>\n\n", [s.rest])
+    steps = list(reply_messages(chat, "Is 55 too low?", [], "", max_new_tokens=40))
+    thought, answer = steps[-1]
+    assert thought["metadata"] == {"title": "Thinking", "status": "done"}
+    assert thought["content"]["text"] == s.text([s.fever] * 3)
+    assert answer["content"]["text"] == s.text([s.rest]) * (40 - len(s.script) + 1) == chat.chat("Is 55 too low?", max_new_tokens=40)[0].split("</think>")[1].strip()
+    pending = [step for step in steps if step[0].get("metadata", {}).get("status") == "pending"]
+    assert pending and all(len(step) == 1 for step in pending)  # the trace alone while it streams, open
+    assert not any("think>" in m["content"]["text"] for step in steps for m in step)
+
+
+def test_the_budget_and_the_checkbox_reach_generation(thinker, monkeypatch):
+    from medtune.serving.webui import reply_messages, settings_from_controls
+
+    chat, s = thinker
+    s.script = s.ids("<think>", [s.fever])  # thinks forever unless the budget closes the block
+    sampling = settings_from_controls([0.0, 1.0, 20.0, 1.0, True, 2.0], thinks=True)
+    *_, (thought, answer) = reply_messages(chat, "Is 55 too low?", [], "", **sampling)
+    assert thought["content"]["text"] == s.text([s.fever] * 2) and answer["content"]["text"]
+    seen = []
+    encode = chat.engine.encode_chat
+    monkeypatch.setattr(chat.engine, "encode_chat", lambda m, **kw: seen.append(kw) or encode(m, **kw))
+    list(reply_messages(chat, "q", [], "", **settings_from_controls([0.0, 1.0, 2.0, 1.0, False, None], thinks=True)))
+    assert seen and all(kw["enable_thinking"] is False for kw in seen)
+
+
+def test_a_trace_in_the_history_is_not_sent_back():
+    from medtune.serving.webui import chat_messages
+
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": "mulling", "metadata": {"title": "Thinking", "status": "done"}},
+               {"role": "assistant", "content": "a", "metadata": None}]
+    assert chat_messages(history) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
 # ---------------------------------------------------------------- the real server in a browser
 
 

@@ -247,8 +247,11 @@ class BlockingEngine:
     def model_names(self):
         return ["m"]
 
-    def encode_chat(self, messages, model=None):
+    def encode_chat(self, messages, model=None, enable_thinking=None):
         return [1, 2, 3]
+
+    def opens_thinking(self, prompt_ids, model=None):
+        return False
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion

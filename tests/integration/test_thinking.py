@@ -106,3 +106,27 @@ def test_eval_scores_the_answer_after_the_trace():
     assert extract_answer("<think>\nA is tempting, but A fits athletes poorly\n</think>\n\n答案是B", options, False) == "B"
     assert extract_answer("A could be it ... still thinking", options, False) == "A"
     assert extract_answer("<think>\nA? A?", options, False) is None  # the trace never ended: no answer
+
+
+@pytest.mark.parametrize("text,opened", [
+    ("<think>\nA\n</think>\n\nB", False), ("  <think>\n\nA\n\nB\n\n</think>\n\n\nC\n\nD\n", False),
+    ("plain answer", False), ("<thinking aloud", False), ("<", False), ("\n\n", False),
+    ("<think>\nunfinished\n", False), ("A\n</think>\n\nB", True), ("", True),
+])
+def test_trace_stream_cut_anywhere_splits_like_the_whole_reply(text, opened):
+    """However a reply is cut into stream deltas (a tag split in two, newlines before </think>), the
+    pieces join to split_trace's reasoning and answer."""
+    import itertools
+
+    from medtune.inference.reasoning import TraceStream, split_reply
+
+    assert split_reply(text, opened) == split_trace(text, opened)
+    for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, len(text)), k) for k in (1, 2)):
+        stream, pieces = TraceStream(opened), []
+        for a, b in itertools.pairwise((0, *cuts, len(text))):
+            pieces += stream.feed(text[a:b])
+        pieces += stream.finish()
+        reasoning = "".join(t for kind, t in pieces if kind == "reasoning")
+        assert ((reasoning if stream.reasoned else None), "".join(t for kind, t in pieces if kind == "content")) \
+            == split_trace(text, opened), cuts
+        assert all(t for _, t in pieces) and not any(t.endswith(("<", "</th")) for kind, t in pieces if kind == "reasoning")

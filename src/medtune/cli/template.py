@@ -10,7 +10,8 @@ spans highlighted (ANSI colour on a terminal, else ``[[ ]]``), then three checks
 tokens before the final reply are exactly the serving prompt (what ``ChatEngine.encode_chat``
 encodes), the learned tokens start where that prompt ends, and the template used for training
 renders like the tokenizer's own (prompts always; whole conversations unless a built-in writes its
-final reply differently on purpose). The first mismatch is one error line naming the template
+final reply differently on purpose; :mod:`medtune.inference.template_check`, which ``medtune train``
+also runs on its first conversations). The first mismatch is one error line naming the template
 family and the conversation (``file:line`` for ``--data``), exit 2; otherwise one summary line.
 ``--template own`` checks the checkpoint's template exactly as saved (no ``auto`` swap).
 """
@@ -90,48 +91,10 @@ def _conversations(data: str | None) -> list:
 
 def _check(own, tok, conv, reasoning: str) -> str:
     """Return the training render of ``conv`` with learned spans in ``[[ ]]``; raise on a mismatch."""
-    from medtune.data.tokenize.examples import IGNORE
-    from medtune.data.tokenize.spans import encode_batch, template_family
+    from medtune.inference.template_check import check_conversation
 
-    family = template_family(tok.chat_template)
-
-    def fail(problem: str) -> MedtuneError:
-        return MedtuneError(f"{conv.origin}: chat template '{family}': {problem}")
-
-    (ids, labels), = encode_batch(tok, [conv], reasoning=reasoning)
-    last = max(i for i, m in enumerate(conv.messages) if m.get("role") == "assistant")
-    prompt = _serving_prompt(tok, conv.messages[:last])
-    if ids[:len(prompt)] != prompt:
-        raise fail("the training tokens before the final reply are not the serving prompt")
-    starts = len(prompt) < len(ids) and labels[len(prompt)] != IGNORE and (not prompt or labels[len(prompt) - 1] == IGNORE)
-    if reasoning != "mask" and not starts:  # mask: the reply's trace is context, its answer learned later
-        raise fail("the learned final reply does not start where the serving prompt ends")
-    _compare_with_own(own, tok, conv, last, fail)
+    ids, labels = check_conversation(tok, conv, reasoning, own=own)
     return _highlighted(tok, ids, labels)
-
-
-def _serving_prompt(tok, messages) -> list[int]:
-    """What inference encodes for ``messages``: the ChatEngine prompt path."""
-    from medtune.inference.engines import ChatEngine
-
-    return ChatEngine("check", tok).encode_chat(messages)
-
-
-def _compare_with_own(own, tok, conv, last: int, fail) -> None:
-    from medtune.data.tokenize.templates import final_reply_rewritten, render, template_name
-
-    if not own.chat_template or own.chat_template == tok.chat_template:
-        return
-    tokens = {"bos_token": own.bos_token or "", "eos_token": own.eos_token or ""}
-    prompts = [conv.messages[:i] for i, m in enumerate(conv.messages) if m.get("role") == "assistant"]
-    for messages in prompts:
-        if render(own.chat_template, messages, add_generation_prompt=True, **tokens) != render(
-                tok.chat_template, messages, add_generation_prompt=True, **tokens):
-            raise fail(f"the serving prompt before reply {len(messages) // 2 + 1} differs from the tokenizer's "
-                       "own template's")
-    if not final_reply_rewritten(template_name(tok.chat_template)) and render(
-            own.chat_template, conv.messages, **tokens) != render(tok.chat_template, conv.messages, **tokens):
-        raise fail("the conversation renders differently under the tokenizer's own template")
 
 
 def _highlighted(tok, ids, labels) -> str:

@@ -66,14 +66,15 @@ class ChatModel:
         tokenizer = load_chat_tokenizer(path, adapter, template, trust_remote_code)
         return cls(model, tokenizer, GenerationSettings(**settings), name=str(adapter or path))
 
-    def prompt_ids(self, messages) -> list[int]:
-        """Return the token ids of ``messages`` rendered with the generation prompt."""
-        return self.engine.encode_chat(messages, enable_thinking=self.settings.enable_thinking)
+    def prompt_ids(self, messages, settings: GenerationSettings | None = None) -> list[int]:
+        """Return the token ids of ``messages`` rendered with the generation prompt (``enable_thinking``
+        from ``settings``, default: this model's)."""
+        return self.engine.encode_chat(messages, enable_thinking=(settings or self.settings).enable_thinking)
 
     def chat(self, query: str, history=None, system: str | None = None, **overrides):
         """Return ``(reply, history)`` where history now ends with this exchange."""
         messages = _with_query(history, query, system)
-        reply = self.generate_batch([self.prompt_ids(messages)], **overrides)[0]
+        reply = self.chat_batch([messages], **overrides)[0]
         return reply, _drop_system(messages, system) + [{"role": "assistant", "content": reply}]
 
     def stream_chat(self, query: str, history=None, system: str | None = None, stop_event=None,
@@ -83,7 +84,8 @@ class ChatModel:
         Setting ``stop_event`` (a ``threading.Event``) ends generation at the next token; so does
         closing the generator.
         """
-        ids = self.prompt_ids(_with_query(history, query, system))
+        params = replace(self.settings, **overrides)  # bad settings raise here, in the caller
+        ids = self.prompt_ids(_with_query(history, query, system), params)
         stop_event = stop_event or threading.Event()
         pieces: queue.Queue = queue.Queue()
         first = [True]
@@ -95,7 +97,6 @@ class ChatModel:
             pieces.put(delta.rstrip() if finish else delta)
 
         failure: list = []
-        params = replace(self.settings, **overrides)  # bad settings raise here, in the caller
 
         def run():
             try:
@@ -128,7 +129,8 @@ class ChatModel:
 
     def chat_batch(self, conversations, **overrides) -> list[str]:
         """Return one reply per conversation (lists of messages ending with a user turn)."""
-        return self.generate_batch([self.prompt_ids(m) for m in conversations], **overrides)
+        settings = replace(self.settings, **overrides)
+        return self.generate_batch([self.prompt_ids(m, settings) for m in conversations], **overrides)
 
     def complete_batch(self, texts, **overrides) -> list[str]:
         """Return raw continuations of plain ``texts`` (no chat template): for base models."""

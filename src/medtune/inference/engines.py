@@ -123,6 +123,13 @@ class ChatEngine:
         extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True, **extra)["input_ids"])
 
+    def opens_thinking(self, prompt_ids, model: str | None = None) -> bool:
+        """Whether ``prompt_ids`` end inside an open ``<think>`` block: the reply starts in its trace
+        (DeepSeek-R1's generation prompt ends with ``<think>\\n``)."""
+        from medtune.inference.reasoning import prompt_opens_thinking
+
+        return prompt_opens_thinking(self.tokenizer(model), prompt_ids)
+
     def encode_text(self, text: str, model: str | None = None) -> list[int]:
         """Return the ids of plain ``text`` (no template): completion-style prompts."""
         return list(self.tokenizer(model)(text, add_special_tokens=False)["input_ids"])

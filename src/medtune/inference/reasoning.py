@@ -2,9 +2,13 @@
 
 Example::
 
-    from medtune.inference.reasoning import split_trace
+    from medtune.inference.reasoning import TraceStream, split_trace
     split_trace("<think>\\nlow rate, athlete\\n</think>\\n\\nNot for a fit adult.")
     # ('low rate, athlete', 'Not for a fit adult.')
+
+    stream = TraceStream()
+    stream.feed("<thi") + stream.feed("nk>\\nlow rate</th") + stream.feed("ink>\\n\\nNo.") + stream.finish()
+    # [('reasoning', 'low rate'), ('content', 'No.')]
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ _TAIL = 8  # tokens decoded to spot a marker that just appeared
 def opens_thinking(text: str) -> bool:
     """Whether ``text`` (a prompt) ends inside an open ``<think>`` block (DeepSeek-R1's prompts do)."""
     return text.rfind(OPEN) > text.rfind(CLOSE)
+
+
+def prompt_opens_thinking(tokenizer, prompt_ids) -> bool:
+    """Whether the token ids of a prompt end inside an open ``<think>`` block."""
+    return opens_thinking(tokenizer.decode(list(prompt_ids)[-_TAIL:], skip_special_tokens=False))
 
 
 def split_trace(text: str, opened: bool = False) -> tuple[str | None, str]:
@@ -33,6 +42,84 @@ def split_trace(text: str, opened: bool = False) -> tuple[str | None, str]:
         return body.strip("\n"), ""
     trace, answer = body.split(CLOSE, 1)
     return trace.strip("\n"), answer.lstrip("\n")
+
+
+class TraceStream:
+    """A reply arriving in pieces, split as it comes into ``("reasoning", text)`` and
+    ``("content", text)`` pieces (the API's ``delta.reasoning_content`` / ``delta.content``).
+
+    The pieces of a reply join to what ``split_trace(reply, opened)`` gives for a reply with one
+    leading block; a ``</think>`` in a reply that opened no block is content here (a stream cannot
+    wait for it). A possible start of ``<think>`` / ``</think>`` split across pieces, and newlines
+    that may precede ``</think>``, are held back until the next piece tells. ``reasoned``: whether
+    the reply has a trace (a prompt that ``opened`` one always has, maybe empty).
+    """
+
+    def __init__(self, opened: bool = False):
+        self.state = "trace" if opened else "start"  # start | trace | after (the trace) | answer
+        self.reasoned, self.buf, self.lead = opened, "", True  # lead: newlines at a start are dropped
+
+    def feed(self, text: str, final: bool = False) -> list[tuple[str, str]]:
+        """Return the pieces ``text`` completes (non-empty); ``final``: the reply ends here."""
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        if self.state == "start":
+            head = self.buf.lstrip()
+            if head.startswith(OPEN):
+                self.state, self.reasoned, self.buf = "trace", True, head[len(OPEN):]
+            elif final or not OPEN.startswith(head):
+                self.state, self.lead = "answer", False  # no trace: the reply verbatim
+            else:
+                return out  # blank so far, or the start of "<think>"
+        if self.state == "trace":
+            self._trace(out, final)
+        if self.state == "after" and self.lead:
+            self.buf = self.buf.lstrip("\n")
+            if self.buf:
+                self.state = "answer"
+        if self.state == "answer" and self.buf:
+            out.append(("content", self.buf))
+            self.buf = ""
+        return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """Return the held-back rest once the reply has ended."""
+        return self.feed("", final=True)
+
+    def _trace(self, out: list, final: bool) -> None:
+        if self.lead:
+            self.buf = self.buf.lstrip("\n")
+        if CLOSE in self.buf:
+            trace, self.buf = self.buf.split(CLOSE, 1)
+            self._say(out, trace.rstrip("\n"))
+            self.state, self.lead = "after", True
+            return
+        held = 0 if final else _partial_tag(self.buf, CLOSE)
+        body = self.buf[:len(self.buf) - held]
+        said = body.rstrip("\n")
+        self._say(out, said)
+        self.buf = "" if final else self.buf[len(said):]
+
+    def _say(self, out: list, text: str) -> None:
+        if text:
+            out.append(("reasoning", text))
+            self.lead = False
+
+
+def _partial_tag(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that begins ``tag`` (0: none)."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-k:]):
+            return k
+    return 0
+
+
+def split_reply(text: str, opened: bool = False) -> tuple[str | None, str]:
+    """Return ``(reasoning or None, content)`` of a whole reply exactly as ``TraceStream`` streams it."""
+    stream = TraceStream(opened)
+    pieces = stream.feed(text) + stream.finish()
+    reasoning = "".join(t for kind, t in pieces if kind == "reasoning")
+    return (reasoning if stream.reasoned else None), "".join(t for kind, t in pieces if kind == "content")
 
 
 class ThinkingBudget:

@@ -8,7 +8,7 @@ Example::
 
 ``ChatModel`` keeps one as its defaults, every engine generates from one, ``medtune chat``,
 ``infer`` and ``eval`` build their flags with ``add_generation_args``, the API schema takes its
-bounds from ``served_bounds`` and the web page its sliders from ``slider``. A field's metadata
+bounds from ``served_bounds`` and the web page its sliders from ``slider`` (other controls: ``label``). A field's metadata
 holds its bounds (checked here, for every caller), ``served`` caps (API and web only), the
 web slider and the flag help.
 """
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, fields
 from medtune.errors import MedtuneError
 
 
-def _setting(default, help=None, *, ge=None, gt=None, le=None, served=None, slider=None):
-    """A field with its bounds, ``served`` extra caps ({"le": x}), web ``slider`` (lo, hi, step, label)."""
+def _setting(default, help=None, *, ge=None, gt=None, le=None, served=None, slider=None, label=None):
+    """A field with its bounds, ``served`` extra caps ({"le": x}), web ``slider`` (lo, hi, step, label)
+    or, for a web control that is not a slider (a checkbox, a number box), its ``label``."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
     return field(default=default, metadata={"help": help, "bounds": bounds, "served": served or {},
-                                            "slider": slider})
+                                            "slider": slider, "label": label or (slider and slider[3])})
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ class GenerationSettings:
     seed: int | None = _setting(None, "sampling seed (with --temperature > 0)")
     enable_thinking: bool | None = _setting(
         None, "passed to the chat template as enable_thinking (Qwen3: off puts an empty think block in "
-              "the prompt); default: the template's own default")
+              "the prompt); default: the template's own default", label="Think before answering")
     thinking_budget: int | None = _setting(
         None, "at most N tokens inside an open <think> block, then '\\n</think>\\n\\n' is appended and "
-              "the answer generated (hf backend)")
+              "the answer generated (hf backend)", ge=0, label="Thinking budget (tokens; empty = no limit)")
 
     def __post_init__(self):
         for f in fields(self):  # sliders and JSON send whole numbers as ints
@@ -56,8 +57,6 @@ class GenerationSettings:
                 raise MedtuneError(f"{name} must be {_describe(bounds)}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise MedtuneError("stop must be non-empty strings")
-        if self.thinking_budget is not None and self.thinking_budget < 0:
-            raise MedtuneError("thinking_budget must be >= 0")
 
 
 FIELDS = {f.name: f for f in fields(GenerationSettings)}
@@ -67,6 +66,8 @@ _OPERATORS = {"ge": ">=", "gt": ">", "le": "<="}
 
 
 def _within(value, bounds: dict) -> bool:
+    if value is None:  # an optional setting left unset
+        return True
     return (value >= bounds.get("ge", value) and value <= bounds.get("le", value)
             and ("gt" not in bounds or value > bounds["gt"]))
 
@@ -85,6 +86,11 @@ def served_bounds(name: str) -> dict:
 def slider(name: str) -> tuple:
     """Return ``(lo, hi, step, label)`` of the web page's slider for ``name``."""
     return FIELDS[name].metadata["slider"]
+
+
+def label(name: str) -> str:
+    """Return the web page's label for ``name`` (its slider's, or its checkbox's / number box's)."""
+    return FIELDS[name].metadata["label"]
 
 
 def flag(name: str) -> str:

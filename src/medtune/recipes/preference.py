@@ -91,13 +91,16 @@ class PreferenceRecipe(Recipe):
 # tokenization
 
 
-def encode_answer(tokenizer, prompt: list[dict], answer: list[dict], data) -> tuple[list, list, str]:
+def encode_answer(tokenizer, prompt: list[dict], answer: list[dict], data, origin: str = "") -> tuple[list, list, str]:
     """Return ``(input_ids, labels, note)`` for ``prompt + answer`` rendered with the chat template.
 
     Labels cover the answer only (every token with ``data.train_on_prompt``). ``note`` is ``""``,
     ``"truncated"``, or the reason the example must be skipped (overlength, no answer token left).
+    ``origin`` (``file:line``) starts a template refusal's message.
     """
-    ids, labels = encode_conversation(tokenizer, prompt + answer, data.train_on_prompt)
+    from medtune.data.tokenize.spans import Conversation
+
+    ids, labels = encode_conversation(tokenizer, Conversation(prompt + answer, origin), data.train_on_prompt)
     if not data.train_on_prompt and any(m["role"] == "assistant" for m in prompt):
         labels = _mask_prompt(tokenizer, prompt, ids, labels)
     note = ""
@@ -136,10 +139,12 @@ def make_pair_examples(cfg, tokenizer, records, stats) -> list[dict]:
 
     A pair is skipped (and counted) when either answer must be; ``length`` is the longer side.
     """
+    from medtune.data.readers.records import origin
+
     rows = []
     for rec in records:
-        c_ids, c_labels, c_note = encode_answer(tokenizer, rec["prompt"], rec["chosen"], cfg.data)
-        r_ids, r_labels, r_note = encode_answer(tokenizer, rec["prompt"], rec["rejected"], cfg.data)
+        c_ids, c_labels, c_note = encode_answer(tokenizer, rec["prompt"], rec["chosen"], cfg.data, origin(rec))
+        r_ids, r_labels, r_note = encode_answer(tokenizer, rec["prompt"], rec["rejected"], cfg.data, origin(rec))
         reason = skip_reason(c_note, r_note)
         if reason:
             stats.skip(reason)

@@ -85,8 +85,10 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
 
 def set_up(cfg: StageConfig, recipe) -> StageSetup:
     """Return the stage's data, tokenizer, model and examples; bad input fails here, before any
-    output is written (data is read first: it fails fastest)."""
+    output is written (data is read first: it fails fastest; then the template check of the first
+    conversations, before the model loads)."""
     from medtune.data.tokenize.cache import tokenized_datasets
+    from medtune.inference.template_check import check_first_conversations
     from medtune.models.accel import attention_for
     from medtune.models.load import load_tokenizer, resolve_device
     from medtune.recipes.recipe import StageExamples
@@ -95,6 +97,8 @@ def set_up(cfg: StageConfig, recipe) -> StageSetup:
     files = read_stage_data(cfg)
     path = _absolute_if_local(cfg.model.path)
     tokenizer = load_tokenizer(path, cfg.model.template, cfg.model.trust_remote_code)
+    # what `medtune template check` verifies, on the first conversations: training renders what serving prompts
+    check_first_conversations(tokenizer, (r for f in files for r in f.records), cfg.data.reasoning)
     model = recipe.load_model(cfg, path)
     attn = attention_for(cfg.model.attn_implementation, resolve_device(cfg.model.device), packs_rows(cfg))
     if attn and getattr(model.config, "_attn_implementation", None) != attn:
@@ -174,7 +178,7 @@ def read_stage_data(cfg: StageConfig):
     from medtune.data.readers.formats import SHAPES
 
     shapes = stage_spec(cfg.stage).shapes
-    files = read_files(cfg.data.train, cfg.data.format)
+    files = read_files(cfg.data.train, cfg.data.format, locate=True)  # template refusals name file:line
     got = SHAPES[files[0].format]
     if got not in shapes:
         raise MedtuneError(f"{files[0].path}: stage {cfg.stage} needs {' or '.join(shapes)} data, "

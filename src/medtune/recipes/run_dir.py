@@ -124,6 +124,7 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
         "tokenization": {
             "examples": stats.examples, "rows": stats.rows, "truncated": stats.truncated,
             "skipped": stats.skipped, "label_tokens": stats.real_tokens, "from_cache": stats.from_cache,
+            "masks_verified": stats.verified,  # conversations whose learned tokens were checked against their replies
         },
         "chain": lineage_chain(cfg.model.path),
         "libraries": library_versions(),

@@ -15,10 +15,12 @@ class SFTRecipe(Recipe):
 
     def make_examples(self, cfg, tokenizer, records, stats):
         """Return ``{input_ids, labels}`` examples for conversation ``records``."""
+        from medtune.data.readers.records import origin
         from medtune.data.tokenize.examples import encode_conversations
+        from medtune.data.tokenize.spans import Conversation
 
         d = cfg.data
         return encode_conversations(
-            tokenizer, (r["messages"] for r in records), d.max_length, d.overlength, d.train_on_prompt, stats,
-            reasoning=d.reasoning,
+            tokenizer, (Conversation(r["messages"], origin(r)) for r in records), d.max_length, d.overlength,
+            d.train_on_prompt, stats, reasoning=d.reasoning,
         )

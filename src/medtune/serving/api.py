@@ -10,7 +10,12 @@ Example::
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions`` (plain and ``stream: true`` server-sent events ending with
-``data: [DONE]``). Bad requests get OpenAI-style error JSON: 400 (bad values, unsupported
+``data: [DONE]``). A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
+as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's API split it:
+``message.reasoning_content`` (the trace) and ``message.content`` (the answer); streamed,
+``delta.reasoning_content`` chunks, then ``delta.content`` chunks. A reply without a trace has no
+``reasoning_content`` key, as OpenAI's replies have none. ``enable_thinking`` (or
+``chat_template_kwargs``) and ``thinking_budget`` set reasoning per request. Bad requests get OpenAI-style error JSON: 400 (bad values, unsupported
 parameters, prompt too long), 401 (missing or wrong key), 404 (unknown model or path), 413 (body too
 large), 422 (wrong JSON shape or types), 429 (queue full). Requests only name models that were
 loaded at start-up: nothing a client sends is used as a path.
@@ -30,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.errors import MedtuneError
+from medtune.inference.reasoning import TraceStream, split_reply
 from medtune.serving.schema import (
     ChatRequest,
     CompletionRequest,
@@ -96,8 +102,14 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse_request(await _read_body(request, limits), ChatRequest)
-        prompt = _encode(engine, req.model, lambda: engine.encode_chat(req.chat_messages(), req.model))
-        return await _respond(request, scheduler, req, [prompt], limits, chat=True)
+        thinking = req.thinking()
+        if thinking["thinking_budget"] is not None and engine.backend == "vllm":
+            raise RequestError(400, "thinking_budget is applied by the hf backend only (this server runs vLLM)",
+                               "thinking_budget", "unsupported_parameter")
+        prompt = _encode(engine, req.model, lambda: engine.encode_chat(
+            req.chat_messages(), req.model, enable_thinking=thinking["enable_thinking"]))
+        opened = engine.opens_thinking(prompt, req.model)
+        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -150,10 +162,10 @@ def _check_limits(prompts, req, limits: ServerLimits) -> None:
                            "max_tokens")
 
 
-async def _respond(request, scheduler, req, prompts, limits, chat: bool):
+async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
-    meta = _Meta(req.model, chat)
+    meta = _Meta(req.model, chat, opened)
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
         jobs = _submit_all(scheduler, prompts, params, req.model, events)
@@ -173,17 +185,21 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool):
 class _Meta:
     model: str
     chat: bool
+    opened: bool = False  # the chat prompt ends inside an open <think> block
 
     def __post_init__(self):
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.object = "chat.completion" if self.chat else "text_completion"
 
-    def choice(self, index: int, text: str | None, finish: str | None, delta: bool = False) -> dict:
+    def choice(self, index: int, text: str | None, finish: str | None, delta: bool = False,
+               reasoning: str | None = None) -> dict:
         finish = "stop" if finish == "cancelled" else finish
         if not self.chat:
             return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
         body = {} if text is None else {"content": text}
+        if reasoning is not None:
+            body = {"reasoning_content": reasoning, **body}
         if delta:
             return {"index": index, "delta": body, "logprobs": None, "finish_reason": finish}
         return {"index": index, "message": {"role": "assistant", **body}, "logprobs": None,
@@ -193,7 +209,8 @@ class _Meta:
         choices, completion = [], 0
         for completions in results:
             for c in completions:
-                choices.append(self.choice(len(choices), c.text, c.finish_reason))
+                reasoning, text = split_reply(c.text, self.opened) if self.chat else (None, c.text)
+                choices.append(self.choice(len(choices), text, c.finish_reason, reasoning=reasoning))
                 completion += c.completion_tokens
         prompt = sum(len(p) for p in prompts)
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
@@ -269,14 +286,18 @@ def _submit_all(scheduler, prompts, params, model, events: asyncio.Queue | None 
 async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
     """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``."""
     total, finished = len(prompts) * n, 0
+    traces = [TraceStream(meta.opened) for _ in range(total)]  # chat: each choice's trace split off
     try:
         if meta.chat:
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
                               for i in range(total)])
         while finished < total:
             choice, delta, finish = await _next_event(events)
-            if delta:
-                yield meta.chunk([meta.choice(choice, delta, None, delta=True)])
+            pieces = traces[choice].feed(delta, final=bool(finish)) if meta.chat else [("content", delta)]
+            for kind, text in pieces:
+                if text:
+                    yield meta.chunk([meta.choice(choice, text, None, delta=True) if kind == "content" else
+                                      meta.choice(choice, None, None, delta=True, reasoning=text)])
             if finish:
                 finished += 1
                 yield meta.chunk([meta.choice(choice, None if meta.chat else "", finish, delta=True)])

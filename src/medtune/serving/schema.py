@@ -7,7 +7,9 @@ Example::
 
 Malformed JSON is a 400; a body of the wrong shape or types a 422 naming the field; a value out of
 range or a parameter this server does not implement (``logprobs``, ``tools``, non-zero penalties,
-...) a 400 naming the parameter. Nothing is accepted and then ignored.
+...) a 400 naming the parameter. Nothing is accepted and then ignored. Chat requests take
+``enable_thinking`` (or vLLM's ``chat_template_kwargs: {"enable_thinking": ...}``) and
+``thinking_budget``, bounded like every setting by ``GenerationSettings``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def _setting(name: str, default=...):
     return Field(FIELDS[name].default if default is ... else default, **served_bounds(name))
 
 
+class TemplateKwargs(BaseModel):
+    """``chat_template_kwargs`` as vLLM takes it; only ``enable_thinking`` is passed to templates here."""
+    model_config = ConfigDict(extra="forbid")
+    enable_thinking: bool | None = None
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -90,6 +98,10 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def thinking(self) -> dict:
+        """The reasoning settings of the request (chat requests only have them)."""
+        return {}
+
     def stops(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4 or not all(stops):
@@ -100,6 +112,18 @@ class _Common(BaseModel):
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = _setting("max_new_tokens", None)
+    enable_thinking: bool | None = _setting("enable_thinking")  # as vLLM / Qwen3's servers take it
+    chat_template_kwargs: TemplateKwargs | None = None  # {"enable_thinking": bool}, vLLM's other spelling
+    thinking_budget: int | None = _setting("thinking_budget")
+
+    def thinking(self) -> dict:
+        """``enable_thinking`` (from either spelling; two different values are a 400) and ``thinking_budget``."""
+        spelled = self.chat_template_kwargs.enable_thinking if self.chat_template_kwargs else None
+        if None not in (spelled, self.enable_thinking) and spelled != self.enable_thinking:
+            raise RequestError(400, "enable_thinking and chat_template_kwargs.enable_thinking disagree",
+                               "chat_template_kwargs")
+        enable = self.enable_thinking if self.enable_thinking is not None else spelled
+        return {"enable_thinking": enable, "thinking_budget": self.thinking_budget}
 
     def chat_messages(self) -> list[dict]:
         if self.messages[-1].role != "user":
@@ -155,4 +179,4 @@ def to_sampling_params(req, default_max_tokens: int) -> GenerationSettings:
     max_tokens = req.requested_max_tokens() or default_max_tokens
     return GenerationSettings(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               repetition_penalty=req.repetition_penalty, stop=req.stops(), n=req.n,
-                              seed=req.seed)
+                              seed=req.seed, **req.thinking())

@@ -41,13 +41,14 @@ class FileData:
         return SHAPES[self.format]
 
 
-def read_file(path, format: str = "auto") -> FileData:
+def read_file(path, format: str = "auto", locate: bool = False) -> FileData:
     """Read one data file (JSONL, JSON array, ``.txt``, CSV/TSV, Parquet) into unified records.
 
     Raises :class:`MedtuneError` naming ``file:line`` and the field for any problem; empty records
-    are skipped and counted in :attr:`FileData.skipped`.
+    are skipped and counted in :attr:`FileData.skipped`. ``locate``: each record keeps its
+    ``file:line`` (``records.origin``), for errors found later (training's template checks).
     """
-    records, tally = read_all(path, ReadOptions(format=format, on_error="bad"))
+    records, tally = read_all(path, ReadOptions(format=format, on_error="bad", locate=locate))
     return FileData(str(path), tally.format, records, dict(tally.skipped), file_sha256(path))
 
 
@@ -72,11 +73,11 @@ def _check_same_shape(files: list[FileData]) -> None:
             )
 
 
-def read_files(paths, format: str = "auto") -> list[FileData]:
+def read_files(paths, format: str = "auto", locate: bool = False) -> list[FileData]:
     """Read several files; all must resolve to the same record shape."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files = [read_file(p, format) for p in paths]
+    files = [read_file(p, format, locate) for p in paths]
     _check_same_shape(files)
     return files
 

@@ -12,7 +12,14 @@ Unified shapes (see :mod:`medtune.data.readers.formats`): ``text``, ``messages``
 
 from __future__ import annotations
 
-__all__ = ["full_text", "prompt_text", "record_shape", "response_text", "turn_count"]
+__all__ = ["ORIGIN", "full_text", "origin", "prompt_text", "record_shape", "response_text", "turn_count"]
+
+ORIGIN = "_where"  # a record read for training keeps its "file:line" here, for error messages only
+
+
+def origin(rec: dict) -> str:
+    """Return the record's ``file:line`` when it was read with ``locate`` (training), else ``""``."""
+    return rec.get(ORIGIN, "")
 
 
 def record_shape(rec: dict) -> str:

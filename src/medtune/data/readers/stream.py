@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data.readers import formats
+from medtune.data.readers.records import ORIGIN
 from medtune.errors import MedtuneError, where
 
 __all__ = ["Tally", "detect_encoding", "is_wide", "iter_records", "jsonl_chunks", "line_file"]
@@ -406,6 +407,7 @@ class ReadOptions:
     columns: dict[str, str] = field(default_factory=dict)  # source column -> our column
     keep_meta: bool = False
     source: str | None = None  # the `source` of records without their own
+    locate: bool = False  # each record keeps its "file:line" under records.ORIGIN (training's errors)
 
 
 def iter_records(path, options: ReadOptions | None = None, tally: Tally | None = None,
@@ -470,6 +472,8 @@ class _Converter:
         rec = formats.READERS[fmt](row)
         if self.opts.keep_meta:
             _add_meta(rec, row, self.opts.source or self.path.stem)
+        if self.opts.locate:
+            rec[ORIGIN] = where(self.path, line)
         return rec
 
     def _format_of(self, line, row: dict) -> str:
