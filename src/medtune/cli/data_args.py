@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from medtune.cli.groups import command_group
+
 H = "medtune.cli.data:"
 
 
 def add_data(sub) -> None:
     """Add ``medtune data convert|clean|generate|mix|split|stats``."""
-    p = sub.add_parser("data", help="convert, clean, de-identify, generate, mix, split, inspect data")
-    dsub = p.add_subparsers(dest="data_command", required=True,
-                            metavar="{convert,clean,generate,mix,split,stats}")
+    dsub = command_group(sub, "data", "convert, clean, de-identify, generate, mix, split, inspect data",
+                         "convert,clean,generate,mix,split,stats")
     for add in (_convert, _clean, _generate, _mix, _split, _stats):
         add(dsub)
 
@@ -79,8 +80,8 @@ def _clean(dsub) -> None:
 
 
 def _generate(dsub) -> None:
-    p = dsub.add_parser("generate", help="instructions from a knowledge graph or from passages via an LLM")
-    gsub = p.add_subparsers(dest="generate_command", required=True, metavar="{kg,passage}")
+    gsub = command_group(dsub, "generate", "instructions from a knowledge graph or from passages via an LLM",
+                         "kg,passage")
     kg = gsub.add_parser("kg", help="knowledge-graph triples (head, relation, tail) -> Q&A",
                          epilog="example: medtune data generate kg cmekg.csv -o kg_qa.jsonl --phrasings 3")
     kg.add_argument("triples", help="CSV/TSV/JSONL of head,relation,tail triples")

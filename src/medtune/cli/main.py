@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medtune.cli.groups import command_group
 from medtune.errors import MedtuneError
 
 EPILOG = """examples:
@@ -76,8 +77,7 @@ def _add_pipeline(sub):
 
 
 def _add_model(sub):
-    p = sub.add_parser("model", help="model utilities")
-    msub = p.add_subparsers(dest="model_command", required=True, metavar="{tiny}")
+    msub = command_group(sub, "model", "model utilities", "tiny")
     t = msub.add_parser("tiny", help="build a tiny random model + locally trained tokenizer",
                         epilog="example: medtune model tiny --arch qwen2 --hidden 128 -o runs/tiny")
     t.add_argument("-o", "--out", required=True, help="output dir")
@@ -135,8 +135,7 @@ def _add_bind_args(p, port: int) -> None:
 def _add_serve(sub):
     from medtune.cli.model_args import add_backend_args, add_model_args
 
-    p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API or web chat")
-    ssub = p.add_subparsers(dest="serve_command", required=True, metavar="{api,web}")
+    ssub = command_group(sub, "serve", "serve a model: OpenAI-compatible API or web chat", "api,web")
     a = ssub.add_parser(
         "api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)",
         epilog="example: medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key $KEY")
@@ -163,8 +162,7 @@ def _add_serve(sub):
 
 
 def _add_tokenizer(sub):
-    p = sub.add_parser("tokenizer", help="tokenizer utilities (domain vocabulary expansion)")
-    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="{extend}")
+    tsub = command_group(sub, "tokenizer", "tokenizer utilities (domain vocabulary expansion)", "extend")
     e = tsub.add_parser(
         "extend", help="learn frequent domain tokens missing from a base vocabulary and add them",
         epilog="example: medtune tokenizer extend --base runs/tiny --corpus tcm.txt --add 2000 -o runs/tiny-ext")
@@ -179,8 +177,8 @@ def _add_tokenizer(sub):
 
 
 def _add_export(sub):
-    p = sub.add_parser("export", help="merge adapters, write GGUF (llama.cpp / Ollama), quantize")
-    esub = p.add_subparsers(dest="export_command", required=True, metavar="{merge,gguf,quantize}")
+    esub = command_group(sub, "export", "merge adapters, write GGUF (llama.cpp / Ollama), quantize",
+                         "merge,gguf,quantize")
     m = esub.add_parser("merge", help="merge a LoRA/DoRA adapter into its base: a plain HF model dir",
                         epilog="example: medtune export merge --adapter runs/sft-lora -o runs/sft-merged")
     m.add_argument("--adapter", required=True, help="adapter dir (adapter_config.json)")
@@ -210,8 +208,8 @@ def _add_export(sub):
 def _add_eval(sub):
     from medtune.cli.model_args import add_model_args
 
-    p = sub.add_parser("eval", help="evaluate models: generation metrics, benchmarks, perplexity, judges, reports")
-    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{gen,choice,ppl,judge,report}")
+    esub = command_group(sub, "eval", "evaluate models: generation metrics, benchmarks, perplexity, judges, reports",
+                         "gen,choice,ppl,judge,report")
     g = esub.add_parser("gen", help="ROUGE-1/2/L and BLEU-4 of generated (or given) answers",
                         epilog="example: medtune eval gen --model runs/sft --data test.jsonl --output runs/eval/gen\n"
                                "         medtune eval gen --predictions preds.jsonl --output runs/eval/gen",

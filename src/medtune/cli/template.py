@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from medtune.cli.groups import command_group
 from medtune.errors import MedtuneError, where
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
@@ -28,8 +29,7 @@ GREEN, RESET = "\x1b[32m", "\x1b[0m"
 
 def add_template(sub) -> None:
     """Register ``medtune template check``."""
-    p = sub.add_parser("template", help="chat template checks (training vs serving render)")
-    tsub = p.add_subparsers(dest="template_command", required=True, metavar="{check}")
+    tsub = command_group(sub, "template", "chat template checks (training vs serving render)", "check")
     c = tsub.add_parser("check", help="render sample conversations, highlight the learned spans, verify them",
                         epilog="example: medtune template check --model runs/sft --data train.jsonl")
     c.add_argument("--model", required=True, help="model (or tokenizer) dir")
