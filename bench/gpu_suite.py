@@ -308,7 +308,7 @@ class Suite:
         """`medtune plan`'s allocated peak for ``cfg`` (GiB), beside the measured peak_mem_gb."""
         from medtune.models.memory import GIB, estimate, read_shape, setting_from_config
 
-        return round(estimate(read_shape(cfg.model.path), setting_from_config(cfg, self.cuda)).allocated / GIB, 2)
+        return round(estimate(read_shape(cfg.model.path), setting_from_config(cfg, self.cuda)).allocated / GIB, 3)
 
     def figures(self, meter, k: int, model: str, loss: float, **extra) -> dict:
         tps = meter.tokens_per_s()
