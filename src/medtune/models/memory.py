@@ -44,8 +44,6 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit block absmax + 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Stages whose micro-batch forwards two rows per sample (chosen + rejected, or KTO's KL pairs).
 PAIR_STAGES = ("rm", "dpo", "orpo", "simpo", "kto")
-# Decoder families read as llama-like (RMSNorm, rotary GQA attention, SwiGLU MLP).
-KNOWN_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
-        """Return the shape of a transformers ``PretrainedConfig`` (llama, qwen2, qwen3, mistral)."""
+        """Return the shape of a transformers ``PretrainedConfig``: exact for llama, qwen2, qwen3 and
+        mistral; other decoders are read as llama-like (RMSNorm, rotary GQA attention, SwiGLU MLP)."""
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         qwen2 = config.model_type == "qwen2"
