@@ -42,6 +42,10 @@ is kept in the JSON) and run in this order while the overall --budget lasts:
 - ``dpo``: a few LoRA DPO steps on the 1.5B shape; ``merge``: ``medtune export merge`` of that
   adapter and a 4-bit reload with one forward pass.
 
+Each trained medtune section records ``planned_gb``, ``medtune plan``'s allocated-peak estimate for
+its config, beside the measured ``peak_mem_gb`` (``torch.cuda.max_memory_allocated``): a GPU run
+validates the planner (bench/plan_accuracy.py does so on CPU).
+
 Tokens/s are real (non-pad) input tokens per second of steady-state training: the first
 ``warm`` steps (compilation, allocator growth) are left out. MFU = k·N·tokens/s / measured peak,
 N = the parameters of every matmul (nn.Linear, lm_head included; embeddings are lookups),
@@ -294,10 +298,17 @@ class Suite:
         for key, value in sections.items():
             raw[key] = value if not isinstance(value, dict) else {**raw.get(key, {}), **value}
         meter = Meter(self.pad_id(), p["warm"], self.cuda)
-        result = run_stage(stage_from_dict(raw, f"gpu_suite:{name}"), overwrite=True, quiet=True,
-                           callbacks=[meter])
+        cfg = stage_from_dict(raw, f"gpu_suite:{name}")
+        result = run_stage(cfg, overwrite=True, quiet=True, callbacks=[meter])
         shutil.rmtree(result.output, ignore_errors=True)  # full weights: GBs of disk per run
-        return self.figures(meter, k, model, result.metrics["train_loss"], steps=result.metrics["global_steps"])
+        return self.figures(meter, k, model, result.metrics["train_loss"], steps=result.metrics["global_steps"],
+                            planned_gb=self.planned_gb(cfg))
+
+    def planned_gb(self, cfg) -> float:
+        """`medtune plan`'s allocated peak for ``cfg`` (GiB), beside the measured peak_mem_gb."""
+        from medtune.models.memory import GIB, estimate, read_shape, setting_from_config
+
+        return round(estimate(read_shape(cfg.model.path), setting_from_config(cfg, self.cuda)).allocated / GIB, 3)
 
     def figures(self, meter, k: int, model: str, loss: float, **extra) -> dict:
         tps = meter.tokens_per_s()
@@ -348,10 +359,11 @@ class Suite:
                          "logging_steps": 1, "save_steps": -1},
                "output": str(self.work / "runs" / "dpo")}
         meter = Meter(self.pad_id(), 1, self.cuda)
-        result = run_stage(stage_from_dict(raw, "gpu_suite:dpo"), overwrite=True, quiet=True, callbacks=[meter])
+        cfg = stage_from_dict(raw, "gpu_suite:dpo")
+        result = run_stage(cfg, overwrite=True, quiet=True, callbacks=[meter])
         self._models["dpo_adapter"] = result.output
         return self.figures(meter, 4, "qwen2.5-1.5b", result.metrics["train_loss"],
-                            steps=result.metrics["global_steps"])
+                            steps=result.metrics["global_steps"], planned_gb=self.planned_gb(cfg))
 
     def merge(self) -> dict:
         from medtune.cli.main import main as medtune_main
@@ -554,7 +566,7 @@ def ratios(results: dict) -> dict:
 
 
 def table(results: dict, ratio: dict) -> str:
-    lines = ["| section | tokens/s | MFU | peak GB | loss | note |", "|---|---|---|---|---|---|"]
+    lines = ["| section | tokens/s | MFU | peak GB | planned GB | loss | note |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         note = r.get("error") or r.get("skipped") or r.get("reload_4bit") or ""
         if name == "peak" and "peak_tflops" in r:
@@ -565,7 +577,7 @@ def table(results: dict, ratio: dict) -> str:
             note = f"{r['model']}: {r['n_matmul'] / 1e6:,.1f}M matmul params, {r['safetensors_gb']} GB in {r['build_s']} s"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else ""
         lines.append(f"| {name} | {r.get('tokens_per_s', '')} | {mfu} | {r.get('peak_mem_gb') or ''} | "
-                     f"{r.get('loss', '')} | {note} |")
+                     f"{r.get('planned_gb', '')} | {r.get('loss', '')} | {note} |")
     lines.append("")
     lines += [f"{k}: {v if v is not None else 'n/a'}" for k, v in ratio.items()]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ EPILOG = """examples:
   medtune model tiny --arch llama -o runs/tiny     tiny random model + locally trained tokenizer
   medtune train sft.yaml train.epochs=1            one stage; key=value overrides the YAML
   medtune pipeline pipe.yaml                       stages in order, each from the previous output
+  medtune plan sft.yaml --gpu H100                 memory per component and time, before training
   medtune data convert huatuo.json -o sft.jsonl    any layout -> unified JSONL (also clean, generate,
                                                    mix, split, stats)
   medtune tokenizer extend --base M --corpus c.txt --add 2000 -o M2   grow the vocabulary
@@ -74,6 +75,21 @@ def _add_pipeline(sub):
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (stages.<name>.key=value)")
     p.add_argument("--overwrite", action="store_true", help="replace different runs in stage outputs")
     p.set_defaults(handler="medtune.cli.commands:cmd_pipeline")
+
+
+def _add_plan(sub):
+    p = sub.add_parser("plan", help="training memory (per component) and time of a stage config, before any weights load",
+                       epilog="example: medtune plan sft.yaml --gpu H100   (or --memory 24; --json for a script)")
+    p.add_argument("config", help="stage config YAML (the one medtune train takes)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.batch_size=4")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gpu", help="a GPU name (H100, H200, A100-80GB, L40S, RTX4090, ...): its memory and speed")
+    where.add_argument("--memory", type=float, help="memory available, in GB (2^30 bytes)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="plan for this device (default: cuda unless the "
+                   "config says model.device: cpu)")
+    p.add_argument("--tokens-per-second", type=float, help="your measured throughput, for the time per epoch")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(handler="medtune.cli.plan:cmd_plan")
 
 
 def _add_model(sub):
@@ -279,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     from medtune.cli.data_args import add_data
     from medtune.cli.template import add_template
 
-    for add in (_add_demo, _add_train, _add_pipeline, add_data, _add_model, _add_tokenizer, add_template,
+    for add in (_add_demo, _add_train, _add_pipeline, _add_plan, add_data, _add_model, _add_tokenizer,
+                add_template,
                 _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
         add(sub)
     return parser

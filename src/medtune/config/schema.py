@@ -21,6 +21,8 @@ from medtune.errors import MedtuneError, did_you_mean
 # Adapter methods this version implements (stages: config/stages.py); anything else is refused.
 ADAPTER_METHODS = ("full", "freeze", "lora", "dora", "qlora", "prefix")
 LORA_METHODS = ("lora", "dora", "qlora")
+# Experiment trackers train.report_to accepts, with the package each needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "none": None}
 # Adapter options each method reads; setting any other option away from its default is an error.
 METHOD_OPTIONS = {
     "full": (),
@@ -121,6 +123,9 @@ class TrainConfig:
     fsdp: str = ""  # e.g. "full_shard auto_wrap": PyTorch FSDP under torchrun/accelerate; GPU only
     liger_kernel: bool = False  # true: Liger's fused Triton kernels: less memory, faster; CUDA + liger-kernel
     torch_compile: bool = False  # true: faster steps after a first one of minutes (compiling); CUDA only
+    # Where losses, learning rate, grad norm, tokens/s and stage metrics go: tensorboard (event
+    # files in <output>/tensorboard), wandb, mlflow (their packages and settings), or none.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -268,6 +273,7 @@ def check_stage(cfg: StageConfig, src: str) -> StageConfig:
         raise MedtuneError(f"{src}: data.curriculum: perplexity applies to {scored} (use length or buckets)")
     _check_adapter(cfg.adapter, src)
     _check_speed_knobs(cfg, src)
+    _check_trackers(cfg.train.report_to, src)
     if cfg.adapter.method == "prefix":
         if cfg.train.gradient_checkpointing:
             raise MedtuneError(f"{src}: adapter.method prefix does not work with train.gradient_checkpointing (set it false)")
@@ -336,6 +342,22 @@ def _check_speed_knobs(cfg: StageConfig, src: str) -> None:
     if m.attn_implementation == "flash_attention_2" and m.dtype == "float32":
         raise MedtuneError(f"{src}: model.attn_implementation flash_attention_2 runs in bfloat16 / float16 only; "
                            "set model.dtype to bfloat16 (or auto)")
+
+
+def _check_trackers(names: list[str], src: str) -> None:
+    """Refuse an unknown tracker, ``none`` beside others, and a tracker whose package is missing."""
+    import importlib.util
+
+    for name in names:
+        if name not in TRACKERS:
+            raise MedtuneError(f"{src}: train.report_to: '{name}' is not a tracker" + did_you_mean(name, list(TRACKERS)))
+    if "none" in names and len(names) > 1:
+        raise MedtuneError(f"{src}: train.report_to: none cannot be combined with {', '.join(n for n in names if n != 'none')}")
+    for name in names:
+        package = TRACKERS[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise MedtuneError(f"{src}: train.report_to: {name} needs the {package} package (pip install {package}), "
+                               "or set train.report_to: none")
 
 
 def _check_sections(cfg: StageConfig, spec, src: str) -> None:

@@ -29,6 +29,7 @@ from medtune.recipes.run_dir import (
     write_lineage,
     write_log_history,
 )
+from medtune.recipes.tracking import add_tracking, save_loss_plot
 from medtune.recipes.trainer import collect_metrics, save_outputs, training_kwargs
 
 
@@ -79,6 +80,7 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     if trainer.args.should_save:  # under torchrun only rank 0 writes the outputs
         save_outputs(trainer.model, setup.tokenizer, out)
         write_log_history(out, trainer.state.log_history)
+        save_loss_plot(out, cfg.stage, trainer.state.log_history)
         write_lineage(cfg, out, setup.files, setup.stats, metrics, started)
     return StageResult(out, metrics, trainer.state.log_history)
 
@@ -125,6 +127,7 @@ def make_trainer(cfg: StageConfig, recipe, setup: StageSetup, quiet: bool, callb
     kwargs = training_kwargs(cfg, setup.model, setup.eval_set is not None, quiet)
     trainer = recipe.make_trainer(cfg, setup.model, setup.tokenizer, setup.train_set, setup.eval_set, kwargs)
     trainer.curriculum = curriculum
+    add_tracking(trainer, cfg)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer

@@ -23,6 +23,8 @@ from medtune.errors import MedtuneError
 LINEAGE = "lineage.json"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "medtune-complete"  # written into a checkpoint after all its files
+TENSORBOARD = "tensorboard"  # event files of train.report_to: tensorboard
+LOSS_PLOT = "loss.png"
 log = logging.getLogger("medtune")
 def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
     """Return ``new``, ``replace``, ``resume`` or ``complete``; refuse a dir holding another run.
@@ -34,7 +36,8 @@ def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
         raise MedtuneError(f"output '{out}' exists and is not a directory")
     holds_run = (out / LINEAGE).is_file() or (out / CHECKPOINTS).is_dir()
     if not holds_run:
-        others = [p.name for p in out.iterdir() if p.name != "config.yaml"] if out.exists() else []
+        # a run that failed before its first checkpoint leaves its config and event files only
+        others = [p.name for p in out.iterdir() if p.name not in ("config.yaml", TENSORBOARD)] if out.exists() else []
         if others and not overwrite:
             raise MedtuneError(f"output '{out}' holds other files ({others[0]}, …); choose an empty "
                                "dir or pass --overwrite to replace it")

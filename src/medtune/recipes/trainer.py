@@ -118,6 +118,7 @@ def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dic
     import torch
 
     from medtune.models.accel import accel_kwargs
+    from medtune.recipes.tracking import reporters
 
     t = cfg.train
     on_cpu = not next(model.parameters()).is_cuda
@@ -146,7 +147,7 @@ def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dic
         data_seed=t.seed,
         use_cpu=on_cpu,
         bf16=(not on_cpu) and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16"),
-        report_to=[],
+        report_to=reporters(cfg),  # wandb / mlflow; tensorboard: recipes.tracking.add_tracking
         disable_tqdm=quiet,
         remove_unused_columns=False,
         dataloader_num_workers=0,
