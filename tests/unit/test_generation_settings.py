@@ -72,9 +72,13 @@ def test_web_sliders_show_the_dataclass_ranges_and_the_bots_settings():
     from medtune.serving.webui import SLIDERS, _controls
 
     gr = SimpleNamespace(Textbox=lambda **kw: ("box", kw),
-                         Slider=lambda lo, hi, value, step, label: (lo, hi, value, step, label))
-    settings = GenerationSettings(max_new_tokens=33, temperature=0.7, top_p=0.9, repetition_penalty=1.2)
-    _box, *sliders = _controls(gr, SimpleNamespace(settings=settings))
+                         Slider=lambda lo, hi, value, step, label: (lo, hi, value, step, label),
+                         Checkbox=lambda **kw: ("checkbox", kw), Number=lambda **kw: ("number", kw))
+    settings = GenerationSettings(max_new_tokens=33, temperature=0.7, top_p=0.9, repetition_penalty=1.2,
+                                  thinking_budget=5)
+    bot = SimpleNamespace(settings=settings, tokenizer=SimpleNamespace(chat_template="{{ enable_thinking }}"))
+    _box, *sliders, (_, think), (_, budget) = _controls(gr, bot)
+    assert think["visible"] and think["value"] and budget["value"] == 5
     assert [s[4] for s in sliders] == [slider(n)[3] for n in SLIDERS]
     for name, (lo, hi, value, step, _label) in zip(SLIDERS, sliders):
         assert (lo, hi, step) == slider(name)[:3] and value == getattr(settings, name)
