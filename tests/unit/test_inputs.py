@@ -228,3 +228,17 @@ def test_streamed_tokenization_holds_a_bounded_number_of_records(tmp_path, monke
         tracemalloc.stop()
     assert len(every) == n
     assert peak < held / 3, f"peak {peak / 2**20:.1f} MiB; all records hold {held / 2**20:.0f} MiB"
+
+
+def test_lineage_names_each_input_with_its_hash_or_revision(tmp_path):
+    import datasets
+
+    from medtune.recipes.run_dir import _lineage_input
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    plain = write_jsonl(tmp_path / "a.jsonl", ROWS)
+    corpus = read_corpus([str(plain), str(tmp_path / "saved")])
+    file_entry, saved_entry = (_lineage_input(f) for f in corpus.files)
+    assert file_entry == {"path": str(plain), "format": "alpaca", "sha256": corpus.files[0].sha256,
+                          "records": 10, "skipped": {}}
+    assert saved_entry["kind"] == "saved" and saved_entry["revision"] and len(saved_entry["sha256"]) == 64
