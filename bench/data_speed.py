@@ -102,23 +102,27 @@ def measure(cmd: list[str], env=None) -> tuple[float, float, str, float]:
 MEDTUNE_TOKENIZE = """
 import json, sys
 from medtune.config import stage_from_dict
-from medtune.data.readers.files import read_file
-from medtune.data.tokenize.examples import TokenStats
+from medtune.config.stages import packs_rows, stage_recipe
+from medtune.data.readers.inputs import read_corpus
+from medtune.data.tokenize.cache import tokenized_datasets
 from medtune.models.load import load_tokenizer
-from medtune.config.stages import stage_recipe
-from medtune.data.tokenize.cache import as_dataset, parts_dir
-from medtune.data.tokenize.shards import checkpointed_examples
 from medtune.recipes.recipe import StageExamples
-model, data, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = stage_from_dict({"stage": "sft", "model": {"path": model}, "data": {"train": [data],
-                       "max_length": 1024}, "output": "unused"}, "bench")
-tok, stats = load_tokenizer(model), TokenStats()
-records = read_file(data).records
-table = checkpointed_examples(parts_dir("bench"), "train", records, StageExamples(stage_recipe("sft"), cfg, tok),
-                              stats, workers)
-ds = as_dataset(table)
-print(json.dumps({"rows": len(ds), "tokens": sum(ds["length"]), "first": ds[0]["input_ids"][:50],
-                  "labels": ds[0]["labels"][:50]}))
+def count(ds):
+    import pyarrow.compute as pc
+    rows = tokens = labels = 0
+    for b in ds.with_format("arrow").iter(batch_size=10_000):
+        ids, lab = pc.list_flatten(b["input_ids"]), pc.list_flatten(b["labels"])
+        rows, tokens = rows + b.num_rows, tokens + len(ids)
+        labels += pc.sum(pc.not_equal(lab, -100)).as_py() or 0
+    return {"rows": rows, "tokens": tokens, "labels": labels}
+model, data, workers, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cfg = stage_from_dict({"stage": stage, "model": {"path": model}, "data": {"train": [data],
+                       "max_length": 1024, "workers": workers}, "output": "unused"}, "bench")
+tok = load_tokenizer(model)
+corpus = read_corpus(cfg.data.train, cfg.data.format)
+train, _, stats = tokenized_datasets(cfg, StageExamples(stage_recipe(stage), cfg, tok), tok, corpus,
+                                     pack=packs_rows(cfg))
+print(json.dumps(count(train)))
 """
 
 BASELINE_TOKENIZE = """
@@ -126,6 +130,14 @@ import json, sys
 import datasets
 from transformers import AutoTokenizer
 datasets.disable_progress_bars()
+def count(ds):
+    import pyarrow.compute as pc
+    rows = tokens = labels = 0
+    for b in ds.with_format("arrow").iter(batch_size=10_000):
+        ids, lab = pc.list_flatten(b["input_ids"]), pc.list_flatten(b["labels"])
+        rows, tokens = rows + b.num_rows, tokens + len(ids)
+        labels += pc.sum(pc.not_equal(lab, -100)).as_py() or 0
+    return {"rows": rows, "tokens": tokens, "labels": labels}
 model, data, num_proc, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tok = AutoTokenizer.from_pretrained(model)
 def encode(ex):
@@ -135,15 +147,27 @@ def encode(ex):
     return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, enc["assistant_masks"])]}
 ds = datasets.load_dataset("json", data_files=data, split="train", cache_dir=cache)
 ds = ds.map(encode, remove_columns=ds.column_names, num_proc=num_proc if num_proc > 1 else None)
-print(json.dumps({"rows": len(ds), "tokens": sum(len(x) for x in ds["input_ids"]),
-                  "first": ds[0]["input_ids"][:50], "labels": ds[0]["labels"][:50]}))
+print(json.dumps(count(ds)))
 """
+
+
+def generate_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
+    """Write a pretraining text corpus of about ``megabytes`` MiB: one document (3-30 random
+    sentences) per line."""
+    rng, pool, size = random.Random(seed), sentences(), 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < megabytes << 20:
+            line = "".join(rng.choice(pool) for _ in range(rng.randint(3, 30))) + "\n"
+            size += len(line.encode("utf-8"))
+            f.write(line)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-clean", action="store_true", help="tokenize the converted file (skip clean)")
+    ap.add_argument("--corpus-mb", type=int, default=0, help="also tokenize + pack a text corpus (pt)")
     ap.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = ap.parse_args()
     py, n, w = sys.executable, args.records, str(args.workers)
@@ -155,35 +179,48 @@ def main() -> None:
         print(f"generated {n:,} records ({raw.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - t0:.0f}s", flush=True)
         cli = [py, "-m", "medtune", "-q"]
-        rows = []
+        rows, removed = [], None
         one = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", "1"])
         rows.append(("convert, 1 process", n, *one[:2], one[3]))
         both = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", w])
         rows.append((f"convert, {w} processes", n, *both[:2], both[3]))
         print(rows[-2:], flush=True)
-        report = tmp / "clean.json"
-        cl = measure(cli + ["data", "clean", conv, "-o", clean, "--workers", w, "--report", report])
-        rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2], cl[3]))
-        removed = json.loads(report.read_text())
-        print(rows[-1], removed["removed"], flush=True)
+        kept = n
+        if args.no_clean:
+            clean = conv
+        else:
+            report = tmp / "clean.json"
+            cl = measure(cli + ["data", "clean", conv, "-o", clean, "--workers", w, "--report", report])
+            rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2], cl[3]))
+            removed = json.loads(report.read_text())
+            kept = removed["kept"]
+            print(rows[-1], removed["removed"], flush=True)
         measure(cli + ["model", "tiny", "-o", tmp / "tiny"])
-        kept = removed["kept"]
         env = {**__import__("os").environ, "MEDTUNE_CACHE": str(tmp / "cache")}
-        ours = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w], env=env)
-        rows.append((f"tokenize: medtune, {w} processes (sharded, checkpointed)", kept, *ours[:2], ours[3]))
-        again = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w], env=env)
-        rows.append(("tokenize: medtune again (every shard from the checkpoint)", kept, *again[:2], again[3]))
+        ours = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w, "sft"], env=env)
+        rows.append((f"tokenize: medtune, {w} processes (streamed, sharded, shuffled, cached)", kept,
+                     *ours[:2], ours[3]))
+        print(rows[-1], flush=True)
+        again = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w, "sft"], env=env)
+        rows.append(("tokenize: medtune again (from the cache, memory-mapped)", kept, *again[:2], again[3]))
         base1 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, "1", tmp / "hf1"])
         rows.append(("tokenize: datasets.map(apply_chat_template), 1 process", kept, *base1[:2], base1[3]))
         base2 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, w, tmp / "hf2"])
         rows.append((f"tokenize: datasets.map(..., num_proc={w})", kept, *base2[:2], base2[3]))
         a, b = json.loads(ours[2]), json.loads(base1[2])
-        same = a["rows"] == b["rows"] and a["tokens"] == b["tokens"] and a["first"] == b["first"] \
-            and a["labels"] == b["labels"]
-    publish_table(args, rows, removed, ours[0], base1[0], base2[0], both[0], one[0], same)
+        same = a == b
+        print(rows[-2:], a, b, flush=True)
+        corpus = None
+        if args.corpus_mb:
+            text = tmp / "corpus.txt"
+            generate_corpus(text, args.corpus_mb)
+            pt = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", text, w, "pt"], env=env)
+            corpus = (args.corpus_mb, pt, json.loads(pt[2]))
+            print(corpus, flush=True)
+    publish_table(args, rows, removed, ours[0], base1[0], base2[0], both[0], one[0], same, corpus)
 
 
-def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same) -> None:
+def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same, corpus) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from results import publish, section_header
 
@@ -192,12 +229,20 @@ def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same) -
              "|---|---:|---:|---:|---:|---:|"]
     for name, count, seconds, pss, rss in rows:
         lines.append(f"| {name} | {count:,} | {seconds:.1f} | {count / seconds:,.0f} | {pss:,.0f} | {rss:,.0f} |")
-    lines += ["", f"- clean removed: {', '.join(f'{k} {v:,}' for k, v in removed['removed'].items())}; "
-                  f"PII replaced: {removed['pii_replaced']}",
-              f"- convert {args.workers} processes vs 1: {conv1 / conv2:.2f}x",
+    lines.append("")
+    if removed:
+        lines.append(f"- clean removed: {', '.join(f'{k} {v:,}' for k, v in removed['removed'].items())}; "
+                     f"PII replaced: {removed['pii_replaced']}")
+    if corpus:
+        mb, (seconds, pss, _, rss), got = corpus
+        lines.append(f"- pretraining corpus: {mb} MiB of text (one document per line), stage pt, tokenized "
+                     f"and packed into {got['rows']:,} rows of <= 1024 tokens ({got['tokens']:,} tokens) "
+                     f"in {seconds:.1f} s ({mb / seconds:.2f} MiB/s), peak PSS {pss:,.0f} MiB "
+                     f"(RSS sum {rss:,.0f} MiB)")
+    lines += [f"- convert {args.workers} processes vs 1: {conv1 / conv2:.2f}x",
               f"- tokenization, medtune vs plain datasets.map: {base1 / ours:.2f}x; vs "
               f"datasets.map num_proc={args.workers}: {base2 / ours:.2f}x; same rows, token count "
-              f"and labels: {same}", ""]
+              f"and label count: {same}", ""]
     publish("\n".join(lines) + "\n", args.append)
 
 

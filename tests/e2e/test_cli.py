@@ -77,6 +77,18 @@ def test_bad_input_gives_one_line_error(workspace, override, pattern):
     assert not (workspace / "bad" / "lineage.json").exists()
 
 
+def test_bad_corpus_inputs(workspace):
+    import gzip
+
+    trunc = workspace / "trunc.jsonl.gz"
+    trunc.write_bytes(gzip.compress((json.dumps({"messages": CONVERSATIONS[0]}) + "\n").encode() * 500)[:-20])
+    for entry, pattern in [(workspace / "none/**/*.jsonl", "the pattern matches no files"),
+                           (trunc, "cannot decompress"), ("hf:medtune-test/absent", "offline")]:
+        proc = medtune("-q", "train", workspace / "sft.yaml", f"data.train=[{entry}]", f"output={workspace / 'b5'}",
+                       env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+        assert_one_line_error(proc, pattern)
+
+
 def test_bad_data_lines(workspace):
     bad = workspace / "bad.jsonl"
     bad.write_text(json.dumps({"messages": CONVERSATIONS[0]}) + "\n{not json\n", encoding="utf-8")

@@ -54,7 +54,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # data files (JSONL, JSON, txt, CSV/TSV, Parquet); all of one shape
+    # data files (JSONL, JSON, txt, CSV/TSV, Parquet; .gz / .zst JSONL or txt), directories, globs
+    # (corpus/**/*.jsonl.gz), save_to_disk folders, hf:org/name[:split]; all of one shape. Each
+    # entry is one curriculum bucket; records are streamed to disk, never all held in memory
     train: list[str] = field(default_factory=list)
     format: str = "auto"  # alpaca|sharegpt|messages|text|preference; auto-detected per file
     eval_split: float = 0.0  # fraction held out for eval loss (0 = none)

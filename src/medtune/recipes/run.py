@@ -96,7 +96,7 @@ def set_up(cfg: StageConfig, recipe) -> StageSetup:
     from medtune.recipes.recipe import StageExamples
 
     check_launch(cfg)
-    files = read_stage_data(cfg)
+    corpus = read_stage_data(cfg)
     path = _absolute_if_local(cfg.model.path)
     tokenizer = load_tokenizer(path, cfg.model.template, cfg.model.trust_remote_code)
     # what `medtune template check` verifies, on the first conversations: training renders what serving prompts
@@ -107,8 +107,8 @@ def set_up(cfg: StageConfig, recipe) -> StageSetup:
         model.set_attn_implementation(attn)  # e.g. padding-free packing on CUDA
     model.config.use_cache = False  # packed rows need it; training never uses the KV cache
     make = StageExamples(recipe, cfg, tokenizer)
-    train_set, eval_set, stats = tokenized_datasets(cfg, make, tokenizer, files, pack=packs_rows(cfg))
-    return StageSetup(files, tokenizer, model, train_set, eval_set, stats)
+    train_set, eval_set, stats = tokenized_datasets(cfg, make, tokenizer, corpus, pack=packs_rows(cfg))
+    return StageSetup(corpus.files, tokenizer, model, train_set, eval_set, stats)
 
 
 def make_trainer(cfg: StageConfig, recipe, setup: StageSetup, quiet: bool, callbacks=()):
@@ -176,17 +176,17 @@ def _adapter_to_continue(cfg: StageConfig):
 
 
 def read_stage_data(cfg: StageConfig):
-    """Return the stage's data files, refusing a shape the stage cannot train on."""
-    from medtune.data.readers.files import read_files
-    from medtune.data.readers.formats import SHAPES
+    """Return the stage's inputs spooled to disk (a ``Corpus``), refusing a shape the stage cannot
+    train on."""
+    from medtune.data.readers.inputs import read_corpus
 
     shapes = stage_spec(cfg.stage).shapes
-    files = read_files(cfg.data.train, cfg.data.format, locate=True)  # template refusals name file:line
-    got = SHAPES[files[0].format]
-    if got not in shapes:
-        raise MedtuneError(f"{files[0].path}: stage {cfg.stage} needs {' or '.join(shapes)} data, "
-                           f"got {got} (format {files[0].format})")
-    return files
+    corpus = read_corpus(cfg.data.train, cfg.data.format)
+    first = corpus.files[0]
+    if first.shape not in shapes:
+        raise MedtuneError(f"{first.path}: stage {cfg.stage} needs {' or '.join(shapes)} data, "
+                           f"got {first.shape} (format {first.format})")
+    return corpus
 
 
 def _absolute_if_local(path: str) -> str:

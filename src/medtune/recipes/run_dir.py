@@ -119,11 +119,7 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
         "stage": cfg.stage,
         "parent_model": cfg.model.path,
         "template": cfg.model.template,
-        "data": [
-            {"path": f.path, "format": f.format, "sha256": f.sha256, "records": f.n_records,
-             "skipped": f.skipped}
-            for f in files
-        ],
+        "data": [_lineage_input(f) for f in files],
         "tokenization": {
             "examples": stats.examples, "rows": stats.rows, "truncated": stats.truncated,
             "skipped": stats.skipped, "label_tokens": stats.real_tokens, "from_cache": stats.from_cache,
@@ -138,6 +134,16 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
     tmp = out / (LINEAGE + ".tmp")
     tmp.write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(out / LINEAGE)
+
+
+def _lineage_input(f) -> dict:
+    """One input in the lineage: its hash (a folder's or hf dataset's too) and, for a datasets
+    input, its kind and revision (the datasets fingerprint / resolved revision)."""
+    entry = {"path": f.path, "format": f.format, "sha256": f.sha256, "records": f.n_records,
+             "skipped": f.skipped}
+    if getattr(f, "kind", "file") != "file":
+        entry.update(kind=f.kind, revision=f.revision)
+    return entry
 
 
 def lineage_chain(parent: str) -> list[dict]:

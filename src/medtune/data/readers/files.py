@@ -61,7 +61,8 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _check_same_shape(files: list[FileData]) -> None:
+def check_same_shape(files: list[FileData]) -> None:
+    """Raise a one-line error unless every file gives records of the first file's shape."""
     if not files:
         raise MedtuneError("no data files given")
     first = files[0]
@@ -78,7 +79,7 @@ def read_files(paths, format: str = "auto", locate: bool = False) -> list[FileDa
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = [read_file(p, format, locate) for p in paths]
-    _check_same_shape(files)
+    check_same_shape(files)
     return files
 
 
@@ -87,7 +88,7 @@ def to_dataset(files) -> datasets.Dataset:
     if isinstance(files, FileData):
         files = [files]
     files = list(files)
-    _check_same_shape(files)
+    check_same_shape(files)
     import datasets
 
     return datasets.Dataset.from_list([r for f in files for r in f.records])

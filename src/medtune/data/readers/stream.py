@@ -39,6 +39,8 @@ from medtune.errors import MedtuneError, where
 __all__ = ["Tally", "detect_encoding", "is_wide", "iter_records", "jsonl_chunks", "line_file"]
 
 SAMPLE_BYTES = 1 << 20
+MAX_LINE_BYTES = 64 << 20  # one record's line; longer ones are refused instead of filling memory
+COMPRESSED = {".gz": "gzip", ".zst": "zstd"}
 EXAMPLES_PER_REASON = 5
 _INDEX = re.compile(r"\[\d+\]")
 # Record keys kept by convert next to the unified fields (source name -> our name).
@@ -227,21 +229,27 @@ def _wide_lines(path: Path, enc: str, plain: bool) -> Iterator[tuple[int, object
 
 def _line_range(path: Path, enc: str, plain: bool, byte_range) -> Iterator[tuple[int, object]]:
     start, end, line = byte_range
-    dec = "utf-8" if enc == "utf-8-sig" else enc
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
     if start == 0 and data.startswith(codecs.BOM_UTF8):
         data = data[3:]
     for n, raw in enumerate(data.split(b"\n"), line):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode(dec).rstrip("\r")
-        except UnicodeDecodeError as e:
-            yield n, _decode_error(path, n, enc, raw, e)
-            continue
-        yield n, _line_row(text, plain)
+        if raw.strip():
+            yield n, _parse_line(path, n, raw, enc, plain)
+
+
+def _parse_line(path: Path, n: int, raw: bytes, enc: str, plain: bool):
+    """One non-blank line of bytes as a row (a dict, any JSON value) or a :class:`RowError`."""
+    if len(raw) > MAX_LINE_BYTES:
+        return RowError("line too long", f"a line of {len(raw) / 2**20:.0f} MiB, over the "
+                        f"{MAX_LINE_BYTES >> 20} MiB one record may have; split it (a .txt corpus "
+                        "holds one document per line)")
+    try:
+        text = raw.decode("utf-8" if enc == "utf-8-sig" else enc).rstrip("\r")
+    except UnicodeDecodeError as e:
+        return _decode_error(path, n, enc, raw, e)
+    return _line_row(text, plain)
 
 
 def _line_row(text: str, plain: bool):
@@ -255,6 +263,35 @@ def _line_row(text: str, plain: bool):
         return RowError(reason, f"invalid JSON ({e.msg} at column {e.colno})")
     except RecursionError:
         return RowError("nested too deeply", "JSON nested too deeply to read")
+
+
+def compression_of(path) -> str | None:
+    """'gzip' or 'zstd' for a ``.gz`` / ``.zst`` file, else None."""
+    return COMPRESSED.get(Path(path).suffix.lower())
+
+
+def _compressed_rows(path: Path, enc: str) -> Iterator[tuple[int, object]]:
+    """Rows of a gzip / zstd compressed JSONL or text file (``x.jsonl.gz``, ``x.txt.zst``),
+    decompressed as a stream (pyarrow's codecs); a truncated file is a one-line error."""
+    import io
+
+    import pyarrow as pa
+
+    inner = Path(path.stem).suffix.lower()
+    if inner not in (".jsonl", ".json", ".txt"):
+        raise MedtuneError(f"{path}: compressed {inner or 'files without a suffix'} is not read; "
+                           "compress .jsonl or .txt files (x.jsonl.gz, x.txt.zst)")
+    check_readable(path)
+    n = 0
+    try:
+        with io.BufferedReader(pa.input_stream(str(path), compression=compression_of(path))) as f:
+            for n, raw in enumerate(f, 1):
+                raw = raw[3:] if n == 1 and raw.startswith(codecs.BOM_UTF8) else raw
+                if raw.strip():
+                    yield n, _parse_line(path, n, raw.rstrip(b"\n"), enc, inner == ".txt")
+    except (OSError, EOFError, pa.ArrowException) as e:
+        raise MedtuneError(f"{where(path, n + 1)}: cannot decompress ({e}); the file is truncated or "
+                           "corrupt: download or compress it again") from None
 
 
 def _json_rows(path: Path, enc: str) -> Iterator[tuple[int, object]]:
@@ -417,14 +454,16 @@ def iter_records(path, options: ReadOptions | None = None, tally: Tally | None =
     opts, p = options or ReadOptions(), Path(path)
     check_readable(p)
     tally = tally if tally is not None else Tally(str(path))
-    enc = opts.encoding or detect_encoding(p)
+    packed = compression_of(p)
+    enc = opts.encoding or ("utf-8" if packed else detect_encoding(p))
     tally.encoding = enc
-    kind = container_kind(p, enc)
+    kind = ("lines" if Path(p.stem).suffix.lower() == ".txt" else "jsonl") if packed else container_kind(p, enc)
     auto = opts.format == "auto" or opts.format.startswith("auto:")
     fmt = opts.format.removeprefix("auto:") if auto else formats.format_name(opts.format)
     fmt = "text" if kind == "lines" and fmt == "auto" else fmt
     converter = _Converter(p, fmt, auto, opts, tally)
-    for line, row in iter_rows(p, enc, kind, fmt, byte_range):
+    rows = _compressed_rows(p, enc) if packed else iter_rows(p, enc, kind, fmt, byte_range)
+    for line, row in rows:
         rec = converter.convert(line, row)
         if rec is not None:
             yield (line, rec) if with_lines else rec
@@ -514,3 +553,16 @@ def read_all(path, options: ReadOptions) -> tuple[list[dict], Tally]:
         raise MedtuneError(f"{path}: empty (no records{suffix})")
     return records, tally
 
+
+
+def records_of_rows(name: str, rows, options: ReadOptions, tally: Tally) -> Iterator[dict]:
+    """The unified records of ``(row_number, row)`` pairs read elsewhere (a ``datasets.Dataset``),
+    under the same format detection and error policy as a file's rows."""
+    opts = options
+    auto = opts.format == "auto" or opts.format.startswith("auto:")
+    fmt = opts.format.removeprefix("auto:") if auto else formats.format_name(opts.format)
+    converter = _Converter(Path(name), fmt, auto, opts, tally)
+    for line, row in rows:
+        rec = converter.convert(line, row)
+        if rec is not None:
+            yield rec

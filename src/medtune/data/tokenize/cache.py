@@ -1,10 +1,12 @@
 """A stage's records as tokenized train / eval datasets: split, shuffled, packed, and cached.
 
 The result is cached as Arrow files keyed by the data hashes, tokenizer and data settings
-(``$MEDTUNE_CACHE``/tokenized), so a crashed or repeated run does not tokenize again. The stage
-says how records become examples through ``make(records, stats)``. Example::
+(``$MEDTUNE_CACHE``/tokenized) and read memory-mapped, so a crashed or repeated run does not
+tokenize again and training holds no examples in memory. The stage says how records become
+examples through ``make(records, stats)``. Example::
 
-    train, evals, stats = tokenized_datasets(cfg, make, tokenizer, files, pack=False)
+    corpus = read_corpus(cfg.data.train, cfg.data.format)
+    train, evals, stats = tokenized_datasets(cfg, make, tokenizer, corpus, pack=False)
 """
 
 from __future__ import annotations
@@ -28,84 +30,139 @@ if TYPE_CHECKING:
 log = logging.getLogger("medtune")
 
 
-def tokenized_datasets(cfg: StageConfig, make, tokenizer, files, pack: bool):
-    """Return ``(train, eval_or_None, stats)`` datasets: tokenized by ``make``, split, packed when
-    ``pack``; loaded from the cache when this exact tokenization ran before."""
+def tokenized_datasets(cfg: StageConfig, make, tokenizer, corpus, pack: bool):
+    """Return ``(train, eval_or_None, stats)`` datasets of ``corpus`` (a spooled
+    :class:`~medtune.data.readers.inputs.Corpus`): tokenized by ``make``, split, packed when
+    ``pack``; read memory-mapped from the cache, where this exact tokenization may have run before."""
     from medtune.data.tokenize.examples import TokenStats
 
-    key = cache_key(cfg, tokenizer, files)
+    key = cache_key(cfg, tokenizer, corpus.files)
     cached = load_cached_rows(key)
     if cached is not None:
         log.info("tokenized data loaded from cache %s", cache_dir() / key)
         return cached
     stats = TokenStats()
-    train, evals = tokenize_rows(cfg, make, tokenizer, files, stats, pack)
+    final = cache_dir() / (key or f"uncached-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenize_rows(cfg, make, corpus, stats, pack, parts_dir(key), tmp)
+        (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for reason, count in stats.skipped.items():
         log.warning("skipped %d examples: %s", count, reason)
     if stats.truncated:
         log.warning("truncated %d examples to data.max_length=%d", stats.truncated, cfg.data.max_length)
-    result = (as_dataset(train), as_dataset(evals) if evals is not None and len(evals) else None, stats)
-    save_cached_rows(key, *result)
-    if key:
-        shutil.rmtree(cache_dir() / f"{key}.parts", ignore_errors=True)
-        cached = load_cached_rows(key)  # memory-mapped from disk instead of held in memory
-        if cached is not None:
-            return cached[0], cached[1], stats
-    return result
+    if not key:  # nothing to key a cache entry by: read into memory, leave nothing on disk
+        train, evals = _load_split(tmp, "train", True), _load_split(tmp, "eval", True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return train, evals, stats
+    _commit(tmp, final)
+    shutil.rmtree(parts_dir(key), ignore_errors=True)
+    train, evals, _ = load_cached_rows(key)
+    return train, evals, stats
 
 
-def tokenize_rows(cfg: StageConfig, make, tokenizer, files, stats, pack: bool):
-    """Return ``(train, eval)`` examples: Arrow tables, or lists of dicts when packed.
+def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path | None, out: Path) -> None:
+    """Write the train and eval examples of ``corpus`` to ``out/{train,eval}.arrow``.
 
-    Each train example carries ``bucket``: the index of the file it came from (for curricula).
-    Rows stay in Arrow (memory-mapped shards) unless packing needs them as Python lists.
+    Records are split and shuffled by index (the same order as shuffling the records themselves),
+    tokenized shard by shard from the spool, and written back a chunk at a time, so neither the
+    records nor the examples are ever all in memory. Each train example carries ``bucket``: the
+    ``data.train`` entry it came from (for curricula). Packing is first-fit decreasing over all
+    examples (the lengths are all it holds), its rows built a batch at a time.
     """
+    import numpy as np
     import pyarrow as pa
 
-    from medtune.data.tokenize.examples import TokenStats, pack_sequences
+    from medtune.data.tokenize.examples import TokenStats
 
-    records = [(i, r) for i, f in enumerate(files) for r in f.records]
-    random.Random(cfg.train.seed).shuffle(records)
-    n_eval = round(len(records) * cfg.data.eval_split)
+    order = list(range(len(corpus)))
+    random.Random(cfg.train.seed).shuffle(order)
+    order = np.array(order, dtype=np.int64)
+    n_eval = round(len(order) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
-    parts, tables = parts_dir(cache_key(cfg, tokenizer, files)), []
-    for bucket in range(len(files)):
-        part = [r for i, r in records[n_eval:] if i == bucket]
-        table = checkpointed_examples(parts, f"train{bucket}", part, make, stats, cfg.data.workers)
+    buckets, train_ids, tables = corpus.buckets(), order[n_eval:], []
+    for bucket in range(max(f.bucket for f in corpus.files) + 1):
+        ids = corpus.records(train_ids[buckets[train_ids] == bucket])
+        table = checkpointed_examples(parts, f"train{bucket}", ids, make, stats, cfg.data.workers)
         if table.num_rows:
-            tables.append(table.append_column("bucket", pa.array([bucket] * table.num_rows, pa.int64())))
+            tables.append(table.append_column("bucket", pa.array(np.full(table.num_rows, bucket, np.int64))))
     if not tables:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
     train = pa.concat_tables(tables)
-    order = list(range(train.num_rows))
-    random.Random(cfg.train.seed).shuffle(order)  # the same order as shuffling the rows themselves
-    train = train.take(order)
-    evals = checkpointed_examples(parts, "eval", [r for _, r in records[:n_eval]], make, TokenStats(),
+    rows = list(range(train.num_rows))
+    random.Random(cfg.train.seed).shuffle(rows)  # the same order as shuffling the rows themselves
+    evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
                                   cfg.data.workers)
-    evals = evals if evals.num_rows else None
+    packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0)
+    if evals.num_rows:
+        _write_rows(out / "eval.arrow", evals, range(evals.num_rows), cfg.data.max_length if pack else 0)
     if pack:
-        train = pack_sequences(train.to_pylist(), cfg.data.max_length)
-        evals = pack_sequences(evals.to_pylist(), cfg.data.max_length) if evals is not None else None
-        stats.rows = len(train)
-    return train, evals
+        stats.rows = packed
+
+
+WRITE_ROWS = 20_000  # examples taken and written at a time
+
+
+def _write_rows(path: Path, table, order, max_length: int) -> int:
+    """Write rows ``order`` of ``table`` (packed into ``max_length`` rows when > 0) to the Arrow
+    stream file ``path``, with a ``length`` column; return how many rows it holds."""
+    import numpy as np
+    import pyarrow as pa
+
+    from medtune.data.tokenize.packing import write_packed
+
+    writer, written = None, 0
+
+    def write(part):
+        nonlocal writer, written
+        part = with_length(part)
+        if writer is None:
+            writer = pa.ipc.new_stream(str(path), part.schema)
+        writer.write_table(part)
+        written += part.num_rows
+
+    try:
+        if max_length:
+            write_packed(table, order, max_length, write)
+        else:
+            order = np.asarray(order, dtype=np.int64)
+            for start in range(0, len(order), WRITE_ROWS):
+                write(table.take(pa.array(order[start:start + WRITE_ROWS])))
+    finally:
+        if writer is not None:
+            writer.close()
+    return written
+
+
+def with_length(table):
+    """``table`` with a ``length`` column (tokens per row) when it has none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "length" in table.column_names:
+        return table
+    return table.append_column("length", pc.list_value_length(table["input_ids"]).cast(pa.int64()))
 
 
 def as_dataset(rows):
     """Return ``rows`` (an Arrow table or a list of dicts) as a ``datasets.Dataset`` with ``length``."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     from datasets import Dataset
 
-    table = pa.Table.from_pylist(rows) if isinstance(rows, list) else rows
-    if "length" not in table.column_names:
-        table = table.append_column("length", pc.list_value_length(table["input_ids"]).cast(pa.int64()))
-    return Dataset(table)
+    return Dataset(with_length(pa.Table.from_pylist(rows) if isinstance(rows, list) else rows))
 
 
 def cache_dir() -> Path:
     """Return where tokenized datasets are cached (``$MEDTUNE_CACHE`` or ~/.cache/medtune)."""
-    return Path(os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune") / "tokenized"
+    from medtune.data.readers.inputs import cache_root
+
+    return cache_root() / "tokenized"
 
 
 def parts_dir(key: str | None) -> Path | None:
@@ -119,7 +176,7 @@ def cache_key(cfg: StageConfig, tokenizer, files) -> str | None:
     if backend is None:
         return None
     parts = {
-        "version": 2, "stage": cfg.stage, "preference": dataclasses.asdict(cfg.preference), "seed": cfg.train.seed,
+        "version": 3, "stage": cfg.stage, "preference": dataclasses.asdict(cfg.preference), "seed": cfg.train.seed,
         "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "train"},
         "files": [(f.sha256, f.format) for f in files],
         "tokenizer": hashlib.sha256(backend.to_str().encode()).hexdigest(),
@@ -129,9 +186,7 @@ def cache_key(cfg: StageConfig, tokenizer, files) -> str | None:
 
 
 def load_cached_rows(key):
-    """Return ``(train, eval, stats)`` from the cache, or None."""
-    from datasets import load_from_disk
-
+    """Return ``(train, eval, stats)`` from the cache (memory-mapped), or None."""
     from medtune.data.tokenize.examples import TokenStats
 
     path = cache_dir() / key if key else None
@@ -139,21 +194,18 @@ def load_cached_rows(key):
         return None
     stats = TokenStats(**json.loads((path / "stats.json").read_text(encoding="utf-8")))
     stats.from_cache = True
-    evals = load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
-    return load_from_disk(str(path / "train")), evals, stats
+    return _load_split(path, "train"), _load_split(path, "eval"), stats
 
 
-def save_cached_rows(key, train, evals, stats) -> None:
-    """Write tokenized datasets to the cache (atomically: a crash leaves no partial entry)."""
-    if not key:
-        return
-    final = cache_dir() / key
-    tmp = final.with_name(f".{key}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train.save_to_disk(str(tmp / "train"))
-    if evals is not None:
-        evals.save_to_disk(str(tmp / "eval"))
-    (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
+def _load_split(path: Path, split: str, in_memory: bool = False):
+    from datasets import Dataset
+
+    file = path / f"{split}.arrow"
+    return Dataset.from_file(str(file), in_memory=in_memory) if file.is_file() else None
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Move a finished cache entry into place (a crash leaves no partial entry)."""
     shutil.rmtree(final, ignore_errors=True)
     try:
         tmp.rename(final)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from medtune.data.tokenize.packing import first_fit_bins, join_examples
 from medtune.data.tokenize.spans import IGNORE, encode_batch
 
 
@@ -160,31 +161,8 @@ def pack_sequences(examples, max_length: int) -> list[dict]:
     Every row carries ``position_ids`` restarting at 0 for each example, and the first label of each
     example is masked, so a packed row gives exactly the loss of its examples run one by one.
     """
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = len(examples[i]["input_ids"])
-        if n > max_length:
-            raise ValueError(f"example of {n} tokens does not fit max_length={max_length}; truncate first")
-        slot = next((b for b, free in enumerate(room) if free >= n), None)
-        if slot is None:
-            bins.append([])
-            room.append(max_length)
-            slot = len(bins) - 1
-        bins[slot].append(i)
-        room[slot] -= n
-    return [_join([examples[i] for i in members]) for members in bins]
-
-
-def _join(examples) -> dict:
-    ids, labels, pos = [], [], []
-    for ex in examples:
-        n = len(ex["input_ids"])
-        ids += ex["input_ids"]
-        labels += [IGNORE] + list(ex["labels"][1:])
-        pos += list(range(n))
-    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+    bins = first_fit_bins([len(ex["input_ids"]) for ex in examples], max_length)
+    return [join_examples([examples[i] for i in members]) for members in bins]
 
 
 class Collator:
@@ -231,7 +209,7 @@ def _flat_batch(features) -> dict:
     """One padding-free row holding every example of ``features`` (see ``Collator``)."""
     import torch
 
-    rows = [f if "position_ids" in f else _join([f]) for f in features]
+    rows = [f if "position_ids" in f else join_examples([f]) for f in features]
     row = {key: [t for r in rows for t in r[key]] for key in ("input_ids", "labels", "position_ids")}
     batch = {k: torch.tensor([v], dtype=torch.long) for k, v in row.items()}
     starts = (batch["position_ids"][0] == 0).nonzero().flatten()

@@ -1,7 +1,9 @@
 """Records tokenized shard by shard, each finished shard kept on disk, over a pool of processes.
 
 A crashed run's next attempt loads the shards it finished instead of tokenizing them again.
-``make(records, stats) -> list[dict]`` is any picklable callable (a stage's example maker):
+``records`` is a list, or records left on disk (``medtune.data.readers.inputs.SpooledRecords``: a
+spool file and indices), which each worker loads one shard at a time: the main process never holds
+them. ``make(records, stats) -> list[dict]`` is any picklable callable (a stage's example maker):
 workers re-create it from its pickle, so it must not hold open resources. Example::
 
     from medtune.data.tokenize.examples import TokenStats
@@ -32,8 +34,13 @@ class ShardWriter:
 
         path, records = job
         stats = TokenStats()
-        _save_part(path, self.make(records, stats), stats)
+        _save_part(path, self.make(loaded(records), stats), stats)
         return stats
+
+
+def loaded(records) -> list:
+    """``records`` as a list (records on disk are read now)."""
+    return records.load() if hasattr(records, "load") else records
 
 
 def tokenize_workers(workers: int, shards: int) -> int:
@@ -46,7 +53,7 @@ def tokenize_workers(workers: int, shards: int) -> int:
     return min(default_workers(workers), shards)
 
 
-def checkpointed_examples(parts: Path | None, name: str, records: list, make, stats, workers: int = 1):
+def checkpointed_examples(parts: Path | None, name: str, records, make, stats, workers: int = 1):
     """The examples of ``records`` as one Arrow table, tokenized shard by shard.
 
     Each finished shard is kept in ``parts`` (``<name>-<n>`` dirs), so a crashed run's next attempt
@@ -58,7 +65,7 @@ def checkpointed_examples(parts: Path | None, name: str, records: list, make, st
     from medtune.data.parallel import parallel_map
 
     if parts is None:
-        return pa.Table.from_pylist(make(records, stats))
+        return pa.Table.from_pylist(make(loaded(records), stats))
     shards = [records[i:i + SHARD_RECORDS] for i in range(0, len(records), SHARD_RECORDS)]
     jobs = [(parts / f"{name}-{n}", shard) for n, shard in enumerate(shards)]
     todo = [job for job in jobs if not (job[0] / "stats.json").is_file()]
