@@ -100,7 +100,7 @@ def set_up(cfg: StageConfig, recipe) -> StageSetup:
     path = _absolute_if_local(cfg.model.path)
     tokenizer = load_tokenizer(path, cfg.model.template, cfg.model.trust_remote_code)
     # what `medtune template check` verifies, on the first conversations: training renders what serving prompts
-    check_first_conversations(tokenizer, (r for f in files for r in f.records), cfg.data.reasoning)
+    check_first_conversations(tokenizer, _first_records(corpus), cfg.data.reasoning)
     model = recipe.load_model(cfg, path)
     attn = attention_for(cfg.model.attn_implementation, resolve_device(cfg.model.device), packs_rows(cfg))
     if attn and getattr(model.config, "_attn_implementation", None) != attn:
@@ -109,6 +109,11 @@ def set_up(cfg: StageConfig, recipe) -> StageSetup:
     make = StageExamples(recipe, cfg, tokenizer)
     train_set, eval_set, stats = tokenized_datasets(cfg, make, tokenizer, corpus, pack=packs_rows(cfg))
     return StageSetup(corpus.files, tokenizer, model, train_set, eval_set, stats)
+
+
+def _first_records(corpus, count: int = 64):
+    """The first records of ``corpus`` in input order (the template check reads a few of them)."""
+    return corpus.records(range(min(count, len(corpus)))).load()
 
 
 def make_trainer(cfg: StageConfig, recipe, setup: StageSetup, quiet: bool, callbacks=()):

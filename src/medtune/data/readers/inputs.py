@@ -3,7 +3,7 @@
 An entry is a data file (also ``.gz`` / ``.zst`` compressed JSONL or text), a directory (every data
 file under it, sorted), a glob (``corpus/**/*.jsonl.gz``), a ``datasets.save_to_disk`` folder or a
 Hugging Face dataset id (``hf:org/name[:split]``, or ``hf:/a/local/dataset/folder``). Records are
-pickled into one Arrow file (``$MEDTUNE_CACHE/records/<key>``, keyed by the inputs' hashes), so
+stored as JSON into one Arrow file (``$MEDTUNE_CACHE/records/<key>``, keyed by the inputs' hashes), so
 tokenization reads any record by its index without holding the others. Example::
 
     corpus = read_corpus(["corpus/**/*.jsonl.gz", "hf:org/name:train"])
@@ -16,7 +16,6 @@ import glob
 import hashlib
 import json
 import os
-import pickle
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from medtune.errors import MedtuneError
 __all__ = ["Corpus", "InputFile", "SpooledRecords", "cache_root", "read_corpus", "resolve_inputs"]
 
 DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet")
-SPOOL_VERSION = 2  # 2: records carry their file:line, so the path is part of the key
+SPOOL_VERSION = 3  # 3: JSON records; 2: records carry their file:line, so the path is part of the key
 BATCH = 4096  # records per Arrow batch written
 
 
@@ -78,7 +77,7 @@ class SpooledRecords:
         import pyarrow as pa
 
         table = pa.ipc.open_file(pa.memory_map(self.path)).read_all()  # mapped, not read
-        return [pickle.loads(b) for b in table.column(0).take(pa.array(self.indices)).to_pylist()]
+        return [json.loads(b) for b in table.column(0).take(pa.array(self.indices)).to_pylist()]
 
 
 @dataclass
@@ -269,7 +268,7 @@ def _spool_one(f: InputFile, options: ReadOptions, writer, schema) -> None:
 
     tally, batch = Tally(f.path), []
     for rec in _records(f, options, tally):
-        batch.append(pickle.dumps(rec, protocol=5))
+        batch.append(json.dumps(rec, ensure_ascii=False).encode())  # JSON, never pickle: a cache file runs no code
         if len(batch) == BATCH:
             writer.write_batch(pa.record_batch([pa.array(batch, pa.large_binary())], schema=schema))
             batch = []
