@@ -28,6 +28,7 @@ from medtune.errors import MedtuneError
 from medtune.inference.settings import GenerationSettings
 
 TextCallback = Callable[[int, str], None]  # (row index, new text)
+SAMPLING_EPS = 1e-5  # temperatures below decode greedily, as vLLM's do (1e-300 overflows the logits)
 
 
 @dataclass
@@ -215,7 +216,7 @@ class HFEngine(ChatEngine):
         device = self.model.device
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        sample = params.temperature > 0
+        sample = params.temperature >= SAMPLING_EPS
         extra = {"temperature": params.temperature, "top_p": params.top_p} if sample else \
             {"temperature": None, "top_p": None, "top_k": None}
         processors = []
