@@ -25,9 +25,12 @@ class ScriptedEngine:
     def model_names(self):
         return ["teacher"]
 
-    def encode_chat(self, messages, model=None):
+    def encode_chat(self, messages, model=None, enable_thinking=None):
         self.prompts.append(messages[-1]["content"])
         return [len(self.prompts) - 1]  # one "token": which prompt this is
+
+    def opens_thinking(self, prompt_ids, model=None):
+        return False
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion
