@@ -644,6 +644,17 @@ def serve_api_zero_request_timeout(d, ctx):
 
 
 @case
+def serve_web_share_without_login(d, ctx):
+    return Setup(["serve", "web", "--model", str(d / "never-loaded"), "--share"], [], check=_says("--no-auth"))
+
+
+@case
+def serve_web_empty_password(d, ctx):
+    return Setup(["serve", "web", "--model", str(d / "never-loaded"), "--auth", "doc:"], [],
+                 check=_says("USER:PASSWORD"))
+
+
+@case
 def eval_gen_without_jieba(d, ctx):
     data = jsonl(d / "test.jsonl", GOOD)
     return Setup(["eval", "gen", "--model", str(d / "never-loaded"), "--data", str(data), "--output",

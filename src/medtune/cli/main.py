@@ -161,7 +161,13 @@ def _add_serve(sub):
                         epilog="example: medtune serve web --model runs/sft --port 7860")
     add_model_args(w)
     _add_bind_args(w, port=7860)
-    w.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    w.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (needs --auth, or --no-auth to open it to anyone)")
+    w.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                   help="require this login (repeatable); mind that it shows in the process list: --auth-file hides it")
+    w.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD a line ('#' comments)")
+    w.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback --host or --share with no login (refused otherwise)")
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 

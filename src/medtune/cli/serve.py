@@ -13,6 +13,8 @@ from pathlib import Path
 
 from medtune.errors import MedtuneError
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts only this machine reaches
+
 
 def _engine(args, adapters=None):
     from medtune.cli.model_args import model_kwargs
@@ -95,8 +97,6 @@ def api_key_of(args, environ) -> str | None:
     serve with no authentication), and no key on a non-loopback ``--host`` unless ``--no-auth``.
     With no key on loopback, one warning line says so.
     """
-    from medtune.serving.api import LOOPBACK
-
     given, source = (args.api_key, "--api-key") if args.api_key is not None else \
         (environ.get("MEDTUNE_API_KEY"), "$MEDTUNE_API_KEY")
     if given is not None and not given.strip():

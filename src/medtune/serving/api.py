@@ -64,7 +64,6 @@ class ServerLimits:
     request_timeout: float = 600.0  # seconds from arrival to the last token (504 and cancelled after)
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _log = logging.getLogger("medtune.serving")
 
 
