@@ -619,6 +619,41 @@ def serve_api_without_fastapi(d, ctx):
                  hide=("fastapi", "uvicorn", "medtune.serving.api"), check=_names_extra("serve"))
 
 
+def _says(text: str):
+    def check(stdout, stderr):
+        return None if text in stderr else f"no '{text}' in: {stderr[-200:]}"
+    return check
+
+
+@case
+def serve_api_empty_api_key(d, ctx):  # an unset shell variable: "$KEY" is ""
+    return Setup(["serve", "api", "--model", str(d / "never-loaded"), "--api-key", ""], [],
+                 check=_says("--api-key is empty"))
+
+
+@case
+def serve_api_open_host_without_key(d, ctx):
+    return Setup(["serve", "api", "--model", str(d / "never-loaded"), "--host", "0.0.0.0"], [],
+                 check=_says("--no-auth"))
+
+
+@case
+def serve_api_zero_request_timeout(d, ctx):
+    return Setup(["serve", "api", "--model", str(d / "never-loaded"), "--request-timeout", "0"], [],
+                 check=_says("--request-timeout"))
+
+
+@case
+def serve_web_share_without_login(d, ctx):
+    return Setup(["serve", "web", "--model", str(d / "never-loaded"), "--share"], [], check=_says("--no-auth"))
+
+
+@case
+def serve_web_empty_password(d, ctx):
+    return Setup(["serve", "web", "--model", str(d / "never-loaded"), "--auth", "doc:"], [],
+                 check=_says("USER:PASSWORD"))
+
+
 @case
 def eval_gen_without_jieba(d, ctx):
     data = jsonl(d / "test.jsonl", GOOD)

@@ -161,19 +161,29 @@ def _add_serve(sub):
     a.add_argument("--name", help="model name of --model itself (default: its directory name)")
     _add_bind_args(a, port=8000)
     a.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set)")
+                   help="require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set; empty: refused)")
+    a.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback --host without a key (refused otherwise: anyone reaching it could use it)")
     add_backend_args(a)
     a.add_argument("--max-batch", type=int, default=16, help="requests generated together (default 16)")
     a.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
     a.add_argument("--max-prompt-tokens", type=int, default=4096)
     a.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens accepted")
     a.add_argument("--max-body-kb", type=int, default=1024, help="largest request body (default 1024 KiB)")
+    a.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take, queue included; then 504 and its generation stopped (default 600)")
     a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
     add_model_args(w)
     _add_bind_args(w, port=7860)
-    w.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    w.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (needs --auth, or --no-auth to open it to anyone)")
+    w.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                   help="require this login (repeatable); mind that it shows in the process list: --auth-file hides it")
+    w.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD a line ('#' comments)")
+    w.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback --host or --share with no login (refused otherwise)")
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 

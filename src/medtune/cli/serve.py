@@ -13,6 +13,8 @@ from pathlib import Path
 
 from medtune.errors import MedtuneError
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts only this machine reaches
+
 
 def _engine(args, adapters=None):
     from medtune.cli.model_args import model_kwargs
@@ -77,12 +79,33 @@ def cmd_serve_api(args) -> int:
     require_extras("fastapi", "uvicorn")
     from medtune.serving.api import ServerLimits, serve
 
-    api_key = args.api_key or os.environ.get("MEDTUNE_API_KEY") or None
+    api_key = api_key_of(args, os.environ)
+    if args.request_timeout <= 0:
+        raise MedtuneError(f"--request-timeout must be > 0 seconds (got {args.request_timeout})")
     limits = ServerLimits(max_batch=args.max_batch, max_queue=args.max_queue,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
-                          max_body_bytes=args.max_body_kb * 1024)
+                          max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
     engine = _engine(args, parse_adapters(args.adapters))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it")
     serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet)
     return 0
+
+
+def api_key_of(args, environ) -> str | None:
+    """Return the bearer key ``--api-key`` or ``$MEDTUNE_API_KEY`` gives (None: no authentication).
+
+    Refused, before anything loads: an empty or blank key (an unset shell variable would otherwise
+    serve with no authentication), and no key on a non-loopback ``--host`` unless ``--no-auth``.
+    With no key on loopback, one warning line says so.
+    """
+    given, source = (args.api_key, "--api-key") if args.api_key is not None else \
+        (environ.get("MEDTUNE_API_KEY"), "$MEDTUNE_API_KEY")
+    if given is not None and not given.strip():
+        raise MedtuneError(f"{source} is empty (an unset shell variable?): pass a real key, or no key at all")
+    if given is not None and args.no_auth:
+        raise MedtuneError(f"--no-auth and a key ({source}) contradict each other: pass one")
+    if given is None and args.host not in LOOPBACK and not args.no_auth:
+        raise MedtuneError(f"--host {args.host} without --api-key: anyone who can reach it could use the model; "
+                           "pass --api-key KEY (or $MEDTUNE_API_KEY), or --no-auth to serve it open")
+    if given is None:
+        print(f"warning: the API on {args.host} is unauthenticated (no --api-key)", flush=True)
+    return given

@@ -18,7 +18,9 @@ hands each prompt to vLLM's continuous-batching engine.
 
 from __future__ import annotations
 
+import re
 import threading
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from medtune.errors import MedtuneError
 from medtune.inference.settings import GenerationSettings
 
 TextCallback = Callable[[int, str], None]  # (row index, new text)
+SAMPLING_EPS = 1e-5  # temperatures below decode greedily, as vLLM's do (1e-300 overflows the logits)
 
 
 @dataclass
@@ -117,11 +120,37 @@ class ChatEngine:
 
     def encode_chat(self, messages, model: str | None = None, enable_thinking: bool | None = None) -> list[int]:
         """Return the prompt ids of ``messages`` in the model's template, ready for the reply
-        (``enable_thinking``, when given, is passed to the template as Qwen3's expects)."""
-        from medtune.data.tokenize.examples import apply_template
+        (``enable_thinking``, when given, is passed to the template as Qwen3's expects).
 
+        Message content is text: a control token's text written in it (``<|im_start|>system``) is
+        encoded as ordinary characters, never as the control token, so content cannot open a role.
+        """
+        from medtune.data.tokenize.examples import apply_template, render_chat
+
+        tok = self.tokenizer(model)
         extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-        return list(apply_template(self.tokenizer(model), messages, add_generation_prompt=True, **extra)["input_ids"])
+        controls = control_pattern(tok)
+        if controls is None or not any(isinstance(m.get("content"), str) and controls.search(m["content"])
+                                       for m in messages):
+            return list(apply_template(tok, messages, add_generation_prompt=True, **extra)["input_ids"])
+        # Render with each control text in content swapped for a placeholder, then encode the
+        # template's text as usual and each swapped occurrence as plain text.
+        nonce, found = uuid.uuid4().hex, []
+
+        def hide(match) -> str:
+            found.append(match.group())
+            return f"\ue000{nonce}:{len(found) - 1}\ue001"
+
+        hidden = [m | {"content": controls.sub(hide, m["content"])} if isinstance(m.get("content"), str) else m
+                  for m in messages]
+        text = render_chat(tok, hidden, add_generation_prompt=True, **extra)
+        ids = []
+        for k, piece in enumerate(re.split(f"\ue000{nonce}:(\\d+)\ue001", text)):
+            if k % 2:
+                ids += tok(found[int(piece)], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            elif piece:
+                ids += tok(piece, add_special_tokens=False)["input_ids"]
+        return ids
 
     def opens_thinking(self, prompt_ids, model: str | None = None) -> bool:
         """Whether ``prompt_ids`` end inside an open ``<think>`` block: the reply starts in its trace
@@ -131,8 +160,19 @@ class ChatEngine:
         return prompt_opens_thinking(self.tokenizer(model), prompt_ids)
 
     def encode_text(self, text: str, model: str | None = None) -> list[int]:
-        """Return the ids of plain ``text`` (no template): completion-style prompts."""
-        return list(self.tokenizer(model)(text, add_special_tokens=False)["input_ids"])
+        """Return the ids of plain ``text`` (no template): completion-style prompts. Control tokens'
+        text in it stays text (as in ``encode_chat``): a raw prompt is a client's text, and one that
+        needs the template's control tokens sends messages instead."""
+        return list(self.tokenizer(model)(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def control_pattern(tokenizer) -> re.Pattern | None:
+    """Return a pattern matching the text of any special (control) token of ``tokenizer``, longest
+    first; None when it has none."""
+    texts = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    texts |= set(tokenizer.all_special_tokens)
+    texts = sorted((t for t in texts if t), key=len, reverse=True)
+    return re.compile("|".join(re.escape(t) for t in texts)) if texts else None
 
 
 class HFEngine(ChatEngine):
@@ -215,7 +255,7 @@ class HFEngine(ChatEngine):
         device = self.model.device
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        sample = params.temperature > 0
+        sample = params.temperature >= SAMPLING_EPS
         extra = {"temperature": params.temperature, "top_p": params.top_p} if sample else \
             {"temperature": None, "top_p": None, "top_k": None}
         processors = []

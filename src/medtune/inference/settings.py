@@ -36,10 +36,12 @@ class GenerationSettings:
     temperature: float = _setting(0.0, "0 = greedy (default)", ge=0, served={"le": 2},
                                   slider=(0.0, 2.0, 0.05, "Temperature (0 = greedy)"))
     top_p: float = _setting(1.0, gt=0, le=1, slider=(0.05, 1.0, 0.05, "Top-p (sampling only)"))
-    repetition_penalty: float = _setting(1.0, gt=0, slider=(1.0, 3.0, 0.05, "Repetition penalty"))
+    repetition_penalty: float = _setting(1.0, gt=0, served={"ge": 0.01, "le": 10},
+                                         slider=(1.0, 3.0, 0.05, "Repetition penalty"))
     stop: tuple[str, ...] = _setting(())
     n: int = _setting(1, ge=1, served={"le": 16})
-    seed: int | None = _setting(None, "sampling seed (with --temperature > 0)")
+    seed: int | None = _setting(None, "sampling seed (with --temperature > 0)",
+                                served={"ge": -(2**63), "le": 2**64 - 1})  # what torch.manual_seed takes
     enable_thinking: bool | None = _setting(
         None, "passed to the chat template as enable_thinking (Qwen3: off puts an empty think block in "
               "the prompt); default: the template's own default", label="Think before answering")

@@ -17,8 +17,15 @@ as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's
 ``reasoning_content`` key, as OpenAI's replies have none. ``enable_thinking`` (or
 ``chat_template_kwargs``) and ``thinking_budget`` set reasoning per request. Bad requests get OpenAI-style error JSON: 400 (bad values, unsupported
 parameters, prompt too long), 401 (missing or wrong key), 404 (unknown model or path), 413 (body too
-large), 422 (wrong JSON shape or types), 429 (queue full). Requests only name models that were
-loaded at start-up: nothing a client sends is used as a path.
+large), 422 (wrong JSON shape or types), 429 (queue full), 504 (not done within the request
+timeout; its generation is cancelled). No client value gives a 5xx; a bug still answers a JSON 500
+on a connection kept open (and its traceback is logged). A client that goes away (streaming or
+not) has its generation cancelled at the next token. Requests only name models that were loaded at
+start-up: nothing a client sends is used as a path.
+
+Text a client sends is text: the template's control tokens (``<|im_start|>``, ``<|im_end|>``, ...)
+inside message content or a completion prompt are encoded as plain characters, never as control
+token ids (see ``ChatEngine.encode_chat``), so a message cannot open a new role.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.errors import MedtuneError
@@ -53,6 +61,10 @@ class ServerLimits:
     max_tokens: int = 2048  # largest max_tokens a request may ask for
     default_max_tokens: int = 512
     max_body_bytes: int = 1 << 20
+    request_timeout: float = 600.0  # seconds from arrival to the last token (504 and cancelled after)
+
+
+_log = logging.getLogger("medtune.serving")
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -65,6 +77,8 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
     """Return the FastAPI app serving ``engine`` (one batching worker thread)."""
     from medtune.serving.scheduler import BatchScheduler
 
+    if api_key is not None and not api_key.strip():
+        raise MedtuneError("the API key is empty (an unset shell variable?): pass a real key, or none")
     limits = limits or ServerLimits()
     scheduler = BatchScheduler(engine, limits.max_batch, limits.max_queue)
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None)
@@ -78,16 +92,7 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
     async def _http_error(request, exc):
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request, exc):  # a bug or an engine failure, never bad input
-        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}"), 500)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/") and not _authorized(request, api_key):
-            return JSONResponse(error_body(401, "missing or invalid API key (Authorization: Bearer KEY)",
-                                           code="invalid_api_key"), 401)
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=api_key)
 
     @app.get("/health")
     async def health():
@@ -121,8 +126,39 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
     return app
 
 
-def _authorized(request, api_key: str) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+class _Guard:
+    """ASGI middleware: the bearer key on ``/v1/`` paths, and any exception a handler lets out
+    answered as a JSON 500 (logged with its traceback) instead of a dropped connection."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.api_key and scope["path"].startswith("/v1/") and not _authorized(scope, self.api_key):
+            response = JSONResponse(error_body(401, "missing or invalid API key (Authorization: Bearer KEY)",
+                                               code="invalid_api_key"), 401)
+            return await response(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - a bug or an engine failure, never bad input
+            _log.exception("internal error on %s", scope["path"])
+            if not started:
+                response = JSONResponse(error_body(500, f"internal error: {type(exc).__name__}"), 500)
+                await response(scope, receive, send)
+
+
+def _authorized(scope, api_key: str) -> bool:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
@@ -152,6 +188,8 @@ def _encode(engine, model: str, encode) -> list[int]:
 
 
 def _check_limits(prompts, req, limits: ServerLimits) -> None:
+    if not all(prompts):
+        raise RequestError(400, "the prompt encodes to no tokens", "prompt")
     longest = max(len(p) for p in prompts)
     if longest > limits.max_prompt_tokens:
         raise RequestError(400, f"prompt is {longest} tokens; this server accepts at most "
@@ -166,19 +204,44 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
     meta = _Meta(req.model, chat, opened)
+    deadline = time.monotonic() + limits.request_timeout
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
         jobs = _submit_all(scheduler, prompts, params, req.model, events)
-        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n),
+        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline),
                                  media_type="text/event-stream")
     jobs = _submit_all(scheduler, prompts, params, req.model)
     try:
-        results = [await fut for _, fut in jobs]
-    except asyncio.CancelledError:
+        results = await _results(request, jobs, deadline)
+    finally:  # done, failed, timed out, or the client left: nothing more to generate for it
         for job, _ in jobs:
             job.cancel.set()
-        raise
+    if results is None:  # nobody is listening; 499 as nginx logs a client that closed the request
+        return Response(status_code=499)
     return JSONResponse(meta.full_response(results, prompts))
+
+
+DISCONNECT_POLL_S = 0.25  # how often a waiting plain request checks that its client is still there
+
+
+async def _results(request, jobs, deadline: float) -> list | None:
+    """Return every job's completions, or None when the client disconnects first; raise 504 past
+    ``deadline`` (the caller cancels the jobs in every case)."""
+    waiting = asyncio.gather(*(fut for _, fut in jobs))
+    try:
+        while not waiting.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestError(504, "the request took longer than this server's request timeout; "
+                                        "its generation was stopped", code="timeout")
+            await asyncio.wait([waiting], timeout=min(left, DISCONNECT_POLL_S))
+            if not waiting.done() and await request.is_disconnected():
+                waiting.cancel()
+                return None
+    except BaseException:
+        waiting.cancel()
+        raise
+    return waiting.result()
 
 
 @dataclass
@@ -283,7 +346,7 @@ def _submit_all(scheduler, prompts, params, model, events: asyncio.Queue | None 
     return jobs
 
 
-async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
+async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float):
     """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``."""
     total, finished = len(prompts) * n, 0
     traces = [TraceStream(meta.opened) for _ in range(total)]  # chat: each choice's trace split off
@@ -292,7 +355,7 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
                               for i in range(total)])
         while finished < total:
-            choice, delta, finish = await _next_event(events)
+            choice, delta, finish = await _next_event(events, deadline)
             pieces = traces[choice].feed(delta, final=bool(finish)) if meta.chat else [("content", delta)]
             for kind, text in pieces:
                 if text:
@@ -306,16 +369,19 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n):
             completion = sum(c.completion_tokens for r in results for c in r)
             yield meta.chunk([], usage=_usage(sum(len(p) for p in prompts), completion))
         yield "data: [DONE]\n\n"
+    except TimeoutError:
+        yield f"data: {json.dumps(error_body(504, 'the request took longer than this server allows', code='timeout'))}\n\n"
     except Exception as exc:  # noqa: BLE001 - headers are sent: report in the stream, as OpenAI does
+        _log.exception("internal error while streaming")
         yield f"data: {json.dumps(error_body(500, f'internal error: {type(exc).__name__}'))}\n\n"
     finally:  # the client went away (or we are done): stop generating for it
         for job, _ in jobs:
             job.cancel.set()
 
 
-async def _next_event(events):
-    """Return the next text event; raise the engine's error if a job failed."""
-    item = await events.get()
+async def _next_event(events, deadline: float):
+    """Return the next text event; raise the engine's error if a job failed, TimeoutError past ``deadline``."""
+    item = await asyncio.wait_for(events.get(), max(deadline - time.monotonic(), 0.001))
     if isinstance(item, BaseException):
         raise item
     return item

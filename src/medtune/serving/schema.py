@@ -5,9 +5,13 @@ Example::
     req = parse_request(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', ChatRequest)
     params = to_sampling_params(req, default_max_tokens=512)
 
-Malformed JSON is a 400; a body of the wrong shape or types a 422 naming the field; a value out of
-range or a parameter this server does not implement (``logprobs``, ``tools``, non-zero penalties,
-...) a 400 naming the parameter. Nothing is accepted and then ignored. Chat requests take
+Malformed JSON is a 400; so is JSON nested deeper than ``MAX_DEPTH``, ``NaN`` / ``Infinity`` / a
+float that overflows (``1e999``), an integer beyond 64 bits and a string holding a lone surrogate
+(each names its field). A body of the wrong shape or types is a 422 naming the field; a value out of
+range, a list too long (``MAX_MESSAGES``, ``MAX_PROMPTS``, 4 stop strings of at most
+``MAX_STOP_CHARS``), an empty completion prompt or a parameter this server does not implement
+(``logprobs``, ``tools``, non-zero penalties, ...) a 400 naming the parameter. Nothing is accepted
+and then ignored. Empty message content is accepted, as OpenAI accepts it. Chat requests take
 ``enable_thinking`` (or vLLM's ``chat_template_kwargs: {"enable_thinking": ...}``) and
 ``thinking_budget``, bounded like every setting by ``GenerationSettings``.
 """
@@ -15,6 +19,7 @@ range or a parameter this server does not implement (``logprobs``, ``tools``, no
 from __future__ import annotations
 
 import json
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +33,13 @@ _NEUTRAL = {"user": None, "presence_penalty": 0, "frequency_penalty": 0, "logpro
             "tools": None, "tool_choice": None, "response_format": None, "parallel_tool_calls": None}
 
 
+MAX_DEPTH = 32  # JSON nesting: a request body needs 5 levels; 10k nested lists would overflow the parser
+MAX_MESSAGES = 1024
+MAX_PROMPTS = 64  # prompts in one completion request (each is a job in the queue)
+MAX_STOP_CHARS = 256
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what a 64-bit integer holds (signed or unsigned)
+
+
 class RequestError(Exception):
     """A request the server refuses, with its HTTP status and OpenAI error fields."""
 
@@ -37,13 +49,13 @@ class RequestError(Exception):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
 
@@ -68,7 +80,7 @@ class TemplateKwargs(BaseModel):
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str
     temperature: float = _setting("temperature", 1.0)  # OpenAI's default, not the CLI's greedy 0
     top_p: float = _setting("top_p")
@@ -104,13 +116,14 @@ class _Common(BaseModel):
 
     def stops(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or not all(stops):
-            raise RequestError(400, "stop takes at most 4 non-empty strings", "stop")
+        if len(stops) > 4 or not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise RequestError(400, f"stop takes at most 4 non-empty strings of at most {MAX_STOP_CHARS} "
+                                    "characters", "stop")
         return tuple(stops)
 
 
 class ChatRequest(_Common):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = _setting("max_new_tokens", None)
     enable_thinking: bool | None = _setting("enable_thinking")  # as vLLM / Qwen3's servers take it
     chat_template_kwargs: TemplateKwargs | None = None  # {"enable_thinking": bool}, vLLM's other spelling
@@ -132,24 +145,21 @@ class ChatRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(max_length=MAX_PROMPTS)
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts:
+        if not prompts or not all(prompts):  # nothing to continue: refused rather than guessed (BOS?)
             raise RequestError(400, "prompt must not be empty", "prompt")
         return prompts
 
 
 def parse_request(body: bytes, schema):
     """Return ``body`` validated as ``schema``; raise ``RequestError`` (400 / 422) otherwise."""
-    try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    data = load_json(body)
     if not isinstance(data, dict):
         raise RequestError(422, "body must be a JSON object")
     try:
@@ -157,11 +167,69 @@ def parse_request(body: bytes, schema):
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        status = 400 if first["type"] in ("greater_than_equal", "less_than_equal", "greater_than",
-                                          "less_than", "too_short") else 422
+        status = 400 if first["type"] in _RANGE_ERRORS else 422
         raise RequestError(status, f"{field}: {first['msg']}", field) from None
     _refuse_unsupported(req, data)
     return req
+
+
+_RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than", "too_short", "too_long",
+                 "string_too_long", "finite_number")
+
+
+class _Refused:
+    """A JSON value refused while parsing (NaN, an overflowing float, a huge integer): the walk
+    that follows names its field."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _parse_int(text: str):
+    digits = text.lstrip("-")
+    if len(digits) > 20 or not _INT_RANGE[0] <= int(text) <= _INT_RANGE[1]:  # 20 digits: int() stays cheap
+        return _Refused(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is beyond 64 bits")
+    return int(text)
+
+
+def _parse_float(text: str):
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(f"{text[:24]} is not a finite number")
+
+
+def load_json(body: bytes):
+    """Return the JSON value of ``body``; raise a 400 ``RequestError`` naming the field for what
+    Python's parser takes but a request must not hold (see the module docstring)."""
+    try:
+        data = json.loads(body.decode("utf-8") if body else "null", parse_int=_parse_int,
+                          parse_float=_parse_float, parse_constant=lambda name: _Refused(f"{name} is not a JSON number"))
+    except RecursionError:
+        raise RequestError(400, f"body is nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    _check_value(data, [], 0)
+    return data
+
+
+def _check_value(value, path: list, depth: int) -> None:
+    """Refuse deep nesting, ``_Refused`` values and lone surrogates anywhere in ``value``."""
+    where = ".".join(str(p) for p in path) or None
+    if depth > MAX_DEPTH:
+        raise RequestError(400, f"body is nested more than {MAX_DEPTH} levels deep", where)
+    if isinstance(value, _Refused):
+        raise RequestError(400, f"{where}: {value.why}", where)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(400, f"{where or 'body'}: text holds a lone UTF-16 surrogate", where) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(key, path, depth + 1)
+            _check_value(item, [*path, key], depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(item, [*path, i], depth + 1)
 
 
 def _refuse_unsupported(req, data: dict) -> None:

@@ -169,14 +169,16 @@ def _text(content) -> str:
     return ""
 
 
-def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           auth: list[tuple[str, str]] | None = None) -> None:
     """Serve ``app`` on ``host:port``, print its URL once it answers, block until Ctrl+C.
 
     One generation at a time: there is one model, and queued users see their place in line.
+    ``auth``: the ``(user, password)`` logins Gradio's login page accepts (None: no login).
     """
     app.queue(default_concurrency_limit=1)
     _, _, share_url = app.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+        server_name=host, server_port=port, share=share, auth=auth or None, prevent_thread_lock=True, quiet=True,
         show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False, footer_links=[])
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"chat page: http://{shown}:{port}  (Ctrl+C to stop)", flush=True)
