@@ -126,6 +126,7 @@ class ChatEngine:
         encoded as ordinary characters, never as the control token, so content cannot open a role.
         """
         from medtune.data.tokenize.examples import apply_template, render_chat
+        from medtune.data.tokenize.templates import control_pattern
 
         tok = self.tokenizer(model)
         extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
@@ -165,14 +166,6 @@ class ChatEngine:
         needs the template's control tokens sends messages instead."""
         return list(self.tokenizer(model)(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-
-def control_pattern(tokenizer) -> re.Pattern | None:
-    """Return a pattern matching the text of any special (control) token of ``tokenizer``, longest
-    first; None when it has none."""
-    texts = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    texts |= set(tokenizer.all_special_tokens)
-    texts = sorted((t for t in texts if t), key=len, reverse=True)
-    return re.compile("|".join(re.escape(t) for t in texts)) if texts else None
 
 
 class HFEngine(ChatEngine):

@@ -107,6 +107,7 @@ def encode_conversations(tokenizer, conversations, max_length: int, overlength: 
     """
     stats = stats or TokenStats()
     out, verified = [], 0
+    conversations = _without_control_text(tokenizer, conversations, stats)
     for ids, labels in _encoded(tokenizer, conversations, train_on_prompt, reasoning):
         verified += 1
         if len(ids) > max_length:
@@ -124,6 +125,23 @@ def encode_conversations(tokenizer, conversations, max_length: int, overlength: 
     stats.rows += len(out)
     stats.real_tokens += sum(_count_labels(ex["labels"]) for ex in out)
     return out
+
+
+CONTROL_TEXT = "content holds a control token's text (serving encodes it as plain text, not as the token)"
+
+
+def _without_control_text(tokenizer, conversations, stats: TokenStats):
+    """Yield the conversations whose contents hold no control token's text; skip and count the
+    others, which training would encode as real control tokens where serving does not."""
+    from medtune.data.tokenize.templates import control_pattern
+
+    controls = control_pattern(tokenizer)
+    for conv in conversations:
+        messages = getattr(conv, "messages", conv)  # a spans.Conversation or a list of messages
+        if controls and any(isinstance(m.get("content"), str) and controls.search(m["content"]) for m in messages):
+            stats.skip(CONTROL_TEXT)
+            continue
+        yield conv
 
 
 def encode_texts(tokenizer, texts, block_size: int, overlength: str = "truncate",

@@ -10,6 +10,7 @@ of each file names the source of its format and any choice made where the source
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from medtune.errors import MedtuneError, did_you_mean
@@ -183,3 +184,11 @@ def matching_builtin(source: str | None, bos_token: str = "", eos_token: str = "
                == _render_or_error(template_source(name), m, g, bos_token, eos_token) for m, g in probes):
             return name
     return None
+
+def control_pattern(tokenizer) -> re.Pattern | None:
+    """Return a pattern matching the text of any special (control) token of ``tokenizer``, longest
+    first; None when it has none."""
+    texts = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    texts |= set(tokenizer.all_special_tokens)
+    texts = sorted((t for t in texts if t), key=len, reverse=True)
+    return re.compile("|".join(re.escape(t) for t in texts)) if texts else None
