@@ -59,6 +59,7 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     ``callbacks`` are extra transformers ``TrainerCallback`` objects (progress hooks, tests).
     """
     recipe, out = stage_recipe(cfg.stage), Path(cfg.output)
+    guard_stage_output(cfg)  # before anything is written, and before --overwrite empties the dir
     state = output_state(cfg, out, overwrite)
     if state == "complete":
         lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
@@ -81,6 +82,25 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
         write_log_history(out, trainer.state.log_history)
         write_lineage(cfg, out, setup.files, setup.stats, metrics, started)
     return StageResult(out, metrics, trainer.state.log_history)
+
+
+def stage_inputs(cfg: StageConfig) -> dict:
+    """Return the paths stage ``cfg`` reads, by config key (a hub id or other missing path is no
+    local input)."""
+    return {"model.path": _existing(cfg.model.path), "data.train": cfg.data.train,
+            "reward_model": _existing(cfg.reward_model), "train.deepspeed": cfg.train.deepspeed or None}
+
+
+def guard_stage_output(cfg: StageConfig, inputs: dict | None = None) -> None:
+    """Refuse an output dir equal to, inside or containing one of the stage's inputs (``inputs``,
+    default :func:`stage_inputs`), with ``--overwrite`` too: replacing it would delete them."""
+    from medtune.files import guard_outputs
+
+    guard_outputs({"output": cfg.output}, stage_inputs(cfg) if inputs is None else inputs)
+
+
+def _existing(path: str) -> str | None:
+    return path if path and Path(path).exists() else None
 
 
 def set_up(cfg: StageConfig, recipe) -> StageSetup:
