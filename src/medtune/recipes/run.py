@@ -21,7 +21,9 @@ from medtune.config.stages import packs_rows, stage_recipe, stage_spec
 from medtune.errors import MedtuneError
 from medtune.recipes.run_dir import (
     LINEAGE,
+    check_data_unchanged,
     claim_output,
+    finish_record,
     is_main_process,
     output_state,
     read_log_history,
@@ -64,10 +66,15 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     if state == "complete":
         lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
         return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
+    if state == "finish":  # killed after saving its outputs: the record is finished, nothing retrains
+        lineage = finish_record(out) if is_main_process() else {}
+        return StageResult(out, lineage.get("metrics", {}), read_log_history(out))
+    if state == "resume":
+        check_data_unchanged(out)
     started = time.time()
     setup = set_up(cfg, recipe)
     if is_main_process():  # under torchrun rank 0 owns the output dir
-        claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
+        claim_output(cfg, out, replace=(state == "replace"), files=setup.files)  # once the inputs are known good
     trainer = make_trainer(cfg, recipe, setup, quiet, callbacks)
     resume = resume_point(out) if state == "resume" else None
     train_out = trainer.train(resume_from_checkpoint=resume)
