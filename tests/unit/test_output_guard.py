@@ -5,6 +5,8 @@ base weights)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medtune.config import pipeline_from_dict, stage_from_dict
@@ -56,6 +58,15 @@ def test_train_output_that_is_the_deepspeed_config_or_reward_model_is_refused(tm
     with pytest.raises(MedtuneError, match="is the input reward_model"):
         run_stage(cfg, overwrite=True)
     assert ds.read_text(encoding="utf-8") == "{}"
+
+
+def test_train_output_on_the_base_of_an_adapter_model_path_is_refused(tmp_path):
+    model, data = files(tmp_path)
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}), encoding="utf-8")
+    with pytest.raises(MedtuneError, match="is the input the base of model.path"):
+        run_stage(stage(adapter, data, model), overwrite=True)
 
 
 def test_a_hub_id_is_not_a_local_input(tmp_path):

@@ -93,8 +93,12 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
 
 def stage_inputs(cfg: StageConfig) -> dict:
     """Return the paths stage ``cfg`` reads, by config key (a hub id or other missing path is no
-    local input)."""
-    return {"model.path": _existing(cfg.model.path), "data.train": cfg.data.train,
+    local input); an adapter's base model is one too."""
+    from medtune.models.load import adapter_base, is_adapter_dir
+
+    model = _existing(cfg.model.path)
+    base = _existing(adapter_base(model)) if model and is_adapter_dir(model) else None
+    return {"model.path": model, "the base of model.path": base, "data.train": cfg.data.train,
             "reward_model": _existing(cfg.reward_model), "train.deepspeed": cfg.train.deepspeed or None}
 
 
