@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODEL_CASES = ("merge_", "gguf_", "tokenizer_", "model_", "infer_", "eval_")
+MODEL_CASES = ("merge_", "gguf_", "tokenizer_", "model_", "infer_", "eval_", "train_", "pipeline_")
 
 
 def main() -> int:

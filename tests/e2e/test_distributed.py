@@ -38,6 +38,7 @@ def test_two_processes_equal_one_at_the_same_global_batch(tiny_dir, tmp_path):
                           "--master_port", "29517", "-m", "medtune", "-q", "train",
                           str(write_config(tiny_dir, tmp_path, "two", 2))], capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("[sft] done") == 1, two.stdout  # rank 0 reports, the other rank is quiet
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     start = load_file(str(tiny_dir / "model.safetensors"))
     assert any(not torch.equal(a[k], start[k]) for k in a)

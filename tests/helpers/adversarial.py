@@ -512,6 +512,201 @@ def model_tiny_out_is_text(d, ctx):
     return Setup(["model", "tiny", "-o", str(text), "--text", str(text)], [text])
 
 
+# train and pipeline: outputs aimed at inputs, values torch / peft would take unchecked, resumes --
+
+def _train_yaml(d: Path, model: Path, out: Path, data: Path | None = None, name: str = "run.yaml",
+                **sections) -> Path:
+    import yaml
+
+    cfg = {"stage": "sft", "model": {"path": str(model), "device": "cpu"},
+           "data": {"train": [str(data or good(d, "train.jsonl"))], "max_length": 64},
+           "adapter": {"method": "lora", "rank": 2, "alpha": 4},
+           "train": {"max_steps": 2, "batch_size": 2, "logging_steps": 1}, "output": str(out)}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    (d / name).write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return d / name
+
+
+def _says(text: str):
+    def check(stdout, stderr):
+        return None if text in stderr else f"no '{text}' in: {stderr.strip()[-300:]}"
+    return check
+
+
+NOT_OVER_INPUTS = _says("medtune never writes over its own inputs")
+
+
+@case
+def train_out_is_model_path_overwrite(d, ctx):
+    model = ctx.model(d)
+    data = good(d, "train.jsonl")
+    return Setup(["train", str(_train_yaml(d, model, model, data)), "--overwrite"], [model, data],
+                 check=NOT_OVER_INPUTS)
+
+
+@case
+def train_out_inside_model(d, ctx):
+    model = ctx.model(d)
+    return Setup(["train", str(_train_yaml(d, model, model / "sft")), "--overwrite"], [model],
+                 check=NOT_OVER_INPUTS)
+
+
+@case
+def train_out_contains_data(d, ctx):
+    data = good(d / "data", "train.jsonl")
+    return Setup(["train", str(_train_yaml(d, ctx.tiny, data.parent, data)), "--overwrite"], [data],
+                 check=NOT_OVER_INPUTS)
+
+
+@case
+def train_out_is_deepspeed_config(d, ctx):
+    ds = d / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}', encoding="utf-8")
+    return Setup(["train", str(_train_yaml(d, ctx.tiny, ds, train={"deepspeed": str(ds)})), "--overwrite"],
+                 [ds], check=NOT_OVER_INPUTS)
+
+
+def _pipeline_yaml(d: Path, model: Path, *stages) -> Path:
+    import yaml
+
+    data = good(d, "train.jsonl")
+    cfg = {"base": {"path": str(model), "device": "cpu"}, "output": str(d / "runs"),
+           "stages": [{"stage": "sft", "data": {"train": [str(data)], "max_length": 64},
+                       "train": {"max_steps": 1, "batch_size": 2}, **s} for s in stages]}
+    (d / "pipe.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return d / "pipe.yaml"
+
+
+@case
+def pipeline_stage_out_is_base(d, ctx):
+    model = ctx.model(d)
+    return Setup(["pipeline", str(_pipeline_yaml(d, model, {"name": "a"}, {"name": "b", "output": str(model)})),
+                  "--overwrite"], [model], check=NOT_OVER_INPUTS)
+
+
+@case
+def pipeline_stage_outputs_overlap(d, ctx):
+    model = ctx.model(d)
+    path = _pipeline_yaml(d, model, {"name": "a", "output": str(d / "runs")}, {"name": "b"})
+    return Setup(["pipeline", str(path), "--overwrite"], [model], check=_says("overlap"))
+
+
+def _bad_value(d, ctx, check: str, *overrides, **sections) -> Setup:
+    data = good(d, "train.jsonl")
+    path = _train_yaml(d, ctx.tiny, d / "out", data, **sections)
+    return Setup(["train", str(path), *overrides], [data, d / "out"], check=_says(check))
+
+
+@case
+def train_negative_learning_rate(d, ctx):
+    return _bad_value(d, ctx, "train.learning_rate must be > 0", train={"learning_rate": -1e-3})
+
+
+@case
+def train_nan_epochs(d, ctx):
+    return _bad_value(d, ctx, "train.epochs: expected a finite number", "train.epochs=.nan", "train.max_steps=-1")
+
+
+@case
+def train_zero_epochs(d, ctx):  # exited 0 and wrote a 'finished' run that trained nothing
+    return _bad_value(d, ctx, "nothing would train", train={"epochs": 0, "max_steps": -1})
+
+
+@case
+def train_negative_seed(d, ctx):
+    return _bad_value(d, ctx, "train.seed must be in [0, 4294967295]", train={"seed": -1})
+
+
+@case
+def train_empty_lora_target(d, ctx):
+    return _bad_value(d, ctx, "adapter.target is empty", adapter={"target": []})
+
+
+@case
+def train_unparsable_override(d, ctx):
+    return _bad_value(d, ctx, "override 'train.epochs=[1': the value is not valid YAML", "train.epochs=[1")
+
+
+@case
+def train_override_without_key(d, ctx):
+    return _bad_value(d, ctx, "override '=1'", "=1")
+
+
+@contextlib.contextmanager
+def _killed_at(module, name: str, replacement):
+    """Stand-in for a SIGKILL: ``module.name`` raises (after ``replacement`` ran) while the block runs."""
+    real = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _run_until_killed(path: Path, module, name: str, replacement) -> None:
+    from medtune.config import load_stage_config
+    from medtune.recipes.run import run_stage
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            _killed_at(module, name, replacement), contextlib.suppress(_Killed):
+        run_stage(load_stage_config(path), quiet=True)
+
+
+def _die(*args, **kwargs):
+    raise _Killed
+
+
+def _finished(steps: int):
+    def check(stdout, stderr):
+        if f"{steps} steps" not in stdout:
+            return f"not '{steps} steps' in: {stdout.strip()[-300:]}"
+        return None
+    return check
+
+
+@case
+def train_resume_after_data_edit(d, ctx):
+    import medtune.recipes.run as run
+
+    data = good(d, "train.jsonl")
+    path = _train_yaml(d, ctx.tiny, d / "out", data, train={"max_steps": 4, "save_steps": 1})
+    _run_until_killed(path, run, "save_outputs", _die)
+    jsonl(data, [*GOOD, {"instruction": "新问题", "output": "新回答"}])
+    return Setup(["train", str(path)], [data, d / "out"], check=_says("changed since the interrupted run"))
+
+
+@case
+def train_killed_after_final_checkpoint_trains_no_extra_step(d, ctx):
+    import medtune.recipes.run as run
+
+    # 6 rows at batch 3: 2 steps an epoch; 1.5 epochs = 3 steps, the last checkpoint mid-epoch.
+    path = _train_yaml(d, ctx.tiny, d / "out", train={"max_steps": -1, "epochs": 1.5, "batch_size": 3,
+                                                      "save_steps": 2})
+    _run_until_killed(path, run, "save_outputs", _die)
+    return Setup(["train", str(path)], [d / "train.jsonl"], expect=0, check=_finished(3))
+
+
+@case
+def train_killed_after_checkpoints_removed_finishes_the_record(d, ctx):
+    import shutil
+
+    import medtune.recipes.run_dir as run_dir
+
+    path = _train_yaml(d, ctx.tiny, d / "out", train={"save_steps": 1})
+
+    def drop_then_die(out):
+        shutil.rmtree(out / run_dir.CHECKPOINTS)
+        raise _Killed
+
+    _run_until_killed(path, run_dir, "finish_record", drop_then_die)
+    return Setup(["train", str(path)], [d / "train.jsonl"], expect=0, check=_finished(2))
+
+
 def _questions(d: Path, name: str = "q.jsonl", n: int = 3) -> Path:
     return jsonl(d / name, [{"id": i, "prompt": f"问题{i}"} for i in range(n)])
 

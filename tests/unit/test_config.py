@@ -85,9 +85,85 @@ def test_overrides_parse_yaml_values():
     assert BASE["output"] == "out"  # the input is not mutated
 
 
+@pytest.mark.parametrize("changes,pattern", [
+    ({"train__learning_rate": -1e-3}, r"run.yaml: train.learning_rate must be > 0, got -0.001"),
+    ({"train__learning_rate": 0}, r"train.learning_rate must be > 0"),
+    ({"train__epochs": "nan"}, r"train.epochs: expected a finite number, got 'nan'"),
+    ({"train__epochs": float("nan")}, r"train.epochs: expected a finite number"),
+    ({"train__learning_rate": "inf"}, r"train.learning_rate: expected a finite number"),
+    ({"train__epochs": 0}, r"train.epochs is 0 and train.max_steps is unset: nothing would train"),
+    ({"train__epochs": -1}, r"train.epochs must be >= 0"),
+    ({"train__max_steps": 0}, r"train.max_steps must be -1 \(train.epochs decides\) or > 0, got 0"),
+    ({"train__max_steps": -5}, r"train.max_steps must be >= -1"),
+    ({"train__seed": -1}, r"train.seed must be in \[0, 4294967295\], got -1"),
+    ({"train__seed": 2**32}, r"train.seed must be in \[0, 4294967295\]"),
+    ({"train__warmup_ratio": -0.1}, r"train.warmup_ratio must be >= 0"),
+    ({"train__weight_decay": -0.01}, r"train.weight_decay must be >= 0"),
+    ({"train__max_grad_norm": -1}, r"train.max_grad_norm must be >= 0"),
+    ({"train__save_total_limit": -1}, r"train.save_total_limit must be >= 0"),
+    ({"train__neftune_alpha": -5}, r"train.neftune_alpha must be >= 0"),
+    ({"adapter__rank": 0}, r"adapter.rank must be >= 1, got 0"),
+    ({"adapter__alpha": 0}, r"adapter.alpha must be > 0"),
+    ({"adapter__dropout": 1.0}, r"adapter.dropout must be in \[0, 1\)"),
+    ({"adapter__target": []}, r"adapter.target is empty"),
+    ({"adapter__method": "prefix", "adapter__num_virtual_tokens": 0}, r"adapter.num_virtual_tokens must be >= 1"),
+    ({"data__eval_split": -0.1}, r"data.eval_split must be in \[0, 1\)"),
+    ({"data__max_length": 4}, r"data.max_length must be >= 8"),
+    ({"data__workers": -2}, r"data.workers must be >= 0"),
+    ({"stage": "grpo", "rl__temperature": 0}, r"rl.temperature must be > 0"),
+    ({"stage": "grpo", "rl__max_new_tokens": 0}, r"rl.max_new_tokens must be >= 1"),
+    ({"stage": "grpo", "rl__num_generations": 1}, r"rl.num_generations must be >= 2"),
+    ({"stage": "grpo", "rl__beta": -0.1}, r"rl.beta must be >= 0"),
+    ({"stage": "grpo", "rl__reward_weights": [1, float("inf")]}, r"rl.reward_weights\[1\]: expected a finite number"),
+    ({"stage": "dpo", "preference__beta": -0.1}, r"preference.beta must be >= 0"),
+    ({"stage": "simpo", "preference__simpo_gamma": -1}, r"preference.simpo_gamma must be >= 0"),
+    ({"stage": "kto", "preference__desirable_weight": 0}, r"preference.desirable_weight must be > 0"),
+    ({"stage": "kto", "preference__undesirable_weight": "nan"}, r"undesirable_weight: expected a finite number"),
+])
+def test_numbers_out_of_range_are_refused_before_anything_loads(changes, pattern):
+    with pytest.raises(MedtuneError, match=pattern):
+        make(**changes)
+
+
+def test_epochs_zero_is_allowed_when_max_steps_decides():
+    assert make(train__epochs=0, train__max_steps=3).train.max_steps == 3
+
+
+def test_every_numeric_field_declares_its_range():
+    import dataclasses
+    import typing
+
+    from medtune.config import schema
+
+    for cls in (schema.DataConfig, schema.AdapterConfig, schema.TrainConfig, schema.PreferenceConfig,
+                schema.RLConfig, schema.VocabStep):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float) and "choices" not in f.metadata:
+                assert "range" in f.metadata, f"{cls.__name__}.{f.name} has no range"
+
+
 def test_override_without_equals():
     with pytest.raises(MedtuneError, match="expected key=value"):
         apply_overrides(BASE, ["train.epochs"])
+
+
+@pytest.mark.parametrize("item,pattern", [
+    ("=1", r"override '=1': expected key=value with a key"),
+    ("train..epochs=1", r"override 'train..epochs=1': expected key=value with a key"),
+    ("train.=1", r"override 'train.=1'"),
+    ("train.epochs=[1", r"override 'train.epochs=\[1': the value is not valid YAML"),
+    ("data.train={a: [}", r"override 'data.train=\{a: \[\}': the value is not valid YAML"),
+])
+def test_unparsable_override_is_one_line_naming_it(item, pattern):
+    with pytest.raises(MedtuneError, match=pattern) as info:
+        apply_overrides(BASE, [item])
+    assert "\n" not in str(info.value)
+
+
+def test_empty_override_value_of_a_number_names_the_key():
+    with pytest.raises(MedtuneError, match=r"train.epochs: expected float, got ''"):
+        stage_from_dict(apply_overrides(BASE, ["train.epochs="]), "run.yaml")
 
 
 def test_load_yaml_file_errors(tmp_path):

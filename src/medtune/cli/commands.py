@@ -13,8 +13,13 @@ import sys
 
 
 def configure_logging(quiet: bool, verbose: bool) -> None:
-    """Set medtune's log level and silence library chatter unless ``verbose``."""
+    """Set medtune's log level and silence library chatter unless ``verbose``; under torchrun only
+    rank 0 reports (the other ranks log errors only)."""
+    from medtune.recipes.run_dir import is_main_process
+
     logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format="%(message)s")
+    if not is_main_process():
+        logging.getLogger("medtune").setLevel(logging.ERROR)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if not verbose:
         import warnings
@@ -32,6 +37,12 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
 
 
 def _print_result(name: str, result) -> None:
+    """Print a stage's outcome in one line, from rank 0 only (every rank of a torchrun launch
+    returns a result; only rank 0's is the one saved)."""
+    from medtune.recipes.run_dir import is_main_process
+
+    if not is_main_process():
+        return
     m = result.metrics
     if result.skipped:
         print(f"[{name}] {result.output} already holds this finished run; skipped")
@@ -61,11 +72,13 @@ def cmd_train(args) -> int:
 def cmd_pipeline(args) -> int:
     from medtune.config import load_pipeline_config
     from medtune.recipes.pipeline import run_pipeline
+    from medtune.recipes.run_dir import is_main_process
 
     stages = load_pipeline_config(args.config, args.overrides)
     _quiet_datasets(args.quiet)
+    silent = args.quiet or not is_main_process()
     results = run_pipeline(stages, overwrite=args.overwrite, quiet=args.quiet,
-                           report=(lambda line: None) if args.quiet else print)
+                           report=(lambda line: None) if silent else print)
     for cfg, result in zip(stages, results):
         _print_result(cfg.name, result)
     return 0

@@ -51,12 +51,28 @@ def apply_overrides(data: dict, overrides) -> dict:
     """
     data = copy.deepcopy(data)
     for item in overrides or []:
-        if "=" not in item:
-            raise MedtuneError(f"override '{item}': expected key=value, e.g. train.epochs=1")
-        dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        _set(data, dotted.strip().split("."), value, dotted)
+        dotted, value = parse_override(item)
+        _set(data, dotted.split("."), value, dotted)
     return data
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """Return ``(dotted key, value parsed as YAML)`` of one ``a.b=value``; a one-line error naming
+    the override when it has no key, an empty key part or a value YAML cannot read."""
+    if "=" not in item:
+        raise MedtuneError(f"override '{item}': expected key=value, e.g. train.epochs=1")
+    dotted, raw = item.split("=", 1)
+    dotted = dotted.strip()
+    if not dotted or not all(part.strip() for part in dotted.split(".")):
+        raise MedtuneError(f"override '{item}': expected key=value with a key such as train.epochs "
+                           "(no empty part before '=' or between dots)")
+    if not raw.strip():
+        return dotted, ""
+    try:
+        return dotted, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MedtuneError(f"override '{item}': the value is not valid YAML ({reason})") from None
 
 
 def _set(node, keys: list[str], value, dotted: str) -> None:

@@ -88,6 +88,8 @@ def section_table(prefix: str, cls) -> list[str]:
         kind = type_name(hints[f.name])
         if f.metadata.get("choices"):
             kind = " \\| ".join(str(c) for c in f.metadata["choices"])
+        if f.metadata.get("range"):
+            kind += f" ({f.metadata['range'].text()})"
         note = notes.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{key}` | {kind} | `{default_text(f)}` | {applies_to(prefix, f.name)} | {note} |")
     return rows

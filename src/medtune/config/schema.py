@@ -13,6 +13,7 @@ Unknown or misspelled keys are errors with a suggestion; values are coerced to t
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -37,6 +38,47 @@ def _choices(*values):
     return {"choices": values}
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts (NaN and inf are refused for every float field)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: ``low`` itself is refused
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
+
+    def text(self) -> str:
+        """``> 0``, ``>= 1`` or ``in [0, 1)``, as the config reference and the errors write it."""
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number_text(x) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else f"{x}"
+
+
+def _at_least(low):
+    return {"range": Range(low)}
+
+
+def _above(low):
+    return {"range": Range(low, low_open=True)}
+
+
+def _within(low, high, high_open=False):
+    return {"range": Range(low, high, high_open=high_open)}
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds, which transformers.set_seed also sets
+
+
 @dataclass
 class ModelConfig:
     path: str = ""  # local dir or hub id
@@ -59,8 +101,8 @@ class DataConfig:
     # entry is one curriculum bucket; records are streamed to disk, never all held in memory
     train: list[str] = field(default_factory=list)
     format: str = "auto"  # alpaca|sharegpt|messages|text|preference; auto-detected per file
-    eval_split: float = 0.0  # fraction held out for eval loss (0 = none)
-    max_length: int = 1024  # tokens per sample (pt: block size)
+    eval_split: float = field(default=0.0, metadata=_within(0, 1, high_open=True))  # fraction held out for eval loss (0 = none)
+    max_length: int = field(default=1024, metadata=_at_least(8))  # tokens per sample (pt: block size)
     # sft: truncate keeps the start of a long sample; pt: truncate splits a long document into
     # blocks (nothing lost). skip drops it. Both are counted in lineage.json.
     overlength: str = field(default="truncate", metadata=_choices("truncate", "skip"))
@@ -75,7 +117,7 @@ class DataConfig:
     reasoning: str = field(default="learn", metadata=_choices("learn", "mask", "drop"))  # traces: learned, context only, or removed
     # Processes that tokenize (0: one per core for data over one shard of 20k records; 1: this
     # process only). The result is the same for any value.
-    workers: int = 0
+    workers: int = field(default=0, metadata=_at_least(0))
 
 
 @dataclass
@@ -84,9 +126,9 @@ class AdapterConfig:
     # lora / dora: low-rank adapters (dora adds a magnitude vector, ~20% slower); qlora: lora on a
     # 4/8-bit base (GPU only); prefix: P-Tuning v2 prefix tuning (learned past key/values).
     method: str = "lora"
-    rank: int = 8  # lora: rank of the update (higher: more capacity and memory)
-    alpha: int = 16  # lora: scale of the update (alpha/rank)
-    dropout: float = 0.0  # lora: dropout on the adapter input (0: none)
+    rank: int = field(default=8, metadata=_at_least(1))  # lora: rank of the update (higher: more capacity and memory)
+    alpha: int = field(default=16, metadata=_above(0))  # lora: scale of the update (alpha/rank)
+    dropout: float = field(default=0.0, metadata=_within(0, 1, high_open=True))  # lora: dropout on the adapter input (0: none)
     target: list[str] = field(default_factory=lambda: ["all"])  # all = every linear layer but lm_head
     rslora: bool = False  # true: scale by alpha/sqrt(rank) instead of alpha/rank (steadier at high rank)
     # Trained and saved in full next to the adapter, e.g. [embed_tokens, lm_head] after vocab growth.
@@ -95,32 +137,35 @@ class AdapterConfig:
     # false: merge that adapter into its base and start a fresh one.
     incremental: bool = False
     bits: int = field(default=4, metadata=_choices(4, 8))  # qlora: 4 (nf4, double quant) or 8
-    trainable_layers: int = 2  # freeze: the last N decoder layers train
+    trainable_layers: int = field(default=2, metadata=_at_least(0))  # freeze: the last N decoder layers train
     trainable_modules: list[str] = field(default_factory=list)  # freeze: names (substrings) that train too
-    num_virtual_tokens: int = 16  # prefix: learned prefix length (ChatGLM P-Tuning v2 used 128)
+    num_virtual_tokens: int = field(default=16, metadata=_at_least(1))  # prefix: learned prefix length (ChatGLM P-Tuning v2 used 128)
     prefix_projection: bool = False  # prefix: MLP reparameterisation (more parameters, steadier)
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0  # passes over the data (fractions allowed)
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2.0e-4  # peak learning rate (lora ~1e-4..5e-4; full fine-tuning ~1e-5..1e-4)
+    # passes over the data (fractions allowed); 0 only with train.max_steps > 0
+    epochs: float = field(default=3.0, metadata=_at_least(0))
+    max_steps: int = field(default=-1, metadata=_at_least(-1))  # -1: train.epochs decides; > 0 overrides it
+    # peak learning rate (lora ~1e-4..5e-4; full fine-tuning ~1e-5..1e-4)
+    learning_rate: float = field(default=2.0e-4, metadata=_above(0))
     lr_scheduler: str = field(  # learning-rate shape after warmup
         default="cosine", metadata=_choices("linear", "cosine", "constant", "constant_with_warmup")
     )
-    warmup_ratio: float = 0.0  # < 1: share of steps warming up; >= 1: a step count
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    batch_size: int = 8  # samples per device per step (memory grows with it)
-    grad_accum: int = 1  # steps summed per update: effective batch = batch_size x grad_accum
-    max_grad_norm: float = 1.0  # gradient clipping (0: off)
+    warmup_ratio: float = field(default=0.0, metadata=_at_least(0))  # < 1: share of steps warming up; >= 1: a step count
+    weight_decay: float = field(default=0.0, metadata=_at_least(0))  # AdamW decoupled weight decay
+    batch_size: int = field(default=8, metadata=_at_least(1))  # samples per device per step (memory grows with it)
+    grad_accum: int = field(default=1, metadata=_at_least(1))  # steps summed per update: effective batch = batch_size x grad_accum
+    max_grad_norm: float = field(default=1.0, metadata=_at_least(0))  # gradient clipping (0: off)
     group_by_length: bool = True  # true: batches of similar length, less padding (faster)
     gradient_checkpointing: bool = False  # true: less memory, ~30% slower
-    logging_steps: int = 10  # log losses every N updates
-    save_steps: int = 0  # 0: checkpoint once per epoch; -1: never (no resume, less disk I/O)
-    save_total_limit: int = 2  # checkpoints kept while training (removed when the run finishes)
-    seed: int = 42  # seeds data order, adapter init and sampling: same config, same run
-    neftune_alpha: float = 0.0  # > 0: NEFTune noise on input embeddings while training (e.g. 5)
+    logging_steps: int = field(default=10, metadata=_at_least(1))  # log losses every N updates
+    save_steps: int = field(default=0, metadata=_at_least(-1))  # 0: checkpoint once per epoch; -1: never (no resume, less disk I/O)
+    # checkpoints kept while training (0: all); removed when the run finishes
+    save_total_limit: int = field(default=2, metadata=_at_least(0))
+    seed: int = field(default=42, metadata=_within(0, SEED_MAX))  # seeds data order, adapter init and sampling: same config, same run
+    neftune_alpha: float = field(default=0.0, metadata=_at_least(0))  # > 0: NEFTune noise on input embeddings while training (e.g. 5)
     deepspeed: str = ""  # path to a DeepSpeed JSON config (ZeRO-2/3); GPU + deepspeed package only
     fsdp: str = ""  # e.g. "full_shard auto_wrap": PyTorch FSDP under torchrun/accelerate; GPU only
     liger_kernel: bool = False  # true: Liger's fused Triton kernels: less memory, faster; CUDA + liger-kernel
@@ -134,25 +179,25 @@ class TrainConfig:
 class PreferenceConfig:
     """Offline preference stages: rm, dpo, orpo, simpo, kto."""
 
-    beta: float = 0.0  # 0: the stage's default (dpo/kto 0.1, orpo 0.1 as lambda, simpo 2.0)
+    beta: float = field(default=0.0, metadata=_at_least(0))  # 0: the stage's default (dpo/kto 0.1, orpo 0.1 as lambda, simpo 2.0)
     loss: str = field(default="sigmoid", metadata=_choices("sigmoid", "ipo", "hinge"))  # dpo only
-    label_smoothing: float = 0.0  # dpo sigmoid: assumed share of flipped labels (conservative DPO)
+    label_smoothing: float = field(default=0.0, metadata=_within(0, 0.5, high_open=True))  # dpo sigmoid: assumed share of flipped labels (conservative DPO)
     # dpo/kto reference log-probs: precomputed (one pass before training, no reference model in
     # memory) or live (reference forward every step). Same loss either way.
     reference: str = field(default="precomputed", metadata=_choices("precomputed", "live"))
-    simpo_gamma: float = 0.5  # simpo: target reward margin
-    desirable_weight: float = 1.0  # kto: weight of desirable (label true) examples
-    undesirable_weight: float = 1.0  # kto: weight of undesirable examples
+    simpo_gamma: float = field(default=0.5, metadata=_at_least(0))  # simpo: target reward margin
+    desirable_weight: float = field(default=1.0, metadata=_above(0))  # kto: weight of desirable (label true) examples
+    undesirable_weight: float = field(default=1.0, metadata=_above(0))  # kto: weight of undesirable examples
 
 
 @dataclass
 class RLConfig:
     """Online RL stages: grpo, rloo (generate, score, update)."""
 
-    num_generations: int = 4  # completions sampled per prompt (the group)
-    max_new_tokens: int = 64  # longest sampled completion
-    temperature: float = 1.0  # sampling temperature of the completions (1: the model's distribution)
-    beta: float = 0.0  # KL penalty against the starting model (0: no reference model kept)
+    num_generations: int = field(default=4, metadata=_at_least(2))  # completions sampled per prompt (the group the advantages compare)
+    max_new_tokens: int = field(default=64, metadata=_at_least(1))  # longest sampled completion
+    temperature: float = field(default=1.0, metadata=_above(0))  # sampling temperature of the completions (1: the model's distribution)
+    beta: float = field(default=0.0, metadata=_at_least(0))  # KL penalty against the starting model (0: no reference model kept)
     # Built-in names (see medtune.recipes.rewards) or "package.module:function" from your own code.
     reward_functions: list[str] = field(default_factory=list)
     reward_weights: list[float] = field(default_factory=list)  # one per reward (model first); default 1
@@ -184,9 +229,9 @@ class VocabStep:
     """A pipeline's optional first step: grow the base vocabulary with domain tokens (Ziya TCM)."""
 
     corpus: list[str] = field(default_factory=list)  # domain text files the new tokens are learned from
-    add: int = 0  # at most this many tokens are added
-    min_freq: int = 5  # candidates seen fewer times are ignored
-    max_chars: int = 4  # longest candidate token, in characters
+    add: int = field(default=0, metadata=_at_least(1))  # at most this many tokens are added
+    min_freq: int = field(default=5, metadata=_at_least(1))  # candidates seen fewer times are ignored
+    max_chars: int = field(default=4, metadata=_at_least(1))  # longest candidate token, in characters
     base: str = ""  # filled by the pipeline: the model whose vocabulary grows
     output: str = ""  # filled by the pipeline: <output>/vocab
 
@@ -215,6 +260,8 @@ def _coerce(value, tp, key: str, src: str):
             number = float(value) if tp is float else int(str(value))
         except (TypeError, ValueError):
             raise MedtuneError(f"{src}: {key}: expected {tp.__name__}, got {value!r}") from None
+        if not math.isfinite(number):  # NaN compares false to every bound: refuse it here
+            raise MedtuneError(f"{src}: {key}: expected a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, bool):  # YAML true/false for a tri-state such as data.packing
@@ -246,6 +293,9 @@ def build(cls, data, src: str, prefix: str = ""):
         choices = fields[name].metadata.get("choices")
         if choices and kwargs[name] not in choices:
             raise MedtuneError(f"{src}: {dotted}: '{value}' is not allowed" + did_you_mean(value, choices))
+        bounds = fields[name].metadata.get("range")
+        if bounds and not bounds.holds(kwargs[name]):
+            raise MedtuneError(f"{src}: {dotted} must be {bounds.text()}, got {kwargs[name]}")
     return cls(**kwargs)
 
 
@@ -296,20 +346,14 @@ def _check_refused(cfg: StageConfig, spec, src: str) -> None:
 
 
 def _check_values(cfg: StageConfig, src: str) -> None:
-    """Refuse numbers out of range and options that exclude each other."""
-    if not 0.0 <= cfg.data.eval_split < 1.0:
-        raise MedtuneError(f"{src}: data.eval_split must be in [0, 1), got {cfg.data.eval_split}")
-    for key in ("batch_size", "grad_accum", "logging_steps"):
-        if getattr(cfg.train, key) < 1:
-            raise MedtuneError(f"{src}: train.{key} must be >= 1")
-    if cfg.train.save_steps < -1:
-        raise MedtuneError(f"{src}: train.save_steps must be -1 (never), 0 (each epoch) or a step count")
-    if cfg.data.workers < 0:
-        raise MedtuneError(f"{src}: data.workers must be >= 0 (0 = one per core), got {cfg.data.workers}")
-    if cfg.data.max_length < 8:
-        raise MedtuneError(f"{src}: data.max_length must be >= 8")
-    if cfg.train.neftune_alpha < 0:
-        raise MedtuneError(f"{src}: train.neftune_alpha must be >= 0 (0 turns NEFTune off)")
+    """Refuse numbers a single field's range cannot (those are checked in :func:`build`) and
+    options that exclude each other."""
+    t = cfg.train
+    if t.max_steps == 0:
+        raise MedtuneError(f"{src}: train.max_steps must be -1 (train.epochs decides) or > 0, got 0")
+    if t.epochs == 0 and t.max_steps < 0:
+        raise MedtuneError(f"{src}: train.epochs is 0 and train.max_steps is unset: nothing would train "
+                           "(set train.epochs > 0 or train.max_steps > 0)")
     if cfg.train.deepspeed and cfg.train.fsdp:
         raise MedtuneError(f"{src}: train.deepspeed and train.fsdp exclude each other; pick one")
     if cfg.data.curriculum != "none" and cfg.data.packing == "true":
@@ -328,14 +372,11 @@ def _check_adapter(a: AdapterConfig, src: str) -> None:
     for f in dataclasses.fields(a):
         if f.name != "method" and f.name not in METHOD_OPTIONS[a.method] and changed(a, f.name):
             raise MedtuneError(f"{src}: adapter.{f.name} does not apply to method {a.method}")
-    if a.method in LORA_METHODS and (a.rank < 1 or a.alpha <= 0):
-        raise MedtuneError(f"{src}: adapter.rank must be >= 1 and adapter.alpha > 0")
-    if not 0.0 <= a.dropout < 1.0:
-        raise MedtuneError(f"{src}: adapter.dropout must be in [0, 1)")
+    if a.method in LORA_METHODS and not [t for t in a.target if t.strip()]:
+        raise MedtuneError(f"{src}: adapter.target is empty: name the modules the adapter trains "
+                           "(all: every linear layer but lm_head)")
     if a.method == "freeze" and a.trainable_layers < 1 and not a.trainable_modules:
         raise MedtuneError(f"{src}: adapter.trainable_layers is 0 and no trainable_modules: nothing would train")
-    if a.method == "prefix" and a.num_virtual_tokens < 1:
-        raise MedtuneError(f"{src}: adapter.num_virtual_tokens must be >= 1")
 
 
 def _check_speed_knobs(cfg: StageConfig, src: str) -> None:
@@ -372,10 +413,5 @@ def _check_sections(cfg: StageConfig, spec, src: str) -> None:
         for f in dataclasses.fields(section):
             if name not in spec.sections and changed(section, f.name):
                 raise MedtuneError(f"{src}: {name}.{f.name} does not apply to stage {cfg.stage}")
-    p = cfg.preference
-    if not 0.0 <= p.label_smoothing < 0.5:
-        raise MedtuneError(f"{src}: preference.label_smoothing must be in [0, 0.5)")
-    if p.beta < 0:
-        raise MedtuneError(f"{src}: preference.beta must be >= 0 (0: the stage's default)")
     if cfg.reward_model and "reward_model" not in spec.sections:
         raise MedtuneError(f"{src}: reward_model applies to {' and '.join(stages_reading('reward_model'))}")

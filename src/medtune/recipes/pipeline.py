@@ -21,9 +21,10 @@ log = logging.getLogger("medtune")
 def validate_pipeline(stages: list[StageConfig]) -> None:
     """Raise a one-line error for the first problem in any stage, before anything trains.
 
-    Checks each stage's data files (format, shape, every record), that a model path which is not
-    an earlier stage's output exists, reward model dirs, and that each adapter method fits the
-    base architecture (on a weightless meta-device copy of the model).
+    Checks that no output overlaps an input or another output, each stage's data files (format,
+    shape, every record), that a model path which is not an earlier stage's output exists, reward
+    model dirs, and that each adapter method fits the base architecture (on a weightless
+    meta-device copy of the model).
     """
     from medtune.recipes.run import read_stage_data
 
@@ -31,6 +32,8 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
     vocab = getattr(stages, "vocab", None)
     if vocab:
         outputs.add(str(Path(vocab.output)))
+    guard_pipeline_outputs(stages)
+    if vocab:
         _prefixed("vocab", _check_model, vocab.base)
         for path in vocab.corpus:
             if not Path(path).is_file():
@@ -49,6 +52,43 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
 
             _prefixed(where, reward_function, spec)
     _check_adapters(stages, outputs)
+
+
+def guard_pipeline_outputs(stages: list[StageConfig]) -> None:
+    """Refuse a stage output that equals, lies inside or contains any input of the pipeline (the
+    base model, every stage's data, reward model and DeepSpeed config, the vocab corpus) or
+    another stage's output (a model.path or reward_model that is an earlier stage's output is
+    no input)."""
+    import itertools
+    import os
+
+    from medtune.recipes.run import guard_stage_output, stage_inputs
+
+    inputs: dict[str, list] = {}
+    vocab = getattr(stages, "vocab", None)
+    earlier = set()  # outputs written before the stage at hand: what it reads from them is no input
+    if vocab:
+        inputs = {"vocab base": [vocab.base] if Path(vocab.base).exists() else [], "vocab corpus": list(vocab.corpus)}
+        earlier.add(str(Path(vocab.output)))
+    for cfg in stages:
+        for key, paths in stage_inputs(cfg).items():
+            paths = [p for p in ([paths] if isinstance(paths, str) else paths or []) if p]
+            inputs.setdefault(key, []).extend(p for p in paths if str(Path(p)) not in earlier)
+        earlier.add(str(Path(cfg.output)))
+    written = [(f"stage {c.name or c.stage}", c.output) for c in stages]
+    if vocab:
+        written.append(("vocab", vocab.output))
+    for (a, out_a), (b, out_b) in itertools.combinations(written, 2):
+        real_a, real_b = Path(os.path.realpath(out_a)), Path(os.path.realpath(out_b))
+        if real_a == real_b or real_a.is_relative_to(real_b) or real_b.is_relative_to(real_a):
+            raise MedtuneError(f"{a} output '{out_a}' and {b} output '{out_b}' overlap; "
+                               "give each stage its own output dir")
+    for cfg in stages:
+        _prefixed(f"stage {cfg.name or cfg.stage}", guard_stage_output, cfg, inputs)
+    if vocab:
+        from medtune.files import guard_outputs
+
+        _prefixed("vocab", guard_outputs, {"output": vocab.output}, inputs)
 
 
 def _prefixed(where: str, check, *args) -> None:

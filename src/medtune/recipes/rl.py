@@ -212,8 +212,6 @@ class RLRecipe(Recipe):
         n_rewards = int(bool(cfg.reward_model)) + len(r.reward_functions)
         if r.reward_weights and len(r.reward_weights) != n_rewards:
             raise MedtuneError(f"{src}: rl.reward_weights has {len(r.reward_weights)} weights for {n_rewards} rewards")
-        if r.num_generations < 2:
-            raise MedtuneError(f"{src}: rl.num_generations must be >= 2 (advantages compare a group)")
         if (cfg.train.batch_size * cfg.train.grad_accum) % r.num_generations:
             raise MedtuneError(f"{src}: train.batch_size x train.grad_accum must be a multiple of rl.num_generations")
 

@@ -21,7 +21,9 @@ from medtune.config.stages import packs_rows, stage_recipe, stage_spec
 from medtune.errors import MedtuneError
 from medtune.recipes.run_dir import (
     LINEAGE,
+    check_data_unchanged,
     claim_output,
+    finish_record,
     is_main_process,
     output_state,
     read_log_history,
@@ -60,14 +62,20 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
     ``callbacks`` are extra transformers ``TrainerCallback`` objects (progress hooks, tests).
     """
     recipe, out = stage_recipe(cfg.stage), Path(cfg.output)
+    guard_stage_output(cfg)  # before anything is written, and before --overwrite empties the dir
     state = output_state(cfg, out, overwrite)
     if state == "complete":
         lineage = json.loads((out / LINEAGE).read_text(encoding="utf-8"))
         return StageResult(out, lineage.get("metrics", {}), read_log_history(out), skipped=True)
+    if state == "finish":  # killed after saving its outputs: the record is finished, nothing retrains
+        lineage = finish_record(out) if is_main_process() else {}
+        return StageResult(out, lineage.get("metrics", {}), read_log_history(out))
+    if state == "resume":
+        check_data_unchanged(out)
     started = time.time()
     setup = set_up(cfg, recipe)
     if is_main_process():  # under torchrun rank 0 owns the output dir
-        claim_output(cfg, out, replace=(state == "replace"))  # only once the inputs are known good
+        claim_output(cfg, out, replace=(state == "replace"), files=setup.files)  # once the inputs are known good
     trainer = make_trainer(cfg, recipe, setup, quiet, callbacks)
     resume = resume_point(out) if state == "resume" else None
     train_out = trainer.train(resume_from_checkpoint=resume)
@@ -83,6 +91,29 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
         save_loss_plot(out, cfg.stage, trainer.state.log_history)
         write_lineage(cfg, out, setup.files, setup.stats, metrics, started)
     return StageResult(out, metrics, trainer.state.log_history)
+
+
+def stage_inputs(cfg: StageConfig) -> dict:
+    """Return the paths stage ``cfg`` reads, by config key (a hub id or other missing path is no
+    local input); an adapter's base model is one too."""
+    from medtune.models.load import adapter_base, is_adapter_dir
+
+    model = _existing(cfg.model.path)
+    base = _existing(adapter_base(model)) if model and is_adapter_dir(model) else None
+    return {"model.path": model, "the base of model.path": base, "data.train": cfg.data.train,
+            "reward_model": _existing(cfg.reward_model), "train.deepspeed": cfg.train.deepspeed or None}
+
+
+def guard_stage_output(cfg: StageConfig, inputs: dict | None = None) -> None:
+    """Refuse an output dir equal to, inside or containing one of the stage's inputs (``inputs``,
+    default :func:`stage_inputs`), with ``--overwrite`` too: replacing it would delete them."""
+    from medtune.files import guard_outputs
+
+    guard_outputs({"output": cfg.output}, stage_inputs(cfg) if inputs is None else inputs)
+
+
+def _existing(path: str) -> str | None:
+    return path if path and Path(path).exists() else None
 
 
 def set_up(cfg: StageConfig, recipe) -> StageSetup:

@@ -1,9 +1,19 @@
 """A stage's output dir: whether it is new, finished or resumable, and the lineage that marks it done.
 
-A dir holds a run once it has checkpoints or a ``lineage.json``; the lineage is written last, so its
-presence means the run finished. Example::
+A dir holds a run once it has checkpoints or a lineage (pending or final). The writes of a run are
+ordered so that a kill at any point leaves a state the next run with the same config handles
+without ``--overwrite``:
 
-    state = output_state(cfg, Path(cfg.output), overwrite=False)   # new / replace / resume / complete
+1. ``config.yaml`` and ``run_state.json`` (the data files' sha256) when the dir is claimed;
+2. checkpoints while training (each marked complete after its files): a kill -> ``resume``;
+3. the weights, tokenizer and ``log_history.json``: a kill -> ``resume`` from the last checkpoint
+   (which, when it is the final one, trains no further step);
+4. ``lineage.pending.json``, then the checkpoints are removed, then it is renamed ``lineage.json``:
+   a kill in between -> ``finish`` (nothing retrains; the record is completed).
+
+Example::
+
+    state = output_state(cfg, Path(cfg.output), overwrite=False)  # new / replace / resume / finish / complete
     resume = resume_point(Path(cfg.output)) if state == "resume" else None
 """
 
@@ -21,43 +31,82 @@ from medtune.config.loader import read_yaml
 from medtune.errors import MedtuneError
 
 LINEAGE = "lineage.json"
+PENDING = "lineage.pending.json"  # the lineage, written before the checkpoints are removed
+RUN_STATE = "run_state.json"  # the data files' sha256, written when the dir is claimed
 CHECKPOINTS = "checkpoints"
 COMPLETE = "medtune-complete"  # written into a checkpoint after all its files
 TENSORBOARD = "tensorboard"  # event files of train.report_to: tensorboard
 LOSS_PLOT = "loss.png"
 log = logging.getLogger("medtune")
-def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
-    """Return ``new``, ``replace``, ``resume`` or ``complete``; refuse a dir holding another run.
 
-    A dir holds a run once it has checkpoints or a lineage; a config alone (a run that failed
-    before training) does not count. Nothing is written here.
+
+def output_state(cfg: StageConfig, out: Path, overwrite: bool) -> str:
+    """Return ``new``, ``replace``, ``resume``, ``finish`` or ``complete``; refuse a dir holding
+    another run.
+
+    A dir holds a run once it has checkpoints or a lineage (pending or final); a config alone (a
+    run that failed before training) does not count, nor do the leftovers of a run of this same
+    config that never checkpointed. Nothing is written here.
     """
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"output '{out}' exists and is not a directory")
-    holds_run = (out / LINEAGE).is_file() or (out / CHECKPOINTS).is_dir()
+    holds_run = any((out / name).exists() for name in (LINEAGE, PENDING, CHECKPOINTS))
     if not holds_run:
-        # a run that failed before its first checkpoint leaves its config and event files only
-        others = [p.name for p in out.iterdir() if p.name not in ("config.yaml", TENSORBOARD)] if out.exists() else []
-        if others and not overwrite:
+        # a run that failed before its first checkpoint leaves its config, state and event files only
+        leftovers = ("config.yaml", RUN_STATE, TENSORBOARD)
+        others = [p.name for p in out.iterdir() if p.name not in leftovers] if out.exists() else []
+        if others and not overwrite and not (_same_config(cfg, out) and (out / RUN_STATE).is_file()):
             raise MedtuneError(f"output '{out}' holds other files ({others[0]}, …); choose an empty "
                                "dir or pass --overwrite to replace it")
         return "replace" if out.exists() else "new"
     if overwrite:
         return "replace"
-    saved = out / "config.yaml"
-    if not (saved.is_file() and read_yaml(saved) == cfg.to_dict()):
+    if not _same_config(cfg, out):
         raise MedtuneError(
             f"output '{out}' already holds a different run; choose another output or pass --overwrite"
         )
-    return "complete" if (out / LINEAGE).is_file() else "resume"
+    if (out / LINEAGE).is_file():
+        return "complete"
+    return "finish" if (out / PENDING).is_file() else "resume"
 
 
-def claim_output(cfg: StageConfig, out: Path, replace: bool) -> None:
-    """Create ``out`` (emptied first when replacing) and write the resolved config into it."""
+def _same_config(cfg: StageConfig, out: Path) -> bool:
+    saved = out / "config.yaml"
+    return saved.is_file() and read_yaml(saved) == cfg.to_dict()
+
+
+def claim_output(cfg: StageConfig, out: Path, replace: bool, files=()) -> None:
+    """Create ``out`` (emptied first when replacing) and write the resolved config into it, with
+    the sha256 of each data file (``files``: read data, ``.path`` / ``.sha256``) that a resumed
+    run checks."""
     if replace:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    # plain files are re-hashed on resume; a save_to_disk folder or an hf id keeps its
+    # fingerprint / revision in lineage.json instead
+    state = {"data": {f.path: f.sha256 for f in files if getattr(f, "kind", "file") == "file"}}
+    (out / RUN_STATE).write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def check_data_unchanged(out: Path) -> None:
+    """Refuse to resume the run in ``out`` when a data file it started on is gone or changed
+    (a run claimed before data hashes were recorded is not checked)."""
+    from medtune.data.readers.files import file_sha256
+
+    path = out / RUN_STATE
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("data", {})
+    for name, digest in recorded.items():
+        if not Path(name).is_file():
+            why = "is gone"
+        elif file_sha256(name) != digest:
+            why = "changed"
+        else:
+            continue
+        raise MedtuneError(f"{name}: {why} since the interrupted run in '{out}' started; restore it, "
+                           "or pass --overwrite to train from scratch on the data as it is now")
 
 
 def is_main_process() -> bool:
@@ -114,7 +163,8 @@ def library_versions() -> dict:
 
 
 def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, started: float) -> None:
-    """Write ``lineage.json`` last: its presence marks a finished run."""
+    """Write ``lineage.json`` last, through a pending copy written before the checkpoints are
+    removed (:func:`finish_record`): its presence marks a finished run."""
     lineage = {
         "stage": cfg.stage,
         "parent_model": cfg.model.path,
@@ -131,9 +181,18 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
         "wall_time_s": round(time.time() - started, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = out / (LINEAGE + ".tmp")
+    tmp = out / (PENDING + ".tmp")
     tmp.write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / LINEAGE)
+    tmp.replace(out / PENDING)
+    finish_record(out)
+
+
+def finish_record(out: Path) -> dict:
+    """Remove the checkpoints of the run in ``out``, then turn its pending lineage into
+    ``lineage.json`` (the run is finished); return the lineage. Safe to repeat after a kill."""
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # resumable state is not needed once done
+    (out / PENDING).replace(out / LINEAGE)
+    return json.loads((out / LINEAGE).read_text(encoding="utf-8"))
 
 
 def _lineage_input(f) -> dict:

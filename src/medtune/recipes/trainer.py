@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from medtune.config import StageConfig
@@ -49,6 +48,14 @@ class GuardMixin:
                 "Lower train.learning_rate or check the data for empty or corrupt samples"
             )
         return loss
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the final checkpoint of a partial last epoch, transformers would train one
+        # step more than asked before it checks max_steps: there is nothing left to train.
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -174,13 +181,16 @@ def quiet_trainer(trainer, quiet: bool):
 def collect_metrics(trainer, train_out, has_eval: bool) -> dict:
     """Return the run's headline metrics: losses, steps, throughput."""
     m = dict(train_out.metrics)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    loss = train_out.training_loss
+    if trainer.state.global_step == getattr(trainer, "_initial_global_step", -1) and losses:
+        loss = sum(losses) / len(losses)  # resumed from the final checkpoint: no step ran, the logged mean
     metrics = {
-        "train_loss": round(float(train_out.training_loss), 6),
+        "train_loss": round(float(loss), 6),
         "global_steps": trainer.state.global_step,
         "train_runtime_s": round(m.get("train_runtime", 0.0), 2),
         "world_size": trainer.args.world_size,
     }
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_logged_loss"] = losses[0]
         metrics["last_logged_loss"] = losses[-1]
@@ -194,8 +204,7 @@ def save_outputs(model, tokenizer, out: Path) -> None:
     base = getattr(model, "get_base_model", lambda: model)()
     base.config.use_cache = True  # turned off for training; inference wants it
     model.save_pretrained(out, safe_serialization=True)  # full models: generation_config.json too
-    tokenizer.save_pretrained(out)
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # resumable state is not needed once done
+    tokenizer.save_pretrained(out)  # the checkpoints stay until the lineage is pending (run_dir)
 
 
 _TRAINER = []
