@@ -186,9 +186,12 @@ class ScriptedJudge:
     def model_names(self):
         return ["judge"]
 
-    def encode_chat(self, messages, model=None):
+    def encode_chat(self, messages, model=None, enable_thinking=None):
         self.prompts.append(messages[-1]["content"])
         return [len(self.prompts) - 1]
+
+    def opens_thinking(self, prompt_ids, model=None):
+        return False  # a judge without reasoning traces
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion
