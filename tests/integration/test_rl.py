@@ -59,6 +59,65 @@ def test_no_repetition_golden_values():
     assert rewards.no_repetition([[]] * 5, texts) == [pytest.approx(-0.6), 0.0, 0.0, 0.0, pytest.approx(-1 / 3)]
 
 
+MC_PROMPT = [{"role": "user", "content": "以下是一道单项选择题。\n\n哪种药抗血小板？\nA. 阿司匹林\nB. 青霉素\n(C) 地塞米松"}]
+MC_MULTI = [{"role": "user", "content": "Which are antibiotics?\n(A) penicillin\n(B) aspirin\n(C) amoxicillin"
+                                        "\nAnswer with the letters."}]
+
+
+def test_choice_match_reads_the_option_after_any_trace():
+    match = rewards.choice_match
+    replies = ["答案是A。", "<think>\nB? 不，A 抑制血小板\n</think>\n\nA", "B", "<think>A", "",
+               [{"role": "assistant", "content": "(A) 阿司匹林"}], "答案是C。"]
+    assert match([MC_PROMPT] * 7, replies, reference=["A"] * 7) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    # the reference may be a sentence too; a multi-answer question needs every letter
+    assert match([MC_PROMPT], ["A"], reference=["答案是A。"]) == [1.0]
+    assert match([MC_MULTI] * 3, ["The answer is AC.", "A", "ABC"], reference=["AC"] * 3) == [1.0, 0.0, 0.0]
+    with pytest.raises(MedtuneError, match=r"reward choice_match: the prompt has no option lines"):
+        match([[{"role": "user", "content": "头痛怎么办？"}]], ["A"], reference=["A"])
+    with pytest.raises(MedtuneError, match=r"reward choice_match: reference 'E' names none of the options A, B, C"):
+        match([MC_PROMPT], ["A"], reference=["E"])
+
+
+def test_answer_match_normalised_exact_or_contains():
+    replies = ["头痛", "<think>头晕？</think>\n典型症状是头痛。", "头晕", "<think>头痛", "HEADACHE!", "a headache"]
+    refs = ["头痛。", "头痛", "头痛", "头痛", "Headache", "headache"]
+    assert rewards.answer_match([[]] * 6, replies, reference=refs) == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert rewards.answer_match([[]], ["anything"], reference=["。"]) == [0.0]  # nothing left to match
+
+
+def test_find_option_lines_in_running_text():
+    from medtune.data.readers.choice import find_option_lines
+
+    assert find_option_lines(MC_PROMPT[0]["content"]) == {"A": "阿司匹林", "B": "青霉素", "C": "地塞米松"}
+    assert find_option_lines("A. only one\nthen text") == {}
+    assert find_option_lines("A. x\nB. y\ntext\nA. p\nB. q\nC. r\nAnswer:") == {"A": "p", "B": "q", "C": "r"}
+    assert find_option_lines("A. x\nC. y") == {}
+
+
+def nan_reward(prompts, completions, **kwargs):
+    return [float("nan")] * len(completions)
+
+
+def raising_reward(prompts, completions, **kwargs):
+    raise ZeroDivisionError("division by zero\nsecond line")
+
+
+def test_checked_reward_refuses_raise_nan_and_wrong_count():
+    check = rewards.checked_reward
+    assert check(rewards.answer_match, "answer_match")([[]], ["a"], reference=["a"]) == [1.0]
+    assert check(rewards.answer_match, "answer_match").__name__ == "answer_match"  # TRL logs it by name
+    assert check(lambda prompts, completions, **k: [None, 1], "x")([[]] * 2, ["a", "b"]) == [None, 1]
+    cases = [(nan_reward, "pkg:nan_reward", r"^reward pkg:nan_reward returned nan for completion 0; step refused$"),
+             (raising_reward, "pkg:raising_reward",
+              r"^reward pkg:raising_reward raised ZeroDivisionError: division by zero; step refused$"),
+             (lambda prompts, completions, **k: [1.0], "pkg:short", r"^reward pkg:short returned 1 scores for 2"),
+             (lambda prompts, completions, **k: ["1", "2"], "pkg:text", r"returned '1' for completion 0, not a number"),
+             (lambda prompts, completions, **k: [float("inf")] * 2, "pkg:inf", "returned inf for completion 0")]
+    for fn, name, message in cases:
+        with pytest.raises(MedtuneError, match=message):
+            check(fn, name)([[]] * 2, ["a", "b"])
+
+
 def test_reward_function_lookup_and_errors():
     assert rewards.reward_function("no_repetition") is rewards.no_repetition
     assert rewards.reward_function(RECORDER) is record_completions
@@ -266,6 +325,39 @@ def test_reward_model_and_functions_are_weighted(tiny_dir, reward_dir, tmp_path,
     assert set(json.loads((result.output / "adapter_config.json").read_text())) >= {"r", "task_type"}
     metrics = lineage(result)["metrics"]
     assert ("eval_loss" in metrics) == evals and set(metrics["rewards"]) == {"rm", "record_completions", "no_repetition"}
+
+
+@pytest.mark.slow
+def test_grpo_answer_match_dr_grpo_two_steps(tiny_dir, tmp_path):
+    """A GRPO run on the built-in verifier with a non-default loss: TRL gets the loss, logs the reward."""
+    seen = []
+
+    class Args(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(args.loss_type)
+
+    cfg = rl_config(tiny_dir, tmp_path, "grpo", rl={"reward_functions": ["answer_match"], "loss_type": "dr_grpo"})
+    result = run_stage(cfg, quiet=True, callbacks=[Args()])
+    assert seen == ["dr_grpo"] and result.log_history[-1]["step"] == 2
+    rewards_logged = logged(result, "rewards/answer_match/mean")
+    assert len(rewards_logged) == 2 and all(0.0 <= r <= 1.0 for r in rewards_logged)
+    assert set(lineage(result)["metrics"]["rewards"]) == {"answer_match"}
+
+
+@pytest.mark.slow
+def test_nan_reward_refuses_the_step_naming_the_function(tiny_dir, tmp_path):
+    cfg = rl_config(tiny_dir, tmp_path, "grpo", rl={"reward_functions": ["tests.integration.test_rl:nan_reward"]})
+    with pytest.raises(MedtuneError, match=r"^reward tests.integration.test_rl:nan_reward returned nan for "
+                                           r"completion 0; step refused$"):
+        run_stage(cfg, quiet=True)
+
+
+def test_loss_type_is_grpo_only(tiny_dir, tmp_path):
+    with pytest.raises(MedtuneError, match=r"rl.loss_type applies to grpo only"):
+        rl_config(tiny_dir, tmp_path, "rloo", rl={"reward_functions": ["length"], "loss_type": "grpo"})
+    with pytest.raises(MedtuneError, match=r"rl.loss_type.*cispo"):
+        rl_config(tiny_dir, tmp_path, "grpo", rl={"reward_functions": ["length"], "loss_type": "cispo"})
+    assert rl_config(tiny_dir, tmp_path, "grpo", rl={"reward_functions": ["length"], "loss_type": "bnpo"}).rl.loss_type == "bnpo"
 
 
 # ---- bad input: refused before the output dir is created -----------------------------------------

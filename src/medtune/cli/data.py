@@ -5,6 +5,7 @@ Examples::
     medtune data convert huatuo.json chatdoctor.json -o sft.jsonl
     medtune data clean sft.jsonl -o sft.clean.jsonl --report clean.json
     medtune data generate kg cmekg.csv -o kg_qa.jsonl
+    medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --n 4
     medtune data mix sft.clean.jsonl:0.8 general.jsonl:0.2 --total 20000 -o mix.jsonl
     medtune data split mix.jsonl --val 0.05 -o data/
     medtune data stats data/train.jsonl --tokenizer runs/tiny --plot lengths.png
@@ -258,6 +259,32 @@ def cmd_generate_passage(args) -> int:
         print(f"    failed: {passage_id}: {reason}")
     write_json(f"{args.out}.summary.json", {**s, "failures": gen.failures,
                                              "skipped_passages": tally.to_dict()})
+    return 0
+
+
+def cmd_generate_rewrite(args) -> int:
+    from collections import Counter
+
+    from medtune.data.generate.passage_qa import read_passages
+    from medtune.data.generate.rewrite import rewrite_passages
+
+    if args.n < 1:
+        raise MedtuneError(f"--n must be at least 1, got {args.n}")
+    _check_out([args.passages], args.out)
+    tally, on_skip = _skip_collector(args.passages, False)
+    passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
+    if not passages:
+        _print_skips(tally)
+        raise MedtuneError(f"{args.passages}: no passages (see the skips above)")
+    counts = Counter()
+    n = _write_records(rewrite_passages(passages, args.n, seed=args.seed, keep_original=args.keep_original,
+                                        counts=counts), Path(args.out))
+    print(f"{counts['passages']:,} passages -> {counts['rewrites']:,} rewrites ({counts['short']:,} passages "
+          f"with fewer than {args.n}, {counts['unchanged']:,} no rule could rewrite); {n:,} records -> {args.out}")
+    _print_skips(tally)
+    if not counts["rewrites"]:
+        raise MedtuneError(f"{args.passages}: no passage could be rewritten by the rules (one plain sentence "
+                           "each? the rules permute sentences and re-phrase 'X的K是V。' / 'The K of X is V.')")
     return 0
 
 

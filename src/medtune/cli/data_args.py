@@ -81,7 +81,7 @@ def _clean(dsub) -> None:
 
 def _generate(dsub) -> None:
     gsub = command_group(dsub, "generate", "instructions from a knowledge graph or from passages via an LLM",
-                         "kg,passage")
+                         "kg,passage,rewrite")
     kg = gsub.add_parser("kg", help="knowledge-graph triples (head, relation, tail) -> Q&A",
                          epilog="example: medtune data generate kg cmekg.csv -o kg_qa.jsonl --phrasings 3")
     kg.add_argument("triples", help="CSV/TSV/JSONL of head,relation,tail triples")
@@ -112,6 +112,18 @@ def _generate(dsub) -> None:
     ps.add_argument("--cache", help="cache dir: replies are kept so a re-run pays nothing twice "
                                     "(default: OUT.cache/)")
     ps.set_defaults(handler=H + "cmd_generate_passage")
+    rw = gsub.add_parser(
+        "rewrite", help="passages -> N rewrites stating the same facts (knowledge augmentation for PT)",
+        epilog="example: medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode rules --n 4")
+    rw.add_argument("passages", help=".txt (paragraphs, or one passage per line) or JSONL with text (+id)")
+    rw.add_argument("-o", "--out", required=True, help="output JSONL (text, id)")
+    rw.add_argument("--mode", default="rules", choices=["rules"],
+                    help="rules: sentence permutation + template paraphrase of fact sentences (no model)")
+    rw.add_argument("--n", type=int, default=4, help="rewrites per passage (fewer when the rules allow fewer)")
+    rw.add_argument("--keep-original", action="store_true", help="write each passage before its rewrites")
+    rw.add_argument("--min-chars", type=int, default=1, help="skip passages shorter than this (counted)")
+    rw.add_argument("--seed", type=int, default=0)
+    rw.set_defaults(handler=H + "cmd_generate_rewrite")
 
 
 def _mix(dsub) -> None:

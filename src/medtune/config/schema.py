@@ -201,6 +201,9 @@ class RLConfig:
     # Built-in names (see medtune.recipes.rewards) or "package.module:function" from your own code.
     reward_functions: list[str] = field(default_factory=list)
     reward_weights: list[float] = field(default_factory=list)  # one per reward (model first); default 1
+    # grpo only: how token losses are summed. dapo: over the batch's tokens (no length bias, TRL's
+    # default); grpo: per sequence (favours short right answers); dr_grpo: by max_new_tokens; bnpo: local batch.
+    loss_type: str = field(default="dapo", metadata=_choices("grpo", "dr_grpo", "dapo", "bnpo"))
 
 
 @dataclass

@@ -4,6 +4,11 @@ Example::
 
     medtune train grpo.yaml   # stage: grpo; the config shown in medtune.recipes.rl
     medtune train grpo.yaml reward_model=runs/rm 'rl.reward_functions=[no_repetition]' 'rl.reward_weights=[1, 0.5]'
+    medtune train grpo.yaml 'rl.reward_functions=[answer_match]' rl.loss_type=dr_grpo
+
+``rl.loss_type`` picks how TRL sums the token losses: grpo (per sequence, then mean: favours short
+right answers), dr_grpo (a constant, max_new_tokens), dapo (the tokens of the accumulated batch;
+TRL's default), bnpo (the tokens of the local batch).
 
 Everything but the trainer class is shared with rloo (see :mod:`medtune.recipes.rl`).
 """
@@ -19,3 +24,6 @@ class GRPORecipe(RLRecipe):
         from trl import GRPOConfig, GRPOTrainer
 
         return GRPOTrainer, GRPOConfig
+
+    def algorithm_args(self, cfg) -> dict:
+        return {"loss_type": cfg.rl.loss_type}

@@ -3,11 +3,14 @@
 Each built-in has TRL's reward-function signature: ``fn(prompts, completions, **kwargs)`` returns
 one float per completion; ``kwargs`` carry the dataset's other columns (``reference``: the answer
 text of the record) and ``completion_ids``. Completions are strings or assistant message lists.
-Example::
+``choice_match`` and ``answer_match`` are verifiers: 1.0 for a right answer, 0.0 otherwise, read
+after any leading ``<think>…</think>`` trace. Example::
 
     from medtune.recipes.rewards import reward_function
     overlap = reward_function("reference_overlap")
     overlap(prompts=[[]], completions=["头痛"], reference=["头痛头晕。"])  # [0.666…]
+    question = [{"role": "user", "content": "哪种药？\nA. 阿司匹林\nB. 青霉素"}]
+    reward_function("choice_match")([question], ["<think>…</think>答案是B。"], reference=["B"])  # [1.0]
 
 In a config::
 
@@ -18,6 +21,8 @@ In a config::
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import os
 import re
 import sys
@@ -25,6 +30,7 @@ import unicodedata
 from collections import Counter
 
 from medtune.errors import MedtuneError, did_you_mean
+from medtune.inference.reasoning import split_trace
 
 # A unit is one Latin word / number or one other visible character (a CJK character is a unit).
 _UNIT = re.compile(r"[A-Za-z0-9]+|\S")
@@ -98,7 +104,108 @@ def no_repetition(prompts, completions, **kwargs) -> list[float]:
     return [-repeated_fraction(completion_text(c)) for c in completions]
 
 
-BUILTIN = {"reference_overlap": reference_overlap, "length": length, "no_repetition": no_repetition}
+def answer_text(completion) -> str:
+    """Return the answer of a completion: its text after any leading reasoning trace."""
+    return split_trace(completion_text(completion))[1]
+
+
+def _question(prompt) -> str:
+    """Return the last user turn of a prompt (a message list) or the prompt itself (a string)."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m.get("content") or "" for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def choice_match(prompts, completions, **kwargs) -> list[float]:
+    """Return 1.0 where a completion picks the reference's option letters (all of them, for a
+    multi-answer question), else 0.0. The options are the ``A. text`` lines of the prompt's last
+    user turn; letters are read as ``medtune eval choice --method generate`` reads them (答案是B,
+    "the answer is (B)", a leading letter), after any reasoning trace."""
+    from medtune.data.readers.choice import find_option_lines
+    from medtune.evaluation.extract import extract_answer
+
+    refs = _references(kwargs, "choice_match")
+    out = []
+    for prompt, completion, ref in zip(prompts, completions, refs):
+        options = find_option_lines(_question(prompt))
+        if not options:
+            raise MedtuneError("reward choice_match: the prompt has no option lines (A. text / (A) text)")
+        gold = extract_answer(ref, options, multi=True)
+        if gold is None:
+            raise MedtuneError(f"reward choice_match: reference {ref[:40]!r} names none of the options "
+                               f"{', '.join(options)}")
+        picked = extract_answer(answer_text(completion), options, multi=len(gold) > 1)
+        out.append(float(picked == gold))
+    return out
+
+
+def answer_match(prompts, completions, **kwargs) -> list[float]:
+    """Return 1.0 where a completion's answer, normalised (NFKC, lower case, no spaces or
+    punctuation), equals or contains the normalised reference, else 0.0. The answer is read after
+    any reasoning trace; an empty reference matches nothing. Contains: pair with ``length`` when
+    long answers listing many candidates should not win."""
+    from medtune.data.clean.dedup import normalize_text
+
+    refs = _references(kwargs, "answer_match")
+    out = []
+    for completion, ref in zip(completions, refs):
+        gold, answer = normalize_text(split_trace(ref)[1]), normalize_text(answer_text(completion))
+        out.append(float(bool(gold) and gold in answer))
+    return out
+
+
+BUILTIN = {"reference_overlap": reference_overlap, "length": length, "no_repetition": no_repetition,
+           "choice_match": choice_match, "answer_match": answer_match}
+
+
+def _check_scores(name: str, scores, n: int) -> list:
+    """Return ``scores`` when they are ``n`` finite numbers or None (TRL: not applicable); raise a
+    one-line MedtuneError naming the reward otherwise."""
+    if not isinstance(scores, (list, tuple)) or len(scores) != n:
+        got = f"{len(scores)} scores" if isinstance(scores, (list, tuple)) else f"a {type(scores).__name__}"
+        raise MedtuneError(f"reward {name} returned {got} for {n} completions; step refused")
+    for i, score in enumerate(scores):
+        if score is None:
+            continue
+        if isinstance(score, bool) or not isinstance(score, (int, float)) and not hasattr(score, "__float__"):
+            raise MedtuneError(f"reward {name} returned {score!r} for completion {i}, not a number; step refused")
+        if not math.isfinite(float(score)):
+            raise MedtuneError(f"reward {name} returned {float(score)} for completion {i}; step refused")
+    return list(scores)
+
+
+def _raised(name: str, exc: Exception) -> MedtuneError:
+    if isinstance(exc, MedtuneError):
+        return exc if f"reward {name}" in str(exc) else MedtuneError(f"reward {name}: {exc}")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return MedtuneError(f"reward {name} raised {type(exc).__name__}: {first}; step refused")
+
+
+def checked_reward(fn, name: str):
+    """Return ``fn`` wrapped so that an exception, a NaN / infinite score or a wrong count refuses
+    the step with a one-line MedtuneError naming ``name`` (TRL would train on NaN or crash deep in
+    the loop). Keeps the name TRL logs the reward under, and async-ness."""
+    import functools
+
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    call = base if inspect.isroutine(base) else type(base).__call__  # a callable instance: its __call__
+    if inspect.iscoroutinefunction(call):
+        async def run(prompts, completions, **kwargs):
+            try:
+                scores = await fn(prompts, completions, **kwargs)
+            except Exception as exc:
+                raise _raised(name, exc) from None
+            return _check_scores(name, scores, len(completions))
+    else:
+        def run(prompts, completions, **kwargs):
+            try:
+                scores = fn(prompts, completions, **kwargs)
+            except Exception as exc:
+                raise _raised(name, exc) from None
+            return _check_scores(name, scores, len(completions))
+    run.__name__ = getattr(base, "__name__", type(base).__name__)
+    run.__doc__ = base.__doc__
+    return run
 
 
 def reward_function(spec: str):

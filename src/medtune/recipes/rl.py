@@ -140,7 +140,7 @@ def reward_sources(cfg, device: str):
     """
     import functools
 
-    from medtune.recipes.rewards import length, reward_function
+    from medtune.recipes.rewards import checked_reward, length, reward_function
 
     funcs, classes = [], []
     if cfg.reward_model:
@@ -149,13 +149,15 @@ def reward_sources(cfg, device: str):
         classes.append(tokenizer)
     for spec in cfg.rl.reward_functions:
         fn = reward_function(spec)
-        funcs.append(functools.partial(fn, max_new_tokens=cfg.rl.max_new_tokens) if fn is length else fn)
+        fn = functools.partial(fn, max_new_tokens=cfg.rl.max_new_tokens) if fn is length else fn
+        funcs.append(checked_reward(fn, spec))  # a raise or a NaN refuses the step, naming spec
         classes.append(None)
     return funcs, classes
 
 
-def rl_arguments(cfg, kwargs: dict, config_cls):
-    """Return the TRL ``GRPOConfig`` / ``RLOOConfig`` for ``cfg`` from the shared trainer kwargs."""
+def rl_arguments(cfg, kwargs: dict, config_cls, algorithm_args: dict | None = None):
+    """Return the TRL ``GRPOConfig`` / ``RLOOConfig`` for ``cfg`` from the shared trainer kwargs
+    and the algorithm's own (``loss_type`` for GRPO)."""
     r = cfg.rl
     args = dict(kwargs)
     # TRL's sampler repeats each prompt num_generations times; length grouping does not apply.
@@ -170,6 +172,7 @@ def rl_arguments(cfg, kwargs: dict, config_cls):
         temperature=r.temperature,
         beta=r.beta,
         reward_weights=list(r.reward_weights) or None,
+        **(algorithm_args or {}),
     )
 
 
@@ -202,6 +205,10 @@ class RLRecipe(Recipe):
         """Return ``(trainer_cls, config_cls)`` of the TRL algorithm (imports trl)."""
         raise NotImplementedError
 
+    def algorithm_args(self, cfg) -> dict:
+        """Return the TRL config fields only this algorithm reads."""
+        return {}
+
     def check_config(self, cfg, src: str) -> None:
         """Refuse a curriculum, a stage without rewards, and groups the batch cannot hold."""
         r, stage = cfg.rl, cfg.stage
@@ -233,7 +240,7 @@ class RLRecipe(Recipe):
         trainer = guarded(trainer_cls, order=False)(
             model=model,
             reward_funcs=funcs,
-            args=rl_arguments(cfg, kwargs, config_cls),
+            args=rl_arguments(cfg, kwargs, config_cls, self.algorithm_args(cfg)),
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,  # its chat template renders the prompts

@@ -11,6 +11,8 @@ class is shared with grpo (see :mod:`medtune.recipes.rl`).
 
 from __future__ import annotations
 
+from medtune.config.schema import changed
+from medtune.errors import MedtuneError
 from medtune.recipes.rl import RLRecipe
 
 
@@ -20,3 +22,9 @@ class RLOORecipe(RLRecipe):
         from trl import RLOOConfig, RLOOTrainer
 
         return RLOOTrainer, RLOOConfig
+
+    def check_config(self, cfg, src: str) -> None:
+        """Refuse rl.loss_type (TRL's RLOO has one loss), then the checks of every RL stage."""
+        if changed(cfg.rl, "loss_type"):
+            raise MedtuneError(f"{src}: rl.loss_type applies to grpo only (rloo has one loss)")
+        super().check_config(cfg, src)

@@ -24,7 +24,7 @@ import string
 
 from medtune.data.readers.formats import Bad, Skip, json_type, register_format
 
-__all__ = ["parse_option_lines", "read_choice", "read_pubmedqa"]
+__all__ = ["find_option_lines", "parse_option_lines", "read_choice", "read_pubmedqa"]
 
 _LETTERS = string.ascii_uppercase
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[\)）.．:：、]\s*(.*)$")
@@ -46,6 +46,23 @@ def parse_option_lines(text: str) -> dict[str, str]:
         elif line.strip():
             raise Bad(f'field "options" line {line.strip()[:30]!r} is not "(A) text"')
     return options
+
+
+def find_option_lines(text: str) -> dict[str, str]:
+    """Return the options of a question in running text: the last run of one-line ``A. text`` /
+    ``(A) text`` lines lettered A, B, C, ... (at least two), or ``{}``. Lines of other text (the
+    question, an instruction) may come before or after the run."""
+    found: dict[str, str] = {}
+    run: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) == _LETTERS[len(run)]:
+            run[m.group(1)] = m.group(2).strip()
+            continue
+        if len(run) >= 2:
+            found = run
+        run = {"A": m.group(2).strip()} if m and m.group(1) == "A" else {}
+    return run if len(run) >= 2 else found
 
 
 def _options(rec: dict) -> dict[str, str]:
