@@ -21,7 +21,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtune.data.tokenize.shards import checkpointed_examples
+from medtune.data.tokenize.packing import take_rows
+from medtune.data.tokenize.shards import checkpointed_examples, load_examples, shard_dirs
 from medtune.errors import MedtuneError
 
 if TYPE_CHECKING:
@@ -86,22 +87,27 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     n_eval = round(len(order) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
-    buckets, train_ids, tables = corpus.buckets(), order[n_eval:], []
+    buckets, train_ids, sources = corpus.buckets(), order[n_eval:], []
     for bucket in range(max(f.bucket for f in corpus.files) + 1):
         ids = corpus.records(train_ids[buckets[train_ids] == bucket])
         table = checkpointed_examples(parts, f"train{bucket}", ids, make, stats, cfg.data.workers)
-        if table.num_rows:
-            tables.append(table.append_column("bucket", pa.array(np.full(table.num_rows, bucket, np.int64))))
-    if not tables:
+        if table.num_rows:  # finished shards are re-mapped for each chunk written (see _write_rows)
+            sources.append((shard_dirs(parts, f"train{bucket}", len(ids)) if parts else table, bucket, table.num_rows))
+        del table
+    if not sources:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
-    train = pa.concat_tables(tables)
-    rows = list(range(train.num_rows))
+    rows = list(range(sum(n for _, _, n in sources)))
     random.Random(cfg.train.seed).shuffle(rows)  # the same order as shuffling the rows themselves
+    row_buckets = np.repeat([b for _, b, _ in sources], [n for _, _, n in sources])
+
+    def open_train():
+        return pa.concat_tables([load_examples(src) if isinstance(src, list) else src for src, _, _ in sources])
+
     evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
                                   cfg.data.workers)
-    packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0)
+    packed = _write_rows(out / "train.arrow", open_train, rows, cfg.data.max_length if pack else 0, row_buckets)
     if evals.num_rows:
-        _write_rows(out / "eval.arrow", evals, range(evals.num_rows), cfg.data.max_length if pack else 0)
+        _write_rows(out / "eval.arrow", lambda: evals, range(evals.num_rows), cfg.data.max_length if pack else 0)
     if pack:
         stats.rows = packed
 
@@ -109,9 +115,14 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
 WRITE_ROWS = 20_000  # examples taken and written at a time
 
 
-def _write_rows(path: Path, table, order, max_length: int) -> int:
-    """Write rows ``order`` of ``table`` (packed into ``max_length`` rows when > 0) to the Arrow
-    stream file ``path``, with a ``length`` column; return how many rows it holds."""
+def _write_rows(path: Path, open_table, order, max_length: int, buckets=None) -> int:
+    """Write rows ``order`` of the table ``open_table()`` returns (packed into ``max_length`` rows
+    when > 0; each with its ``buckets`` entry as ``bucket`` when given) to the Arrow stream file
+    ``path``, with a ``length`` column; return how many rows it holds.
+
+    The table is opened again for each chunk: a memory map's pages that a random-order take read
+    stay in this process's memory until the map is dropped, which would add up to every shard.
+    """
     import numpy as np
     import pyarrow as pa
 
@@ -129,11 +140,15 @@ def _write_rows(path: Path, table, order, max_length: int) -> int:
 
     try:
         if max_length:
-            write_packed(table, order, max_length, write)
+            write_packed(open_table, order, max_length, write)
         else:
             order = np.asarray(order, dtype=np.int64)
             for start in range(0, len(order), WRITE_ROWS):
-                write(table.take(pa.array(order[start:start + WRITE_ROWS])))
+                chunk = order[start:start + WRITE_ROWS]
+                part = take_rows(open_table(), chunk)
+                if buckets is not None:
+                    part = part.append_column("bucket", pa.array(buckets[chunk]))
+                write(part)
     finally:
         if writer is not None:
             writer.close()

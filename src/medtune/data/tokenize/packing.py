@@ -4,7 +4,7 @@ built a batch of bins at a time, so packing a corpus holds one batch of rows in 
 Example::
 
     bins = first_fit_bins([5, 3, 4], max_length=8)   # [[0, 1], [2]]
-    write_packed(table, order, 1024, writer)          # table: Arrow input_ids / labels
+    write_packed(lambda: table, order, 1024, writer)  # table: Arrow input_ids / labels
 """
 
 from __future__ import annotations
@@ -40,28 +40,47 @@ def first_fit_bins(lengths, max_length: int) -> list[list[int]]:
     return bins
 
 
-def write_packed(table, order, max_length: int, write) -> int:
-    """Pack the rows ``order`` of ``table`` (in that order, as ``pack_sequences`` would) and pass
-    each batch of packed rows to ``write(arrow_table)``; return the number of packed rows."""
+def write_packed(open_table, order, max_length: int, write) -> int:
+    """Pack the rows ``order`` of the table ``open_table()`` returns (in that order, as
+    ``pack_sequences`` would) and pass each batch of packed rows to ``write(arrow_table)``; return
+    the number of packed rows. The table is opened again per batch (see ``cache._write_rows``)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     order = np.asarray(order, dtype=np.int64)
-    lengths = pc.list_value_length(table["input_ids"]).to_numpy()[order].tolist()
+    lengths = pc.list_value_length(open_table()["input_ids"]).to_numpy()[order].tolist()
     bins = first_fit_bins(lengths, max_length)
+    del lengths
     step = max(1, TOKENS_PER_BATCH // max_length)
-    columns = table.select(["input_ids", "labels"])
     for start in range(0, len(bins), step):
         group = bins[start:start + step]
         members = [i for members in group for i in members]
-        rows = columns.take(pa.array(order[members])).to_pylist()
+        rows = take_rows(open_table().select(["input_ids", "labels"]), order[members]).to_pylist()
         at, packed = 0, []
         for members in group:
             packed.append(join_examples(rows[at:at + len(members)]))
             at += len(members)
         write(pa.Table.from_pylist(packed))
     return len(bins)
+
+
+def take_rows(table, indices):
+    """Rows ``indices`` (numpy int64) of ``table``, in that order, taken record batch by record
+    batch: Arrow's take over a chunked table first joins the chunks, a copy of every shard."""
+    import numpy as np
+    import pyarrow as pa
+
+    batches = table.to_batches()
+    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    which = np.searchsorted(starts, indices, side="right") - 1
+    by_batch = np.argsort(which, kind="stable")
+    pieces = [batches[b].take(pa.array(indices[by_batch][which[by_batch] == b] - starts[b]))
+              for b in np.unique(which)]
+    rows = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
+    back = np.empty_like(by_batch)
+    back[by_batch] = np.arange(len(by_batch))
+    return rows.take(pa.array(back))
 
 
 def join_examples(examples) -> dict:

@@ -2,9 +2,11 @@
 
 A crashed run's next attempt loads the shards it finished instead of tokenizing them again.
 ``records`` is a list, or records left on disk (``medtune.data.readers.inputs.SpooledRecords``: a
-spool file and indices), which each worker loads one shard at a time: the main process never holds
-them. ``make(records, stats) -> list[dict]`` is any picklable callable (a stage's example maker):
-workers re-create it from its pickle, so it must not hold open resources. Example::
+spool file and indices), which each worker loads and tokenizes ``BATCH_RECORDS`` at a time, writing
+each batch's rows to the shard's Arrow file: neither the main process nor a worker holds a shard.
+``make(records, stats) -> list[dict]`` is any picklable callable (a stage's example maker); workers
+are forked (they share the parent's modules and tokenizer pages), so it must not hold open
+resources. Example::
 
     from medtune.data.tokenize.examples import TokenStats
     stats = TokenStats()
@@ -20,6 +22,7 @@ import shutil
 from pathlib import Path
 
 SHARD_RECORDS = 20_000  # tokenization work lost to a crash is at most one shard
+BATCH_RECORDS = 1_000  # records tokenized and written at a time: a worker holds one batch's rows
 
 
 class ShardWriter:
@@ -34,7 +37,9 @@ class ShardWriter:
 
         path, records = job
         stats = TokenStats()
-        _save_part(path, self.make(loaded(records), stats), stats)
+        batches = (self.make(loaded(records[i:i + BATCH_RECORDS]), stats)
+                   for i in range(0, len(records), BATCH_RECORDS))
+        _save_part(path, batches, stats)
         return stats
 
 
@@ -67,39 +72,50 @@ def checkpointed_examples(parts: Path | None, name: str, records, make, stats, w
     if parts is None:
         return pa.Table.from_pylist(make(loaded(records), stats))
     shards = [records[i:i + SHARD_RECORDS] for i in range(0, len(records), SHARD_RECORDS)]
-    jobs = [(parts / f"{name}-{n}", shard) for n, shard in enumerate(shards)]
+    jobs = list(zip(shard_dirs(parts, name, len(records)), shards))
     todo = [job for job in jobs if not (job[0] / "stats.json").is_file()]
-    for _ in parallel_map(ShardWriter(make), todo, tokenize_workers(workers, len(todo))):
+    for _ in parallel_map(ShardWriter(make), todo, tokenize_workers(workers, len(todo)), fork=True):
         pass  # each shard is on disk when its worker returns
-    tables = []
     for path, _ in jobs:
-        table, part_stats = _load_part(path)
-        stats.merge(part_stats)
-        if table.num_rows:
-            tables.append(table)
+        stats.merge_dict(json.loads((path / "stats.json").read_text(encoding="utf-8")))
+    return load_examples([path for path, _ in jobs])
+
+
+def shard_dirs(parts: Path, name: str, n_records: int) -> list[Path]:
+    """The dirs the shards of ``n_records`` records named ``name`` are kept in, in order."""
+    return [parts / f"{name}-{n}" for n in range(-(-n_records // SHARD_RECORDS))]
+
+
+def load_examples(paths: list[Path]):
+    """The rows of the finished shards ``paths`` as one table, memory-mapped, not copied (a fresh
+    map each call: pages a caller read leave its memory once it drops the table)."""
+    import pyarrow as pa
+
+    tables = [pa.ipc.open_file(pa.memory_map(str(p / "rows.arrow"))).read_all() for p in paths]
+    tables = [t for t in tables if t.num_rows]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
-def _load_part(path: Path):
-    """``(table, stats)`` of a finished shard (the table memory-mapped, not copied)."""
-    import pyarrow as pa
-
-    from medtune.data.tokenize.examples import TokenStats
-
-    table = pa.ipc.open_file(pa.memory_map(str(path / "rows.arrow"))).read_all()
-    stats = TokenStats()
-    stats.merge_dict(json.loads((path / "stats.json").read_text(encoding="utf-8")))
-    return table, stats
-
-
-def _save_part(path: Path, rows: list[dict], stats) -> None:
+def _save_part(path: Path, batches, stats) -> None:
+    """Write the rows of ``batches`` (lists of example dicts) to ``path/rows.arrow`` a batch at a
+    time, then ``stats``; the shard dir appears only when complete."""
     import pyarrow as pa
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    table = _compact(pa.Table.from_pylist(rows))
-    with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
+    writer = schema = None
+    with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink:
+        for rows in batches:
+            if not rows:
+                continue
+            table = _compact(pa.Table.from_pylist(rows))
+            if writer is None:
+                schema = table.schema
+                writer = pa.ipc.new_file(sink, schema)
+            writer.write_table(table.cast(schema))
+        if writer is None:
+            writer = pa.ipc.new_file(sink, pa.schema([]))
+        writer.close()
     (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
     shutil.rmtree(path, ignore_errors=True)
     try:
