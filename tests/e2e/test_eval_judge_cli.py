@@ -11,6 +11,7 @@ from medtune.evaluation.answer_files import read_cmb_clin
 from tests.conftest import SHARED_DATA, write_jsonl
 from tests.helpers import cli
 from tests.helpers.cli import one_error_line
+from tests.helpers.fake_engines import FakeEngine
 from tests.helpers.fake_judge import FAIR, GOOD, FakeJudge, verdict
 
 CATEGORIES = ["知识问答", "翻译", "情感分析", "伦理、拒答类"]
@@ -175,23 +176,17 @@ def test_every_reply_unparsable_is_an_error_after_writing_the_replies(tmp_path):
     assert metrics(out)["skipped"] == {"unparsable reply": 2}
 
 
-class ScriptedJudge:
+class ScriptedJudge(FakeEngine):
     """An engine behind ``medtune serve api`` that answers judge prompts like the fake judge."""
 
-    backend = "scripted"
+    name = "judge"
 
     def __init__(self):
         self.prompts = []
 
-    def model_names(self):
-        return ["judge"]
-
     def encode_chat(self, messages, model=None, enable_thinking=None):
         self.prompts.append(messages[-1]["content"])
         return [len(self.prompts) - 1]
-
-    def opens_thinking(self, prompt_ids, model=None):
-        return False  # a judge without reasoning traces
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion

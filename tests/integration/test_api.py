@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from tests.helpers.fake_engines import FakeEngine
 from tests.helpers.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -236,22 +237,11 @@ def test_unknown_paths_are_404_and_a_model_path_is_never_loaded(server, lora_dir
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
-class BlockingEngine:
+class BlockingEngine(FakeEngine):
     """An engine whose generate waits for ``release``: fills the queue for the 429 test."""
-
-    backend = "fake"
 
     def __init__(self):
         self.release, self.started = threading.Event(), threading.Event()
-
-    def model_names(self):
-        return ["m"]
-
-    def encode_chat(self, messages, model=None, enable_thinking=None):
-        return [1, 2, 3]
-
-    def opens_thinking(self, prompt_ids, model=None):
-        return False
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion

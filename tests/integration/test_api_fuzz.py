@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers.api_fuzz import fuzz_limits, run_fuzz
+from tests.helpers.fake_engines import FakeEngine
 from tests.helpers.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -72,22 +73,11 @@ def test_empty_message_content_is_answered(server):
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-class SlowEngine:
+class SlowEngine(FakeEngine):
     """Generates until its rows are cancelled (or 30 s pass); ``broken`` raises instead (a bug)."""
-
-    backend = "fake"
 
     def __init__(self, broken: bool = False):
         self.broken, self.started, self.cancelled = broken, threading.Event(), threading.Event()
-
-    def model_names(self):
-        return ["m"]
-
-    def encode_chat(self, messages, model=None, enable_thinking=None):
-        return [1, 2, 3]
-
-    def opens_thinking(self, prompt_ids, model=None):
-        return False
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from medtune.errors import MedtuneError
+from tests.helpers.fake_engines import FakeEngine
 from tests.helpers.fake_openai import grounded_pairs, reply_pairs
 from tests.helpers.servers import Server
 from tests.unit.test_passage_qa import PASSAGES, expected_records
@@ -14,23 +15,17 @@ from tests.unit.test_passage_qa import PASSAGES, expected_records
 pytestmark = pytest.mark.slow
 
 
-class ScriptedEngine:
+class ScriptedEngine(FakeEngine):
     """An engine that answers like a good teacher model: the passage's Q&A pairs as JSON."""
 
-    backend = "scripted"
+    name = "teacher"
 
     def __init__(self):
         self.prompts = []
 
-    def model_names(self):
-        return ["teacher"]
-
     def encode_chat(self, messages, model=None, enable_thinking=None):
         self.prompts.append(messages[-1]["content"])
         return [len(self.prompts) - 1]  # one "token": which prompt this is
-
-    def opens_thinking(self, prompt_ids, model=None):
-        return False  # a teacher without reasoning traces
 
     def generate(self, prompts, params, model=None, on_text=None, cancel=None):
         from medtune.inference.engines import Completion
