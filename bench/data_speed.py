@@ -99,14 +99,8 @@ def measure(cmd: list[str], env=None) -> tuple[float, float, str, float]:
     return time.perf_counter() - started, peak_pss / 2**20, out, peak_rss / 2**20
 
 
-MEDTUNE_TOKENIZE = """
-import json, sys
-from medtune.config import stage_from_dict
-from medtune.config.stages import packs_rows, stage_recipe
-from medtune.data.readers.inputs import read_corpus
-from medtune.data.tokenize.cache import tokenized_datasets
-from medtune.models.load import load_tokenizer
-from medtune.recipes.recipe import StageExamples
+# Rows, tokens and learned labels of a tokenized dataset: both sides are compared on them.
+COUNT = """
 def count(ds):
     import pyarrow.compute as pc
     rows = tokens = labels = 0
@@ -115,6 +109,18 @@ def count(ds):
         rows, tokens = rows + b.num_rows, tokens + len(ids)
         labels += pc.sum(pc.not_equal(lab, -100)).as_py() or 0
     return {"rows": rows, "tokens": tokens, "labels": labels}
+"""
+
+
+MEDTUNE_TOKENIZE = """
+import json, sys
+from medtune.config import stage_from_dict
+from medtune.config.stages import packs_rows, stage_recipe
+from medtune.data.readers.inputs import read_corpus
+from medtune.data.tokenize.cache import tokenized_datasets
+from medtune.models.load import load_tokenizer
+from medtune.recipes.recipe import StageExamples
+""" + COUNT + """
 model, data, workers, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 cfg = stage_from_dict({"stage": stage, "model": {"path": model}, "data": {"train": [data],
                        "max_length": 1024, "workers": workers}, "output": "unused"}, "bench")
@@ -130,14 +136,7 @@ import json, sys
 import datasets
 from transformers import AutoTokenizer
 datasets.disable_progress_bars()
-def count(ds):
-    import pyarrow.compute as pc
-    rows = tokens = labels = 0
-    for b in ds.with_format("arrow").iter(batch_size=10_000):
-        ids, lab = pc.list_flatten(b["input_ids"]), pc.list_flatten(b["labels"])
-        rows, tokens = rows + b.num_rows, tokens + len(ids)
-        labels += pc.sum(pc.not_equal(lab, -100)).as_py() or 0
-    return {"rows": rows, "tokens": tokens, "labels": labels}
+""" + COUNT + """
 model, data, num_proc, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tok = AutoTokenizer.from_pretrained(model)
 def encode(ex):
