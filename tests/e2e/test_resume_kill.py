@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from medtune.config import load_pipeline_config, load_stage_config
 from medtune.recipes.pipeline import run_pipeline
 from medtune.recipes.run import run_stage
-from medtune.recipes.trainer import COMPLETE
+from medtune.recipes.run_dir import COMPLETE
 from tests.conftest import CONVERSATIONS, SAMPLE, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import torch
 
 from medtune.errors import MedtuneError
 from medtune.recipes.run import resume_point, run_stage
-from medtune.recipes.trainer import COMPLETE, NonFiniteLoss, last_checkpoint
+from medtune.recipes.run_dir import COMPLETE, last_checkpoint
+from medtune.recipes.trainer import NonFiniteLoss
 from tests.conftest import CONVERSATIONS, write_jsonl
 from tests.integration.test_train import config, sft_data
 
