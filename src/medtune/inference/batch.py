@@ -168,7 +168,8 @@ def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
         return
     old = json.loads(meta_path.read_text(encoding="utf-8"))
     if _settings_fingerprint(old) != _settings_fingerprint(meta):
-        changed = [k for k in FINGERPRINT if old.get(k) != meta.get(k)]
+        changed = [k for k in FINGERPRINT  # compared as JSON: a tuple read back is a list
+                   if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
         raise MedtuneError(f"{meta_path.with_suffix('').with_suffix('')}: written with different "
                            f"{', '.join(changed)}; pass --overwrite to start over")
 
