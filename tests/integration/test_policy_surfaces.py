@@ -211,3 +211,14 @@ def test_infer_records_the_policy_and_refuses_to_continue_under_another(bot, tmp
         infer(bot.engine, src, out, params, progress=False, service=ReplyService())
     again = infer(bot.engine, src, out, params, progress=False, service=build_service("default"))
     assert again.generated == 0 and again.done_before == len(REQUESTS)
+
+
+def test_the_web_page_names_its_safety_policy(bot, tmp_path):
+    from medtune.serving.webui import build_app
+
+    def header(svc):
+        return " ".join(str(getattr(b, "value", "")) + str(getattr(b, "description", ""))
+                        for b in build_app(bot, "m", svc).blocks.values())
+
+    assert "Safety policy: <code>default.yaml</code>" in header(service(tmp_path, "web"))
+    assert "Safety policy: <code>none</code>" in header(None)
