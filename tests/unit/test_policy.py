@@ -247,3 +247,14 @@ def test_eval_policy_command_prints_and_writes_the_table(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "category": "none"}\n{"text": "x", "category": "scary"}\n', encoding="utf-8")
     assert_one_line_error(medtune("eval", "policy", "--data", bad), f'{bad}:2: field "category" is \'scary\'')
+
+
+@pytest.mark.parametrize("text, category", [
+    ("I have chest pain and sweating, what is going on?", "emergency"),  # a question word is no excuse
+    ("我胸口疼还出冷汗，这是什么情况？", "emergency"),
+    ("My dad has slurred speech, what is happening?", "emergency"),
+    ("What are the symptoms of a heart attack, like chest pain and sweating?", "none"),  # about the condition
+    ("心梗有哪些症状？胸痛出汗算吗", "none"),
+])
+def test_bundled_informational_exception_is_narrow(text, category):
+    assert load_policy("default").check(text).category == category
