@@ -49,13 +49,13 @@ def add_service_args(p, policy_default: str) -> None:
                         "latency; personal data redacted)")
 
 
-def service_from_args(args, info: dict, inputs: dict | None = None):
+def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dict | None = None):
     """Return the ReplyService of ``--policy`` / ``--audit-log``; the audit log may not be one of
-    ``inputs`` (``{flag: path}``) or the policy file. Called before the model loads."""
+    ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads."""
     from medtune.files import guard_outputs
     from medtune.inference.service import build_service
 
     if args.audit_log:
         policy_file = None if args.policy in ("default", "none") else args.policy
-        guard_outputs({"--audit-log": args.audit_log}, {**(inputs or {}), "--policy": policy_file})
+        guard_outputs({"--audit-log": args.audit_log, **(outputs or {})}, {**(inputs or {}), "--policy": policy_file})
     return build_service(args.policy, args.audit_log, info)

@@ -44,7 +44,7 @@ def cmd_infer(args) -> int:
                                 enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
     if args.strict:
         read_rows(args.input, args.system, strict=True)  # a bad row fails before the model loads
-    service = _service(args, {"--input": args.input, "--output": args.output})
+    service = _service(args, {"--input": args.input}, {"--output": args.output, "meta": meta_file(args.output)})
     engine = _engine(args)
     service.info["template"] = _template_of(engine)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
@@ -65,7 +65,7 @@ def cmd_infer(args) -> int:
     return 0
 
 
-def _service(args, inputs: dict, adapters: dict | None = None):
+def _service(args, inputs: dict, outputs: dict | None = None, adapters: dict | None = None):
     """The ReplyService of ``--policy`` / ``--audit-log``, built before the model loads."""
     from medtune.cli.model_args import service_from_args
 
@@ -73,7 +73,8 @@ def _service(args, inputs: dict, adapters: dict | None = None):
     if adapters is not None:  # the API: requests name the model (set once the engine is loaded)
         info.update(path=args.model, adapters=adapters)
     return service_from_args(args, info, {**inputs, "--model": args.model,
-                                          "--adapter": getattr(args, "adapter", None) or list((adapters or {}).values())})
+                                          "--adapter": getattr(args, "adapter", None) or list((adapters or {}).values())},
+                             outputs)
 
 
 def _template_of(engine, model=None) -> str:
@@ -110,7 +111,7 @@ def cmd_serve_api(args) -> int:
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
                           max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
     adapters = parse_adapters(args.adapters)
-    service = _service(args, {}, adapters)
+    service = _service(args, {}, adapters=adapters)
     engine = _engine(args, adapters)
     service.info.update(model=engine.model_names()[0], template=_template_of(engine))
     serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, service=service)
