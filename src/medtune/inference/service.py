@@ -72,7 +72,7 @@ class ReplyService:
             prepared.actions = verdict.actions
             prepared.fixed_reply, prepared.prefix, prepared.suffix = verdict.fixed_reply, verdict.prefix, verdict.suffix
         if prepared.fixed_reply is None and self.rag is not None:
-            prepared.messages, prepared.citations = self.rag.augment(request)
+            prepared.messages, prepared.citations = self.rag.augment([dict(m) for m in request])
         return prepared
 
     def finish(self, prepared: Prepared, reply: str, latency_s: float, usage: dict | None = None,
