@@ -122,18 +122,27 @@ def cmd_demo(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from medtune.cli.model_args import model_kwargs
+    from medtune.cli.model_args import model_kwargs, service_from_args
+    from medtune.data.tokenize.templates import template_name
     from medtune.inference.chat import ChatModel
 
+    info = {"model": args.model, "adapter": args.adapter}
+    service = service_from_args(args, info, {"--model": args.model, "--adapter": args.adapter})
     bot = ChatModel.load(args.model, **model_kwargs(args),
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
-    chat_loop(bot, args.system, sys.stdin, sys.stdout)
+    service.info["template"] = template_name(bot.tokenizer.chat_template)
+    chat_loop(bot, args.system, sys.stdin, sys.stdout, service)
     return 0
 
 
-def chat_loop(bot, system, stdin, stdout) -> None:
-    """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout``."""
+def chat_loop(bot, system, stdin, stdout, service=None) -> None:
+    """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout`` through
+    ``service`` (a ReplyService: the policy's prefix, the reply, its suffix; a fixed reply alone)."""
+    from medtune.inference.chat import with_system
+    from medtune.inference.service import ReplyService
+
+    service = service or ReplyService()
     interactive = stdin.isatty()
     if interactive:
         print("medtune chat — 'clear' resets the history, 'stop' or 'exit' quits", file=stdout)
@@ -154,10 +163,12 @@ def chat_loop(bot, system, stdin, stdout) -> None:
         if not query:
             continue
         print("Assistant: ", end="", file=stdout, flush=True)
-        pieces = []
-        for piece in bot.stream_chat(query, history, system=system):
-            pieces.append(piece)
+        prepared = service.prepare(with_system(history, system) + [{"role": "user", "content": query}])
+        pieces = None if prepared.fixed_reply is not None else bot.stream_messages(prepared.messages)
+        shown = []
+        for piece in service.stream(prepared, pieces, surface="chat"):
+            shown.append(piece)
             print(piece, end="", file=stdout, flush=True)
         print(file=stdout, flush=True)
         history = history + [{"role": "user", "content": query},
-                             {"role": "assistant", "content": "".join(pieces).strip()}]
+                             {"role": "assistant", "content": "".join(shown).strip()}]

@@ -35,6 +35,7 @@ EPILOG = """examples:
   medtune serve web --model runs/sft                Gradio chat page on 127.0.0.1:7860
   medtune eval choice --model runs/sft --data apollo/test/zh.json --output runs/eval/apollo
   medtune eval report runs/demo runs/eval --output runs/report          markdown + HTML comparison
+  medtune eval policy --policy clinic.yaml         safety policy: confusion table, recall, false positives
 """
 
 
@@ -109,7 +110,7 @@ def _add_model(sub):
 
 
 def _add_chat(sub):
-    from medtune.cli.model_args import add_model_args
+    from medtune.cli.model_args import add_model_args, add_service_args
     from medtune.inference.settings import add_generation_args
 
     p = sub.add_parser("chat", help="interactive chat with a model dir (full or adapter)",
@@ -117,11 +118,12 @@ def _add_chat(sub):
     add_model_args(p)
     p.add_argument("--system", help="system prompt")
     add_generation_args(p, ("max_new_tokens", "temperature", "enable_thinking", "thinking_budget"))
+    add_service_args(p, policy_default="default")
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
 def _add_infer(sub):
-    from medtune.cli.model_args import add_backend_args, add_model_args
+    from medtune.cli.model_args import add_backend_args, add_model_args, add_service_args
     from medtune.inference.settings import add_generation_args
 
     p = sub.add_parser(
@@ -140,6 +142,7 @@ def _add_infer(sub):
     add_backend_args(p)
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input row (exit 2)")
+    add_service_args(p, policy_default="none")  # batch output is data: a triage prefix would be learned
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
@@ -149,7 +152,7 @@ def _add_bind_args(p, port: int) -> None:
 
 
 def _add_serve(sub):
-    from medtune.cli.model_args import add_backend_args, add_model_args
+    from medtune.cli.model_args import add_backend_args, add_model_args, add_service_args
 
     ssub = command_group(sub, "serve", "serve a model: OpenAI-compatible API or web chat", "api,web")
     a = ssub.add_parser(
@@ -172,6 +175,7 @@ def _add_serve(sub):
     a.add_argument("--max-body-kb", type=int, default=1024, help="largest request body (default 1024 KiB)")
     a.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queue included; then 504 and its generation stopped (default 600)")
+    add_service_args(a, policy_default="default")
     a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
@@ -184,6 +188,7 @@ def _add_serve(sub):
     w.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD a line ('#' comments)")
     w.add_argument("--no-auth", action="store_true",
                    help="serve a non-loopback --host or --share with no login (refused otherwise)")
+    add_service_args(w, policy_default="default")
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 
@@ -235,7 +240,7 @@ def _add_eval(sub):
     from medtune.cli.model_args import add_model_args
 
     esub = command_group(sub, "eval", "evaluate models: generation metrics, benchmarks, perplexity, judges, reports",
-                         "gen,choice,ppl,judge,report")
+                         "gen,choice,ppl,judge,report,policy")
     g = esub.add_parser("gen", help="ROUGE-1/2/L and BLEU-4 of generated (or given) answers",
                         epilog="example: medtune eval gen --model runs/sft --data test.jsonl --output runs/eval/gen\n"
                                "         medtune eval gen --predictions preds.jsonl --output runs/eval/gen",
@@ -255,6 +260,15 @@ def _add_eval(sub):
     r = esub.add_parser("report", help="markdown + HTML report comparing runs and eval outputs",
                         epilog="example: medtune eval report runs/demo/pt runs/demo/sft runs/eval/* --output runs/report")
     _eval_report_args(r)
+    p = esub.add_parser("policy", help="a safety policy on labelled requests: confusion table, recall, false positives",
+                        epilog="example: medtune eval policy --policy clinic.yaml --data requests.jsonl "
+                               "--output runs/eval/policy")
+    p.add_argument("--policy", default="default", help="policy YAML or 'default' (the bundled one)")
+    p.add_argument("--data", help="JSONL of {text, category[, split, id, lang]} (default: the bundled "
+                                  "248 zh + en requests)")
+    p.add_argument("--output", help="dir for policy_eval.json and policy_eval.md")
+    p.add_argument("--show-misses", action="store_true", help="print every request sorted wrongly")
+    p.set_defaults(handler="medtune.cli.eval_policy:cmd_eval_policy")
 
 
 def _eval_gen_args(p, add_model_args):

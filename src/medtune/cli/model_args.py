@@ -36,3 +36,26 @@ def model_kwargs(args) -> dict:
     return {"adapter": getattr(args, "adapter", None), "template": args.template, "device": args.device,
             "dtype": args.dtype, "load_in": None if args.load_in == "none" else args.load_in,
             "trust_remote_code": args.trust_remote_code}
+
+
+def add_service_args(p, policy_default: str) -> None:
+    """Add --policy and --audit-log (``chat``, ``infer``, ``serve api``, ``serve web``)."""
+    p.add_argument("--policy", default=policy_default, metavar="POLICY.yaml|default|none",
+                   help="serve-time safety policy: a policy YAML, 'default' (the bundled zh + en one: "
+                        "emergencies, self-harm, overdoses, controlled drugs, diagnosis demands) or 'none' "
+                        "(default: " + ("the bundled policy)" if policy_default == "default" else f"{policy_default})"))
+    p.add_argument("--audit-log", metavar="PATH.jsonl",
+                   help="append one JSONL record per request (model, adapter, template, policy actions, "
+                        "latency; personal data redacted)")
+
+
+def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dict | None = None):
+    """Return the ReplyService of ``--policy`` / ``--audit-log``; the audit log may not be one of
+    ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads."""
+    from medtune.files import guard_outputs
+    from medtune.inference.service import build_service
+
+    if args.audit_log:
+        policy_file = None if args.policy in ("default", "none") else args.policy
+        guard_outputs({"--audit-log": args.audit_log, **(outputs or {})}, {**(inputs or {}), "--policy": policy_file})
+    return build_service(args.policy, args.audit_log, info)

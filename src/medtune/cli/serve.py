@@ -4,6 +4,10 @@ Example::
 
     medtune infer --model runs/sft --input questions.jsonl --output answers.jsonl
     medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key "$KEY"
+    medtune serve api --model runs/sft --policy clinic.yaml --audit-log runs/audit.jsonl
+
+``serve api``, ``serve web`` and ``chat`` apply the bundled safety policy unless ``--policy none``;
+``infer`` applies none unless ``--policy`` names one.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ def cmd_infer(args) -> int:
                                 enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
     if args.strict:
         read_rows(args.input, args.system, strict=True)  # a bad row fails before the model loads
+    service = _service(args, {"--input": args.input}, {"--output": args.output, "meta": meta_file(args.output)})
     engine = _engine(args)
+    service.info["template"] = _template_of(engine)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
                         system=args.system, model_label=args.model, adapter=args.adapter,
-                        overwrite=args.overwrite, strict=args.strict, progress=not args.quiet)
+                        overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
+                        service=service)
     skipped = sum(summary.skipped.values())
     reasons = "; ".join(f"{k}: {v}" for k, v in summary.skipped.items())
     print(f"infer: {summary.generated} generated, {summary.done_before} already in {args.output}, "
@@ -56,6 +63,24 @@ def cmd_infer(args) -> int:
                 else "")
         raise MedtuneError(f"{args.input}: no row to answer ({reasons or 'empty file'}){hint}")
     return 0
+
+
+def _service(args, inputs: dict, outputs: dict | None = None, adapters: dict | None = None):
+    """The ReplyService of ``--policy`` / ``--audit-log``, built before the model loads."""
+    from medtune.cli.model_args import service_from_args
+
+    info = {"model": args.model, "adapter": getattr(args, "adapter", None)}
+    if adapters is not None:  # the API: requests name the model (set once the engine is loaded)
+        info.update(path=args.model, adapters=adapters)
+    return service_from_args(args, info, {**inputs, "--model": args.model,
+                                          "--adapter": getattr(args, "adapter", None) or list((adapters or {}).values())},
+                             outputs)
+
+
+def _template_of(engine, model=None) -> str:
+    from medtune.data.tokenize.templates import template_name
+
+    return template_name(engine.template(model) if model else engine.template())
 
 
 def parse_adapters(specs) -> dict:
@@ -85,8 +110,11 @@ def cmd_serve_api(args) -> int:
     limits = ServerLimits(max_batch=args.max_batch, max_queue=args.max_queue,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
                           max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
-    engine = _engine(args, parse_adapters(args.adapters))
-    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet)
+    adapters = parse_adapters(args.adapters)
+    service = _service(args, {}, adapters=adapters)
+    engine = _engine(args, adapters)
+    service.info.update(model=engine.model_names()[0], template=_template_of(engine))
+    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, service=service)
     return 0
 
 

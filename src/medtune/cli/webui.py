@@ -5,6 +5,9 @@ Example::
     medtune model tiny -o runs/tiny
     medtune serve web --model runs/tiny --port 7860       # open http://127.0.0.1:7860
     medtune serve web --model runs/tiny --share --auth-file logins.txt   # public link, with a login
+    medtune serve web --model runs/tiny --policy clinic.yaml --audit-log runs/audit.jsonl
+
+The bundled safety policy is on unless ``--policy none`` (see ``medtune.inference.policy``).
 
 A non-loopback ``--host`` or ``--share`` (a public gradio.live link) needs ``--auth`` /
 ``--auth-file``, or ``--no-auth`` to say it is meant to be open; ``--share`` prints a warning first.
@@ -23,13 +26,16 @@ from medtune.errors import MedtuneError
 def cmd_serve_web(args) -> int:
     """Load the model, serve the chat page until interrupted (its URL is printed once it is up)."""
     from medtune.cli.faults import require_extras
-    from medtune.cli.model_args import model_kwargs
+    from medtune.cli.model_args import model_kwargs, service_from_args
+    from medtune.data.tokenize.templates import template_name
     from medtune.inference.chat import ChatModel
     from medtune.serving.webui import build_app, launch
 
     require_extras("gradio")
     auth = web_logins(args)
     _check_port_free(args.host, args.port)
+    service = service_from_args(args, {"model": args.model, "adapter": args.adapter},
+                                {"--model": args.model, "--adapter": args.adapter, "--auth-file": args.auth_file})
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach it can "
               f"{'try the login' if auth else 'chat with the model'}")
@@ -39,7 +45,8 @@ def cmd_serve_web(args) -> int:
     print(f"loading {args.model} ...", flush=True)
     bot = ChatModel.load(args.model, **model_kwargs(args))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup probes, logged per request
-    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""))
+    service.info["template"] = template_name(bot.tokenizer.chat_template)
+    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""), service)
     launch(app, args.host, args.port, args.share, auth=auth)
     return 0
 

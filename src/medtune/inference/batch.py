@@ -13,6 +13,12 @@ are kept and not generated again; a half-written last line is dropped and redone
 is recognised by its ``row_key``, a hash of its id, its rendered prompt and the settings: a row
 whose prompt changed under the same id is generated again, and answers to rows no longer in the
 input are dropped from the output.
+
+With a safety policy (``--policy``, off by default here: batch output is often training data), a
+row the policy acts on gets a ``policy`` list of ``{category, rule, action}``; a row it answers
+(``fixed`` / ``refuse``) is not generated and has ``finish_reason: "policy"``; the policy's file and
+hash join the settings in ``OUT.meta.json``, so a changed policy is refused unless ``--overwrite``.
+``--audit-log`` appends one record per generated row (latency: the row's batch's).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class InferRow:
     messages: list
     source: dict  # the input row, copied to the output
     key: str = ""  # row_key(): set once the prompt is rendered
+    prepared: object = None  # the ReplyService's Prepared: policy actions, the messages the model sees
 
 
 @dataclass
@@ -148,9 +155,11 @@ def keep_finished(out: Path, keys: set) -> set:
     return done
 
 
+FINGERPRINT = ("model", "adapter", "template_sha256", "params", "system", "policy")
+
+
 def _settings_fingerprint(meta: dict) -> str:
-    keys = ("model", "adapter", "template_sha256", "params", "system")
-    return json.dumps({k: meta.get(k) for k in keys}, sort_keys=True)
+    return json.dumps({k: meta.get(k) for k in FINGERPRINT}, sort_keys=True)
 
 
 def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
@@ -159,41 +168,68 @@ def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
         return
     old = json.loads(meta_path.read_text(encoding="utf-8"))
     if _settings_fingerprint(old) != _settings_fingerprint(meta):
-        changed = [k for k in ("model", "adapter", "template_sha256", "params", "system")
-                   if old.get(k) != meta.get(k)]
+        changed = [k for k in FINGERPRINT  # compared as JSON: a tuple read back is a list
+                   if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
         raise MedtuneError(f"{meta_path.with_suffix('').with_suffix('')}: written with different "
                            f"{', '.join(changed)}; pass --overwrite to start over")
 
 
 def run_infer(engine, input_path, output_path, params, batch_size=16, system=None, model_label="",
-              adapter=None, overwrite=False, strict=False, progress=True) -> InferSummary:
-    """Generate a response for every row of ``input_path`` not yet in ``output_path``."""
+              adapter=None, overwrite=False, strict=False, progress=True, service=None) -> InferSummary:
+    """Generate a response for every row of ``input_path`` not yet in ``output_path``, through
+    ``service`` (a ReplyService: policy, retrieval, audit; None: the model alone)."""
     from tqdm import tqdm
+
+    from medtune.inference.service import ReplyService
 
     if batch_size < 1:
         raise MedtuneError("--batch-size must be >= 1")
+    service = service or ReplyService()
     out, meta_path = Path(output_path), meta_file(output_path)
     rows, skipped = read_rows(input_path, system, strict)
     meta = _meta(engine, input_path, params, system, model_label, adapter, batch_size)
+    if service.policy is not None:  # only then: outputs from before policies existed still resume
+        meta["policy"] = service.info.get("policy")
     check_meta(meta_path, meta, overwrite)
     if overwrite and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings_fingerprint(meta)
-    encoded = [(engine.encode_chat(r.messages, enable_thinking=params.enable_thinking), r) for r in rows]
+    for r in rows:
+        r.prepared = service.prepare(r.messages, request_id=str(r.id))
+    encoded = [(engine.encode_chat(r.prepared.messages, enable_thinking=params.enable_thinking), r) for r in rows]
     for ids, r in encoded:
         r.key = row_key(r.id, ids, settings)
     done = keep_finished(out, {r.key for r in rows})
     todo = [(ids, r) for ids, r in encoded if r.key not in done]
-    summary = InferSummary(rows=len(rows), done_before=len(rows) - len(todo), skipped=skipped)
+    fixed = [r for _, r in todo if r.prepared.fixed_reply is not None]  # the policy answers: no model
+    todo = [(ids, r) for ids, r in todo if r.prepared.fixed_reply is None]
+    summary = InferSummary(rows=len(rows), done_before=len(rows) - len(todo) - len(fixed), skipped=skipped)
     _write_meta(meta_path, meta, summary, "running")
     started = time.perf_counter()
-    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), disable=not progress,
+    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo) + len(fixed), disable=not progress,
                                                      unit="row", desc="infer") as bar:
+        for row in fixed:
+            service.finish(row.prepared, "", 0.0, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                           surface="infer")
+            f.write(json.dumps(_fixed_row(row), ensure_ascii=False) + "\n")
+        f.flush()
+        summary.generated += len(fixed)
+        bar.update(len(fixed))
         for batch, prompts in _length_sorted_batches(todo, batch_size):
+            batch_started = time.perf_counter()
             answers = engine.generate(prompts, _batch_params(params, batch))
+            took = time.perf_counter() - batch_started  # each row's latency: its batch's
             for row, got, prompt in zip(batch, _per_prompt(answers, params.n), prompts):
-                f.write(json.dumps(_output_row(row, got, _opens_thinking(engine, prompt)), ensure_ascii=False) + "\n")
+                record = _output_row(row, got, _opens_thinking(engine, prompt))
+                usage = {"prompt_tokens": got[0].prompt_tokens, "completion_tokens": got[0].completion_tokens,
+                         "total_tokens": got[0].prompt_tokens + got[0].completion_tokens}
+                record["response"] = service.finish(row.prepared, record["response"], took, usage, surface="infer")
+                if "responses" in record:
+                    record["responses"] = [row.prepared.shown(r) for r in record["responses"]]
+                if row.prepared.actions:
+                    record["policy"] = row.prepared.actions
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 summary.completion_tokens += sum(c.completion_tokens for c in got)
             f.flush()
             summary.generated += len(batch)
@@ -250,6 +286,12 @@ def _output_row(row: InferRow, got, opened: bool = False) -> dict:
     if len(got) > 1:
         out["responses"] = [split_trace(c.text, opened)[1].strip() for c in got]
     return out
+
+
+def _fixed_row(row: InferRow) -> dict:
+    """The output row of a request the policy answered without the model."""
+    return {**row.source, "id": row.id, "row_key": row.key, "response": row.prepared.fixed_reply,
+            "finish_reason": "policy", "prompt_tokens": 0, "completion_tokens": 0, "policy": row.prepared.actions}
 
 
 def _meta(engine, input_path, params, system, model_label, adapter, batch_size) -> dict:

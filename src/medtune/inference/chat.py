@@ -84,8 +84,15 @@ class ChatModel:
         Setting ``stop_event`` (a ``threading.Event``) ends generation at the next token; so does
         closing the generator.
         """
-        params = replace(self.settings, **overrides)  # bad settings raise here, in the caller
-        ids = self.prompt_ids(_with_query(history, query, system), params)
+        return self.stream_messages(_with_query(history, query, system), stop_event, **overrides)
+
+    def stream_messages(self, messages, stop_event=None, **overrides):
+        """Yield the reply to ``messages`` (ending with a user turn) piece by piece; ``stop_event``
+        as in :meth:`stream_chat`. Bad settings raise here, before the generator starts."""
+        params = replace(self.settings, **overrides)
+        return self._stream(self.prompt_ids(messages, params), params, stop_event)
+
+    def _stream(self, ids, params, stop_event):
         stop_event = stop_event or threading.Event()
         pieces: queue.Queue = queue.Queue()
         first = [True]

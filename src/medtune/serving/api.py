@@ -23,6 +23,13 @@ on a connection kept open (and its traceback is logged). A client that goes away
 not) has its generation cancelled at the next token. Requests only name models that were loaded at
 start-up: nothing a client sends is used as a path.
 
+Chat replies go through a ``ReplyService`` (``medtune.inference.service``): with a safety policy
+(``medtune serve api`` applies the bundled one unless ``--policy none``), a request the policy
+answers (``fixed`` / ``refuse``) gets that message without the model (completion tokens 0), and
+the others get its triage prefix / disclaimer suffix around the answer (streamed: the prefix first,
+then the deltas, then the suffix); the response id is the audit log's ``request_id``. With a policy,
+``/v1/completions`` answers 400: raw continuation would get round it.
+
 Text a client sends is text: the template's control tokens (``<|im_start|>``, ``<|im_end|>``, ...)
 inside message content or a completion prompt are encoded as plain characters, never as control
 token ids (see ``ChatEngine.encode_chat``), so a message cannot open a new role.
@@ -73,16 +80,20 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None):
-    """Return the FastAPI app serving ``engine`` (one batching worker thread)."""
+def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None, service=None):
+    """Return the FastAPI app serving ``engine`` (one batching worker thread); chat replies go
+    through ``service`` (a ReplyService: safety policy, retrieval, audit; None: the model alone)."""
+    from medtune.inference.service import ReplyService
     from medtune.serving.scheduler import BatchScheduler
 
     if api_key is not None and not api_key.strip():
         raise MedtuneError("the API key is empty (an unset shell variable?): pass a real key, or none")
     limits = limits or ServerLimits()
+    service = service or ReplyService()
     scheduler = BatchScheduler(engine, limits.max_batch, limits.max_queue)
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler, app.state.engine, app.state.started = scheduler, engine, int(time.time())
+    app.state.service = service
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -106,18 +117,26 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        started = time.perf_counter()
         req = parse_request(await _read_body(request, limits), ChatRequest)
         thinking = req.thinking()
         if thinking["thinking_budget"] is not None and engine.backend == "vllm":
             raise RequestError(400, "thinking_budget is applied by the hf backend only (this server runs vLLM)",
                                "thinking_budget", "unsupported_parameter")
+        _check_model(engine, req.model)
+        prepared = service.prepare(req.chat_messages(), "chatcmpl-" + uuid.uuid4().hex[:24])
         prompt = _encode(engine, req.model, lambda: engine.encode_chat(
-            req.chat_messages(), req.model, enable_thinking=thinking["enable_thinking"]))
+            prepared.messages, req.model, enable_thinking=thinking["enable_thinking"]))
         opened = engine.opens_thinking(prompt, req.model)
-        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened)
+        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened,
+                              reply=_Reply(service, prepared, started))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        if service.policy is not None:  # raw text continuation would get round the policy
+            raise RequestError(400, "this server applies a safety policy to chat requests; /v1/completions "
+                                    "(raw text continuation) is off with a policy: use /v1/chat/completions, "
+                                    "or start the server with --policy none", code="policy")
         req = parse_request(await _read_body(request, limits), CompletionRequest)
         prompts = [_encode(engine, req.model, lambda t=t: engine.encode_text(t, req.model))
                    for t in req.prompts()]
@@ -174,10 +193,14 @@ async def _read_body(request, limits: ServerLimits) -> bytes:
     return bytes(body)
 
 
-def _encode(engine, model: str, encode) -> list[int]:
+def _check_model(engine, model: str) -> None:
     if model not in engine.model_names():
         raise RequestError(404, f"model '{model}' not found (serving: {', '.join(engine.model_names())})",
                            "model", "model_not_found")
+
+
+def _encode(engine, model: str, encode) -> list[int]:
+    _check_model(engine, model)
     try:
         return encode()
     except MedtuneError as exc:
@@ -200,15 +223,35 @@ def _check_limits(prompts, req, limits: ServerLimits) -> None:
                            "max_tokens")
 
 
-async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False):
+@dataclass
+class _Reply:
+    """A chat request's ReplyService, its ``Prepared`` (policy verdict, request id) and start time."""
+
+    service: object
+    prepared: object
+    started: float
+
+    def finish(self, text: str, usage: dict | None, model: str) -> str:
+        return self.service.finish(self.prepared, text, time.perf_counter() - self.started, usage, "api", model)
+
+
+async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False,
+                   reply: _Reply | None = None):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
-    meta = _Meta(req.model, chat, opened)
+    meta = _Meta(req.model, chat, opened, reply.prepared.request_id if reply else None)
+    if reply is not None and reply.prepared.fixed_reply is not None:  # the policy answers: no model
+        usage = _usage(sum(len(p) for p in prompts), 0)
+        reply.finish("", usage, req.model)
+        if req.stream:
+            return StreamingResponse(_fixed_sse(meta, req, reply.prepared.fixed_reply, params.n, usage),
+                                     media_type="text/event-stream")
+        return JSONResponse(meta.fixed_response(reply.prepared.fixed_reply, params.n, usage))
     deadline = time.monotonic() + limits.request_timeout
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
         jobs = _submit_all(scheduler, prompts, params, req.model, events)
-        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline),
+        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline, reply),
                                  media_type="text/event-stream")
     jobs = _submit_all(scheduler, prompts, params, req.model)
     try:
@@ -218,7 +261,14 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
             job.cancel.set()
     if results is None:  # nobody is listening; 499 as nginx logs a client that closed the request
         return Response(status_code=499)
-    return JSONResponse(meta.full_response(results, prompts))
+    body = meta.full_response(results, prompts)
+    if reply is not None:  # the policy's prefix and suffix around each answer; the first one audited
+        messages = [c["message"] for c in body["choices"]]
+        first = messages[0].get("content", "") if messages else ""
+        for message in messages:
+            message["content"] = reply.prepared.shown(message.get("content", ""))
+        reply.finish(first, body["usage"], req.model)
+    return JSONResponse(body)
 
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting plain request checks that its client is still there
@@ -249,9 +299,10 @@ class _Meta:
     model: str
     chat: bool
     opened: bool = False  # the chat prompt ends inside an open <think> block
+    request_id: str | None = None  # the ReplyService's (chat); else a new one
 
     def __post_init__(self):
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = self.request_id or ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.object = "chat.completion" if self.chat else "text_completion"
 
@@ -278,6 +329,11 @@ class _Meta:
         prompt = sum(len(p) for p in prompts)
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                 "choices": choices, "usage": _usage(prompt, completion)}
+
+    def fixed_response(self, text: str, n: int, usage: dict) -> dict:
+        """A chat response whose ``n`` choices are the policy's fixed reply."""
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+                "choices": [self.choice(i, text, "stop") for i in range(n)], "usage": usage}
 
     def chunk(self, choices, usage=None) -> str:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
@@ -346,28 +402,52 @@ def _submit_all(scheduler, prompts, params, model, events: asyncio.Queue | None 
     return jobs
 
 
-async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float):
-    """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``."""
+def _fixed_sse(meta: _Meta, req, text: str, n: int, usage: dict):
+    """Yield the server-sent events of a policy's fixed reply: role, the text, finish, usage, ``[DONE]``."""
+    yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
+                      for i in range(n)])
+    for i in range(n):
+        yield meta.chunk([meta.choice(i, text, None, delta=True)])
+        yield meta.chunk([meta.choice(i, None, "stop", delta=True)])
+    if req.include_usage:
+        yield meta.chunk([], usage=usage)
+    yield "data: [DONE]\n\n"
+
+
+async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float, reply: _Reply | None = None):
+    """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``.
+
+    With ``reply`` (chat), each choice's content starts with the policy's prefix and ends with its
+    suffix; the first choice's answer is audited when the stream ends, however it ends."""
     total, finished = len(prompts) * n, 0
     traces = [TraceStream(meta.opened) for _ in range(total)]  # chat: each choice's trace split off
+    prefix, suffix = (reply.prepared.prefix, reply.prepared.suffix) if reply else ("", "")
+    answer, usage = [], None  # the first choice's content, for the audit
     try:
         if meta.chat:
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
                               for i in range(total)])
+            if prefix:
+                yield meta.chunk([meta.choice(i, prefix, None, delta=True) for i in range(total)])
         while finished < total:
             choice, delta, finish = await _next_event(events, deadline)
             pieces = traces[choice].feed(delta, final=bool(finish)) if meta.chat else [("content", delta)]
             for kind, text in pieces:
                 if text:
+                    if choice == 0 and kind == "content":
+                        answer.append(text)
                     yield meta.chunk([meta.choice(choice, text, None, delta=True) if kind == "content" else
                                       meta.choice(choice, None, None, delta=True, reasoning=text)])
             if finish:
                 finished += 1
+                if suffix:
+                    yield meta.chunk([meta.choice(choice, suffix, None, delta=True)])
                 yield meta.chunk([meta.choice(choice, None if meta.chat else "", finish, delta=True)])
         if req.include_usage:
             results = [await fut for _, fut in jobs]
             completion = sum(c.completion_tokens for r in results for c in r)
-            yield meta.chunk([], usage=_usage(sum(len(p) for p in prompts), completion))
+            usage = _usage(sum(len(p) for p in prompts), completion)
+            yield meta.chunk([], usage=usage)
         yield "data: [DONE]\n\n"
     except TimeoutError:
         yield f"data: {json.dumps(error_body(504, 'the request took longer than this server allows', code='timeout'))}\n\n"
@@ -377,6 +457,8 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: fl
     finally:  # the client went away (or we are done): stop generating for it
         for job, _ in jobs:
             job.cancel.set()
+        if reply is not None:
+            reply.finish("".join(answer), usage, meta.model)
 
 
 async def _next_event(events, deadline: float):
@@ -388,11 +470,15 @@ async def _next_event(events, deadline: float):
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: ServerLimits | None = None, quiet: bool = False) -> None:
+          limits: ServerLimits | None = None, quiet: bool = False, service=None) -> None:
     """Run the API with uvicorn until interrupted."""
+    from pathlib import Path
+
     import uvicorn
 
-    app = create_app(engine, api_key, limits)
+    app = create_app(engine, api_key, limits, service)
+    policy = getattr(service, "policy", None)
     print(f"medtune API on http://{host}:{port}/v1  models: {', '.join(engine.model_names())}"
-          f"  auth: {'bearer key' if api_key else 'none'}", flush=True)
+          f"  auth: {'bearer key' if api_key else 'none'}"
+          f"  safety policy: {Path(policy.source).name if policy else 'none'}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

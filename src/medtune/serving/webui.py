@@ -27,6 +27,7 @@ import inspect
 import os
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medtune.inference.settings import label, slider
@@ -48,19 +49,24 @@ def _gradio():
     return gradio
 
 
-def build_app(bot, model_label: str) -> gr.Blocks:
-    """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label`` and the template."""
+def build_app(bot, model_label: str, service=None) -> gr.Blocks:
+    """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label``, the template
+    and the safety policy; every reply goes through ``service`` (a ReplyService; None: none)."""
     from medtune.data.tokenize.templates import template_name
 
     gr = _gradio()
     template = template_name(bot.tokenizer.chat_template)
+    policy = getattr(service, "policy", None)
     header = (f"Model: <code>{html.escape(model_label)}</code> · "
-              f"Chat template: <code>{html.escape(template)}</code><br>{DISCLAIMER}")
+              f"Chat template: <code>{html.escape(template)}</code> · "
+              f"Safety policy: <code>{html.escape(Path(policy.source).name if policy else 'none')}</code>"
+              f"<br>{DISCLAIMER}")
 
     thinks = reads_enable_thinking(bot.tokenizer.chat_template)
 
     def respond(message, history, system, *values):
-        yield from reply_messages(bot, message, history, system, **settings_from_controls(values, thinks))
+        yield from reply_messages(bot, message, history, system, service=service,
+                                  **settings_from_controls(values, thinks))
 
     return gr.ChatInterface(
         respond, title="medtune chat", description=header, additional_inputs=_controls(gr, bot),
@@ -100,23 +106,51 @@ def settings_from_controls(values, thinks: bool) -> dict:
     return sampling
 
 
-def reply_messages(bot, message: str, history, system: str = "", **sampling):
+def reply_messages(bot, message: str, history, system: str = "", service=None, **sampling):
     """Yield the chat messages of the reply so far: a collapsible ``Thinking`` message holding the
-    trace (open while it streams, closed once the answer starts), then the answer."""
+    trace (open while it streams, closed once the answer starts), then the answer — the policy's
+    prefix, the model's answer, its suffix (``service``: a ReplyService); a fixed reply alone."""
     from medtune.inference.chat import with_system
     from medtune.inference.reasoning import TraceStream
+    from medtune.inference.service import ReplyService
 
+    service = service or ReplyService()
     prompt = with_system(chat_messages(history), (system or "").strip() or None) + [{"role": "user", "content": message}]
-    opened = bot.engine.opens_thinking(bot.prompt_ids(prompt, replace(bot.settings, **sampling)))
-    trace, parts, seen = TraceStream(opened), {"reasoning": "", "content": ""}, ""
-    for text in stream_reply(bot, message, history, system, **sampling):
-        pieces, seen = trace.feed(text[len(seen):]), text
-        for kind, piece in pieces:
-            parts[kind] += piece
-        yield _turn(trace.reasoned, parts, done=False)
-    for kind, piece in trace.finish():
-        parts[kind] += piece
+    prepared = service.prepare(prompt)
+    if prepared.fixed_reply is not None:
+        yield _turn(False, {"reasoning": "", "content": "".join(service.stream(prepared, None, "web"))}, done=True)
+        return
+    opened = bot.engine.opens_thinking(bot.prompt_ids(prepared.messages, replace(bot.settings, **sampling)))
+    trace, parts, flushed = TraceStream(opened), {"reasoning": "", "content": ""}, False
+    stream = service.stream_parts(prepared, _model_pieces(bot, prepared.messages, **sampling), "web")
+    try:
+        for kind, text in stream:
+            if kind == "model":
+                pieces = trace.feed(text)
+            elif kind == "suffix":  # after the answer's held-back tail
+                pieces, flushed = [*trace.finish(), ("content", text)], True
+            else:
+                pieces = [("content", text)]
+            for part, piece in pieces:
+                parts[part] += piece
+            yield _turn(trace.reasoned, parts, done=False)
+    finally:
+        stream.close()
+    for part, piece in ([] if flushed else trace.finish()):
+        parts[part] += piece
     yield _turn(trace.reasoned, parts, done=True)
+
+
+def _model_pieces(bot, messages, **sampling):
+    """Yield the model's reply to ``messages`` piece by piece; closing this generator ends the
+    model's generation at the next token."""
+    stop = threading.Event()
+    pieces = bot.stream_messages(messages, stop_event=stop, **sampling)
+    try:
+        yield from pieces
+    finally:
+        stop.set()
+        pieces.close()
 
 
 def _turn(reasoned: bool, parts: dict, done: bool) -> list[dict]:

@@ -1,0 +1,299 @@
+"""Serve-time safety policy: recognise emergencies, self-harm, overdoses, controlled-drug requests
+and demands for a definitive diagnosis in a user's message, whatever the model would say.
+
+Example::
+
+    medtune serve api --model runs/sft                       # the bundled zh + en policy is on
+    medtune serve api --model runs/sft --policy clinic.yaml  # your own
+    medtune chat --model runs/sft --policy none              # off
+
+    from medtune.inference.policy import load_policy
+    policy = load_policy("default")
+    verdict = policy.check("我胸口疼，一直出冷汗")
+    verdict.actions   # [{'category': 'emergency', 'rule': 'chest_pain_sweating', 'action': 'prepend'}]
+    verdict.prefix    # triage advice shown before the model's reply
+
+A policy is a YAML file (the bundled one: ``assets/policy/default.yaml``)::
+
+    version: 1
+    categories:                 # order is priority: the first category matched is the request's
+      self_harm:
+        action: fixed           # prepend | append | fixed | refuse
+        message:                # zh when the request has a Chinese character, else en (or one string)
+          zh: 如果你有伤害自己的想法……
+          en: If you are thinking about hurting yourself...
+        rules:
+          - id: suicide_intent
+            any: ['想自杀', 'kill myself']             # one regex of the list matches
+          - id: chest_pain_sweating
+            all: [['胸痛', 'chest pain'], ['出汗', 'sweat']]   # every group has a match (AND)
+            unless: ['有哪些症状', 'what are the symptoms']   # ...and none of these matches
+
+Patterns are Python regular expressions matched case-insensitively anywhere in the message
+(NFKC-normalised, so full-width letters and digits match too); a plain word is a keyword.
+``prepend`` puts the message before the model's reply (triage advice), ``append`` after it (a
+disclaimer), ``fixed`` answers with the message and never calls the model, ``refuse`` does the
+same as a refusal. When several categories match, every action is recorded; the first
+``fixed``/``refuse`` one answers, otherwise the prefixes and suffixes are joined in category order.
+Only the last user message is checked. Errors in a policy file are one line naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from medtune.errors import MedtuneError, did_you_mean
+
+CATEGORIES = ("emergency", "self_harm", "overdose", "controlled_drug", "diagnosis")
+ACTIONS = ("prepend", "append", "fixed", "refuse")
+LANGS = ("zh", "en")
+POLICY_KEYS = ("version", "categories")
+CATEGORY_KEYS = ("action", "message", "rules", "description")
+RULE_KEYS = ("id", "any", "all", "unless")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def bundled_policy_path() -> Path:
+    """Return the path of the bundled zh + en policy."""
+    return Path(str(resources.files("medtune") / "assets" / "policy" / "default.yaml"))
+
+
+@dataclass
+class Rule:
+    id: str
+    groups: list[list[re.Pattern]]  # every group needs one match (``any`` is one group)
+    unless: list[re.Pattern] = field(default_factory=list)
+
+    def matches(self, text: str) -> bool:
+        return (all(any(p.search(text) for p in group) for group in self.groups)
+                and not any(p.search(text) for p in self.unless))
+
+
+@dataclass
+class Category:
+    name: str
+    action: str
+    message: dict  # {"zh": ..., "en": ...}
+    rules: list[Rule]
+
+    def first_rule(self, text: str) -> Rule | None:
+        return next((r for r in self.rules if r.matches(text)), None)
+
+
+@dataclass
+class Verdict:
+    """What the policy does with one request."""
+
+    actions: list[dict] = field(default_factory=list)  # {"category", "rule", "action"}
+    fixed_reply: str | None = None
+    prefix: str = ""
+    suffix: str = ""
+
+    @property
+    def category(self) -> str:
+        """The request's category (the first one matched), or ``none``."""
+        return self.actions[0]["category"] if self.actions else "none"
+
+
+@dataclass
+class Policy:
+    categories: list[Category]
+    source: str = ""  # the file it came from
+    sha256: str = ""
+
+    def check(self, text: str) -> Verdict:
+        """Return the actions this policy takes on a user message ``text``."""
+        norm = normalise(text)
+        lang = "zh" if _CJK.search(norm) else "en"
+        verdict = Verdict()
+        prefixes, suffixes = [], []
+        for cat in self.categories:
+            rule = cat.first_rule(norm)
+            if rule is None:
+                continue
+            verdict.actions.append({"category": cat.name, "rule": rule.id, "action": cat.action})
+            message = cat.message.get(lang) or cat.message.get("en") or cat.message.get("zh")
+            if cat.action in ("fixed", "refuse"):
+                if verdict.fixed_reply is None:
+                    verdict.fixed_reply = message
+            elif cat.action == "prepend":
+                prefixes.append(message)
+            else:
+                suffixes.append(message)
+        if verdict.fixed_reply is None:
+            verdict.prefix = "".join(m + "\n\n" for m in prefixes)
+            verdict.suffix = "".join("\n\n" + m for m in suffixes)
+        return verdict
+
+
+def normalise(text: str) -> str:
+    """Return ``text`` NFKC-normalised with runs of whitespace made one space."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or ""))
+
+
+def load_policy(spec: str | Path | None) -> Policy | None:
+    """Return the policy ``spec`` names: a YAML path, ``default`` (the bundled one) or ``none``/None
+    (no policy). Raise a one-line :class:`MedtuneError` naming ``file:line`` on a bad file."""
+    if spec is None or str(spec) == "none":
+        return None
+    path = bundled_policy_path() if str(spec) == "default" else Path(spec)
+    if not path.is_file():
+        raise MedtuneError(f"--policy {spec}: no such file (give a policy YAML, 'default' or 'none')")
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedtuneError(f"{path}: cannot read the policy ({exc})") from None
+    import hashlib
+
+    policy = parse_policy(text, str(path))
+    policy.sha256 = hashlib.sha256(raw).hexdigest()
+    return policy
+
+
+def parse_policy(text: str, src: str = "<policy>") -> Policy:
+    """Return the validated policy in YAML ``text`` (``src`` names it in errors)."""
+    data = _read_lined_yaml(text, src)
+    if not isinstance(data, _LinedDict):
+        raise MedtuneError(f"{src}:1: a policy is a mapping with 'version' and 'categories'")
+    _check_keys(data, POLICY_KEYS, src, "policy key")
+    if data.get("version", 1) != 1:
+        raise MedtuneError(f"{src}:{data.lines['version']}: version {data['version']!r} unknown (this medtune reads 1)")
+    cats = data.get("categories")
+    if not isinstance(cats, _LinedDict) or not cats:
+        line = data.lines.get("categories", data.line)
+        raise MedtuneError(f"{src}:{line}: 'categories' must be a mapping of category name to its rules")
+    return Policy([_category(name, body, cats.lines[name], src) for name, body in cats.items()], source=src)
+
+
+def _category(name, body, line: int, src: str) -> Category:
+    if name not in CATEGORIES:
+        raise MedtuneError(f"{src}:{line}: unknown category '{name}'{did_you_mean(name, CATEGORIES)}")
+    if not isinstance(body, _LinedDict):
+        raise MedtuneError(f"{src}:{line}: category '{name}' must be a mapping (action, message, rules)")
+    _check_keys(body, CATEGORY_KEYS, src, f"key of category '{name}'")
+    action = body.get("action")
+    if action not in ACTIONS:
+        at = body.lines.get("action", line)
+        what = "has no action" if action is None else f"action '{action}' unknown"
+        raise MedtuneError(f"{src}:{at}: category '{name}' {what}{did_you_mean(action or '', ACTIONS)}")
+    message = _message(body.get("message"), body.lines.get("message", line), name, src)
+    rules = body.get("rules")
+    if not isinstance(rules, _LinedList) or not rules:
+        raise MedtuneError(f"{src}:{body.lines.get('rules', line)}: category '{name}' needs a non-empty "
+                           "'rules' list")
+    parsed = [_rule(r, rules.lines[i], name, src) for i, r in enumerate(rules)]
+    seen = set()
+    for rule, at in zip(parsed, rules.lines):
+        if rule.id in seen:
+            raise MedtuneError(f"{src}:{at}: rule id '{rule.id}' repeated in category '{name}'")
+        seen.add(rule.id)
+    return Category(name, action, message, parsed)
+
+
+def _message(message, line: int, name: str, src: str) -> dict:
+    if isinstance(message, str) and message.strip():
+        return {lang: message.strip() for lang in LANGS}
+    if isinstance(message, _LinedDict) and message:
+        for lang, text in message.items():
+            at = message.lines[lang]
+            if lang not in LANGS:
+                raise MedtuneError(f"{src}:{at}: message language '{lang}' unknown{did_you_mean(lang, LANGS)}")
+            if not isinstance(text, str) or not text.strip():
+                raise MedtuneError(f"{src}:{at}: category '{name}': message.{lang} must be non-empty text")
+        return {lang: text.strip() for lang, text in message.items()}
+    raise MedtuneError(f"{src}:{line}: category '{name}' needs a message (text, or zh/en texts)")
+
+
+def _rule(rule, line: int, cat: str, src: str) -> Rule:
+    if not isinstance(rule, _LinedDict):
+        raise MedtuneError(f"{src}:{line}: a rule of '{cat}' must be a mapping with id and any/all")
+    _check_keys(rule, RULE_KEYS, src, "rule key")
+    rid = rule.get("id")
+    if not isinstance(rid, str) or not rid.strip():
+        raise MedtuneError(f"{src}:{line}: a rule of '{cat}' needs an 'id' (text)")
+    if ("any" in rule) == ("all" in rule):
+        raise MedtuneError(f"{src}:{line}: rule '{rid}' needs exactly one of 'any' (patterns) or 'all' "
+                           "(groups of patterns)")
+    if "any" in rule:
+        groups = [_patterns(rule["any"], rule.lines["any"], rid, src)]
+    else:
+        groups_raw = rule["all"]
+        if not isinstance(groups_raw, _LinedList) or len(groups_raw) < 2:
+            raise MedtuneError(f"{src}:{rule.lines['all']}: rule '{rid}': 'all' is a list of two or more "
+                               "pattern lists")
+        groups = [_patterns(g, at, rid, src) for g, at in zip(groups_raw, groups_raw.lines)]
+    unless = _patterns(rule["unless"], rule.lines["unless"], rid, src) if "unless" in rule else []
+    return Rule(rid.strip(), groups, unless)
+
+
+def _patterns(items, line: int, rid: str, src: str) -> list[re.Pattern]:
+    if isinstance(items, str):
+        items = _LinedList([items], [line])
+    if not isinstance(items, _LinedList) or not items:
+        raise MedtuneError(f"{src}:{line}: rule '{rid}': expected a non-empty list of patterns")
+    out = []
+    for item, at in zip(items, items.lines):
+        if not isinstance(item, str) or not item.strip():
+            raise MedtuneError(f"{src}:{at}: rule '{rid}': a pattern must be non-empty text (got {item!r})")
+        try:
+            out.append(re.compile(normalise(item), re.IGNORECASE))
+        except re.error as exc:
+            raise MedtuneError(f"{src}:{at}: rule '{rid}': bad regex {item!r} ({exc})") from None
+    return out
+
+
+def _check_keys(node, allowed, src: str, what: str) -> None:
+    for key in node:
+        if key not in allowed:
+            raise MedtuneError(f"{src}:{node.lines[key]}: unknown {what} '{key}'{did_you_mean(key, allowed)}")
+
+
+class _LinedDict(dict):
+    """A YAML mapping that remembers the line of itself (``line``) and of each key (``lines``)."""
+
+    line: int = 1
+    lines: dict
+
+
+class _LinedList(list):
+    """A YAML sequence that remembers the line of each item (``lines``)."""
+
+    def __init__(self, items=(), lines=()):
+        super().__init__(items)
+        self.lines = list(lines)
+
+
+def _read_lined_yaml(text: str, src: str):
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        out = _LinedDict()
+        out.line, out.lines = node.start_mark.line + 1, {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in out:
+                raise MedtuneError(f"{src}:{key_node.start_mark.line + 1}: key '{key}' repeated")
+            out[key] = loader.construct_object(value_node, deep=True)
+            out.lines[key] = key_node.start_mark.line + 1
+        return out
+
+    def sequence(loader, node):
+        return _LinedList([loader.construct_object(n, deep=True) for n in node.value],
+                          [n.start_mark.line + 1 for n in node.value])
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise MedtuneError(f"{src}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
