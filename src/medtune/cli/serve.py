@@ -4,6 +4,7 @@ Example::
 
     medtune infer --model runs/sft --input questions.jsonl --output answers.jsonl
     medtune serve api --model runs/sft --adapter tcm=runs/tcm-lora --api-key "$KEY"
+    medtune serve api --model runs/sft --db postgresql://medtune:PW@db.local/medtune
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def parse_adapters(specs) -> dict:
 def cmd_serve_api(args) -> int:
     from medtune.cli.faults import require_extras
 
-    require_extras("fastapi", "uvicorn")
+    require_extras("fastapi", "uvicorn", "sqlalchemy")
     from medtune.serving.api import ServerLimits, serve
+    from medtune.serving.store import open_store
 
     api_key = api_key_of(args, os.environ)
     if args.request_timeout <= 0:
@@ -85,8 +87,10 @@ def cmd_serve_api(args) -> int:
     limits = ServerLimits(max_batch=args.max_batch, max_queue=args.max_queue,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
                           max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
-    engine = _engine(args, parse_adapters(args.adapters))
-    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet)
+    adapters = parse_adapters(args.adapters)
+    store = open_store(args.db, args.model)  # a database that cannot open fails here, before the model loads
+    engine = _engine(args, adapters)
+    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, store=store)
     return 0
 
 

@@ -5,6 +5,7 @@ Example::
     medtune model tiny -o runs/tiny
     medtune serve web --model runs/tiny --port 7860       # open http://127.0.0.1:7860
     medtune serve web --model runs/tiny --share --auth-file logins.txt   # public link, with a login
+    medtune serve web --model runs/tiny --db postgresql://medtune:PW@db.local/medtune   # feedback there
 
 A non-loopback ``--host`` or ``--share`` (a public gradio.live link) needs ``--auth`` /
 ``--auth-file``, or ``--no-auth`` to say it is meant to be open; ``--share`` prints a warning first.
@@ -25,9 +26,10 @@ def cmd_serve_web(args) -> int:
     from medtune.cli.faults import require_extras
     from medtune.cli.model_args import model_kwargs
     from medtune.inference.chat import ChatModel
+    from medtune.serving.store import open_store
     from medtune.serving.webui import build_app, launch
 
-    require_extras("gradio")
+    require_extras("gradio", "sqlalchemy")
     auth = web_logins(args)
     _check_port_free(args.host, args.port)
     if args.host not in LOOPBACK:
@@ -36,10 +38,12 @@ def cmd_serve_web(args) -> int:
     if args.share:
         print("warning: --share opens a public gradio.live link through Gradio's servers: anyone with the "
               f"link can {'try the login' if auth else 'chat with the model'}", flush=True)
+    store = open_store(args.db, args.model)  # a database that cannot open fails here, before the model loads
     print(f"loading {args.model} ...", flush=True)
     bot = ChatModel.load(args.model, **model_kwargs(args))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup probes, logged per request
-    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""))
+    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""), store=store)
+    print(f"feedback db: {store.shown if store is not None else 'none (--db none)'}", flush=True)
     launch(app, args.host, args.port, args.share, auth=auth)
     return 0
 

@@ -8,8 +8,8 @@ Example::
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
     reply = client.chat.completions.create(model="tcm", messages=[{"role": "user", "content": "失眠怎么办？"}])
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions`` (plain and ``stream: true`` server-sent events ending with
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions`` and ``POST /v1/feedback`` (plain and ``stream: true`` server-sent events ending with
 ``data: [DONE]``). A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
 as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's API split it:
 ``message.reasoning_content`` (the trace) and ``message.content`` (the answer); streamed,
@@ -22,6 +22,11 @@ timeout; its generation is cancelled). No client value gives a 5xx; a bug still 
 on a connection kept open (and its traceback is logged). A client that goes away (streaming or
 not) has its generation cancelled at the next token. Requests only name models that were loaded at
 start-up: nothing a client sends is used as a path.
+
+With a store (:mod:`medtune.serving.store`), every chat completion is recorded under the ``id`` the
+reply carries (choice N > 0 of an ``n > 1`` request as ``ID:N``), and ``POST /v1/feedback``
+``{"response_id", "rating": "up"|"down", "corrected_text"?}`` stores a rating and/or a correction
+for it: 200 with the stored record, 404 (``response_not_found``) for an id never served.
 
 Text a client sends is text: the template's control tokens (``<|im_start|>``, ``<|im_end|>``, ...)
 inside message content or a completion prompt are encoded as plain characters, never as control
@@ -47,6 +52,7 @@ from medtune.inference.reasoning import TraceStream, split_reply
 from medtune.serving.schema import (
     ChatRequest,
     CompletionRequest,
+    FeedbackRequest,
     RequestError,
     parse_request,
     to_sampling_params,
@@ -73,8 +79,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None):
-    """Return the FastAPI app serving ``engine`` (one batching worker thread)."""
+def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None, store=None):
+    """Return the FastAPI app serving ``engine`` (one batching worker thread); ``store``: a
+    :class:`~medtune.serving.store.FeedbackStore` recording chat replies and feedback (None: off)."""
     from medtune.serving.scheduler import BatchScheduler
 
     if api_key is not None and not api_key.strip():
@@ -114,7 +121,21 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
         prompt = _encode(engine, req.model, lambda: engine.encode_chat(
             req.chat_messages(), req.model, enable_thinking=thinking["enable_thinking"]))
         opened = engine.opens_thinking(prompt, req.model)
-        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened)
+        record = None if store is None else _recorder(store, req.chat_messages(), req.model)
+        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened,
+                              record=record)
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        req = parse_request(await _read_body(request, limits), FeedbackRequest)
+        if store is None:
+            raise RequestError(404, "this server stores no feedback (started with --db none)",
+                               "response_id", "response_not_found")
+        stored = await asyncio.to_thread(store.add_feedback, req.response_id, req.rating, req.corrected_text, "api")
+        if stored is None:
+            raise RequestError(404, f"response '{req.response_id}' not found (never served here, or served "
+                                    "before this database)", "response_id", "response_not_found")
+        return {"object": "feedback", **stored}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -200,7 +221,14 @@ def _check_limits(prompts, req, limits: ServerLimits) -> None:
                            "max_tokens")
 
 
-async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False):
+def _recorder(store, messages: list[dict], model: str):
+    """Return ``record(response_id, replies)``: stores a chat request's replies (one per choice)."""
+    def record(response_id: str, replies: list[str]) -> None:
+        store.add_replies(response_id, messages, replies, model=model, surface="api")
+    return record
+
+
+async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False, record=None):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
     meta = _Meta(req.model, chat, opened)
@@ -208,7 +236,7 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
         jobs = _submit_all(scheduler, prompts, params, req.model, events)
-        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline),
+        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline, record),
                                  media_type="text/event-stream")
     jobs = _submit_all(scheduler, prompts, params, req.model)
     try:
@@ -218,7 +246,10 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
             job.cancel.set()
     if results is None:  # nobody is listening; 499 as nginx logs a client that closed the request
         return Response(status_code=499)
-    return JSONResponse(meta.full_response(results, prompts))
+    body = meta.full_response(results, prompts)
+    if record is not None:  # stored before the reply leaves, so feedback on its id can follow at once
+        await asyncio.to_thread(record, meta.id, [c["message"].get("content", "") for c in body["choices"]])
+    return JSONResponse(body)
 
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting plain request checks that its client is still there
@@ -346,10 +377,12 @@ def _submit_all(scheduler, prompts, params, model, events: asyncio.Queue | None 
     return jobs
 
 
-async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float):
-    """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``."""
+async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float, record=None):
+    """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``
+    (the choices' answers are recorded first when ``record``)."""
     total, finished = len(prompts) * n, 0
     traces = [TraceStream(meta.opened) for _ in range(total)]  # chat: each choice's trace split off
+    answers = [""] * total
     try:
         if meta.chat:
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
@@ -358,6 +391,7 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: fl
             choice, delta, finish = await _next_event(events, deadline)
             pieces = traces[choice].feed(delta, final=bool(finish)) if meta.chat else [("content", delta)]
             for kind, text in pieces:
+                answers[choice] += text if kind == "content" else ""
                 if text:
                     yield meta.chunk([meta.choice(choice, text, None, delta=True) if kind == "content" else
                                       meta.choice(choice, None, None, delta=True, reasoning=text)])
@@ -368,6 +402,8 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: fl
             results = [await fut for _, fut in jobs]
             completion = sum(c.completion_tokens for r in results for c in r)
             yield meta.chunk([], usage=_usage(sum(len(p) for p in prompts), completion))
+        if record is not None:
+            await asyncio.to_thread(record, meta.id, answers)
         yield "data: [DONE]\n\n"
     except TimeoutError:
         yield f"data: {json.dumps(error_body(504, 'the request took longer than this server allows', code='timeout'))}\n\n"
@@ -388,11 +424,12 @@ async def _next_event(events, deadline: float):
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: ServerLimits | None = None, quiet: bool = False) -> None:
+          limits: ServerLimits | None = None, quiet: bool = False, store=None) -> None:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(engine, api_key, limits)
+    app = create_app(engine, api_key, limits, store=store)
     print(f"medtune API on http://{host}:{port}/v1  models: {', '.join(engine.model_names())}"
-          f"  auth: {'bearer key' if api_key else 'none'}", flush=True)
+          f"  auth: {'bearer key' if api_key else 'none'}"
+          f"  feedback db: {store.shown if store is not None else 'none'}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

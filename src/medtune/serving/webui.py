@@ -18,6 +18,13 @@ component: the server never reads a path named by the client. A reasoning model'
 in its own collapsible "Thinking" message above the answer and is never sent back to the model
 with the history; a template that reads ``enable_thinking`` (Qwen3) gets a checkbox for it, and
 every page a thinking budget box (empty: no limit).
+
+With a store (:mod:`medtune.serving.store`, ``medtune serve web --db``), every answer is recorded
+(its response id rides in the message's ``metadata.id``) and the page collects feedback on it:
+thumbs up / down, editing an answer (the pencil under it: the edit is stored as the corrected
+answer and kept in the history the model sees next), and regenerate (the replaced answer is stored
+as rejected and the new one as regenerated from it). ``medtune data feedback export`` turns these
+into preference pairs.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import html
 import inspect
 import os
 import threading
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -48,8 +56,11 @@ def _gradio():
     return gradio
 
 
-def build_app(bot, model_label: str) -> gr.Blocks:
-    """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label`` and the template."""
+def build_app(bot, model_label: str, store=None) -> gr.Blocks:
+    """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label`` and the template.
+
+    ``store``: a :class:`~medtune.serving.store.FeedbackStore` recording answers and the page's
+    feedback (None: nothing stored, no feedback controls)."""
     from medtune.data.tokenize.templates import template_name
 
     gr = _gradio()
@@ -60,12 +71,102 @@ def build_app(bot, model_label: str) -> gr.Blocks:
     thinks = reads_enable_thinking(bot.tokenizer.chat_template)
 
     def respond(message, history, system, *values):
-        yield from reply_messages(bot, message, history, system, **settings_from_controls(values, thinks))
+        sampling = settings_from_controls(values, thinks)
+        if store is None:
+            yield from reply_messages(bot, message, history, system, **sampling)
+        else:
+            yield from recorded_reply(bot, store, model_label, message, history, system, **sampling)
 
-    return gr.ChatInterface(
+    chatbot = None if store is None else gr.Chatbot(label="Chatbot", scale=1, editable="all",
+                                                    feedback_options=("Like", "Dislike"))
+    app = gr.ChatInterface(
         respond, title="medtune chat", description=header, additional_inputs=_controls(gr, bot),
         additional_inputs_accordion=gr.Accordion("System prompt and sampling", open=False),
-        flagging_mode="never", analytics_enabled=False, autofocus=True)
+        flagging_mode="never", analytics_enabled=False, autofocus=True, chatbot=chatbot)
+    if store is not None:
+        _feedback_events(gr, app, store)
+    return app
+
+
+def recorded_reply(bot, store, model_label: str, message: str, history, system: str = "", **sampling):
+    """Yield :func:`reply_messages` with the answer tagged by a new response id, and store the
+    answer under that id once it ends (finished, stopped or replaced)."""
+    from medtune.inference.chat import with_system
+
+    response_id = "web-" + uuid.uuid4().hex[:24]
+    prompt = with_system(chat_messages(history), (system or "").strip() or None) + [{"role": "user", "content": message}]
+    steps, last = reply_messages(bot, message, history, system, **sampling), []
+    try:
+        for step in steps:
+            last = [m if _is_thought(m) else {**m, "metadata": {"id": response_id}} for m in step]
+            yield last
+    finally:
+        steps.close()
+        answer = next((_text(m["content"]) for m in last if not _is_thought(m)), "")
+        earlier = [i for i in response_ids(history) if i]
+        conversation = (store.response(earlier[-1]) or {}).get("conversation_id") if earlier else None
+        store.add_response(response_id, prompt, answer, model=model_label, surface="web",
+                           conversation_id=conversation, parent_id=store.regenerated_from(prompt))
+
+
+def _is_thought(message: dict) -> bool:
+    return bool((message.get("metadata") or {}).get("title"))
+
+
+def response_ids(history) -> list[str | None]:
+    """Return the stored response id of each message in Gradio ``history`` (None where it has none)."""
+    return [(m.get("metadata") or {}).get("id") if m.get("role") == "assistant" and not _is_thought(m) else None
+            for m in history or []]
+
+
+def _answer_at(history, index: int) -> str | None:
+    """The response id of the answer at ``index`` or, for a thinking message, the answer after it."""
+    ids = response_ids(history)
+    for i in range(index, len(history or [])):
+        if history[i].get("role") != "assistant":
+            break
+        if ids[i]:
+            return ids[i]
+    return None
+
+
+def _feedback_events(gr, app, store) -> None:
+    """Store thumbs up / down, edited answers and regenerated-away answers of the page's chat."""
+
+    def on_like(history, data: gr.LikeData):
+        response_id = _answer_at(history, data.index[0] if isinstance(data.index, (list, tuple)) else data.index)
+        if response_id is None:
+            raise gr.Error("this message is not a stored answer; rate the answer itself")
+        rating = {True: "up", False: "down"}.get(data.liked, "none")
+        store.add_feedback(response_id, rating=rating, source="web")
+
+    def on_edit(history, data: gr.EditData):
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        response_id = response_ids(history)[index] if index < len(history) else None
+        if response_id is None:
+            gr.Warning("Only answers can be edited here (to correct them); send a new message to ask again.")
+            return history
+        corrected = _text(data.value)
+        if not corrected.strip():
+            gr.Warning("An empty answer is not a correction; the answer is unchanged.")
+            return history
+        store.add_feedback(response_id, corrected_text=corrected, source="web")
+        history = list(history)
+        history[index] = {**history[index], "content": {"type": "text", "text": corrected}}
+        return history
+
+    def on_retry(history, data: gr.RetryData):
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        for response_id in response_ids(history[index + 1:]):
+            if response_id:
+                store.add_feedback(response_id, rating="down", source="regenerate")
+
+    with app:
+        app.chatbot.like(on_like, [app.chatbot], None, concurrency_limit=None, api_visibility="undocumented")
+        app.chatbot.edit(on_edit, [app.chatbot], [app.chatbot], concurrency_limit=None,
+                         api_visibility="undocumented").then(
+            lambda h: h, [app.chatbot], [app.chatbot_state], queue=False, api_visibility="undocumented")
+        app.chatbot.retry(on_retry, [app.chatbot], None, concurrency_limit=None, api_visibility="undocumented")
 
 
 def _controls(gr, bot) -> list:
