@@ -107,12 +107,18 @@ def redact(text: str) -> str:
     return deidentify(text)[0]
 
 
+# Audit record keys whose values are identifiers or names set by the server, never text a person typed.
+_ID_KEYS = frozenset({"request_id", "time", "surface", "model", "adapter", "template", "doc_id", "category",
+                      "rule", "action", "source", "role"})
+
+
 def _redact_value(value):
-    """A JSON value with every string de-identified (audit records nest messages and lists)."""
+    """A JSON value with every string de-identified (audit records nest messages and lists), but
+    the values of ``_ID_KEYS``."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
+        return {k: v if k in _ID_KEYS else _redact_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_redact_value(v) for v in value]
     return value
