@@ -10,6 +10,7 @@ server runs as the ``postgres`` user (or ``nobody``) through ``runuser``, owning
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -92,8 +93,6 @@ class PostgresServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
+        with contextlib.suppress(Unavailable):  # already gone
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
-        except Unavailable:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -161,6 +161,10 @@ def _feedback_events(gr, app, store) -> None:
             if response_id:
                 store.add_feedback(response_id, rating="down", source="regenerate")
 
+    # Gradio passes event data by the parameter's annotation, which must be the class itself (this
+    # module's annotations are strings).
+    on_like.__annotations__["data"], on_edit.__annotations__["data"] = gr.LikeData, gr.EditData
+    on_retry.__annotations__["data"] = gr.RetryData
     with app:
         app.chatbot.like(on_like, [app.chatbot], None, concurrency_limit=None, api_visibility="undocumented")
         app.chatbot.edit(on_edit, [app.chatbot], [app.chatbot], concurrency_limit=None,
