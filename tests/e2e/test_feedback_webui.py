@@ -136,6 +136,13 @@ def test_rate_edit_regenerate_export_and_train_dpo(page, feedback_server, bot, t
         new = replies.get(r3_again, {})
         return [f["rating"] for f in new.get("feedback", [])] == ["up"] and new
     _wait_stored(db, q3_done)
+    page.get_by_label("Edit", exact=True).first.click()  # a question is not an answer: kept, nothing stored
+    page.locator("textarea.edit-textarea").fill("改过的问题")
+    page.get_by_label("Submit", exact=True).click()
+    assert page.get_by_text("Only answers can be edited here").first.is_visible() or wait_for(
+        lambda: page.get_by_text("Only answers can be edited here").count(), 10)
+    assert wait_for(lambda: messages(page, "user") == [Q1, Q2, Q3], 10), messages(page, "user")
+    assert messages(page, "bot") == [r1, CORRECTED, r3_again]
 
     stored = _stored(db)["_all"]
     assert len(stored) == 4 and len({r["conversation_id"] for r in stored}) == 1

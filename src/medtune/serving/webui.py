@@ -141,17 +141,17 @@ def _feedback_events(gr, app, store) -> None:
         store.add_feedback(response_id, rating=rating, source="web")
 
     def on_edit(history, data: gr.EditData):
+        # ``history`` already holds the edit (the page applied it): put the text back when refused
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         response_id = response_ids(history)[index] if index < len(history) else None
-        if response_id is None:
-            gr.Warning("Only answers can be edited here (to correct them); send a new message to ask again.")
-            return history
-        corrected = _text(data.value)
-        if not corrected.strip():
-            gr.Warning("An empty answer is not a correction; the answer is unchanged.")
+        corrected, history = _text(data.value), list(history)
+        if response_id is None or not corrected.strip():
+            gr.Warning("Only answers can be edited here (to correct them); send a new message to ask again."
+                       if response_id is None else "An empty answer is not a correction; the answer is unchanged.")
+            if index < len(history):
+                history[index] = {**history[index], "content": {"type": "text", "text": _text(data.previous_value)}}
             return history
         store.add_feedback(response_id, corrected_text=corrected, source="web")
-        history = list(history)
         history[index] = {**history[index], "content": {"type": "text", "text": corrected}}
         return history
 
