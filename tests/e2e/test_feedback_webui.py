@@ -79,6 +79,44 @@ def page(feedback_server):
         chromium.close()
 
 
+# ---------------------------------------------------------------- the callbacks, no browser
+
+
+def test_recorded_reply_tags_the_answer_and_stores_it(bot, tmp_path):
+    from medtune.serving.store import FeedbackStore
+    from medtune.serving.webui import recorded_reply, response_ids
+
+    store = FeedbackStore.open(str(tmp_path / "f.db"))
+    *_, last = recorded_reply(bot, store, "tiny", Q1, [], "你是医生。", **SHORT)
+    (answer,) = last
+    rid = answer["metadata"]["id"]
+    stored = store.response(rid)
+    assert stored["reply"] == answer["content"]["text"] == bot.chat(Q1, system="你是医生。", **SHORT)[0]
+    assert stored["prompt"] == [{"role": "system", "content": "你是医生。"}, {"role": "user", "content": Q1}]
+    history = [{"role": "user", "content": Q1}, answer]
+    assert response_ids(history) == [None, rid]
+    *_, follow = recorded_reply(bot, store, "tiny", Q2, history, **SHORT)
+    assert store.response(follow[0]["metadata"]["id"])["conversation_id"] == stored["conversation_id"]
+    steps = recorded_reply(bot, store, "tiny", Q3, [], max_new_tokens=200, repetition_penalty=2.0)
+    partial = next(steps)[0]
+    steps.close()  # stop: the part shown so far is stored
+    assert store.response(partial["metadata"]["id"])["reply"] == partial["content"]["text"]
+    store.close()
+
+
+def test_feedback_controls_only_with_a_store(bot, tmp_path):
+    from medtune.serving.store import FeedbackStore
+    from medtune.serving.webui import build_app
+
+    store = FeedbackStore.open(str(tmp_path / "f.db"))
+    with_store, without = build_app(bot, "m", store=store), build_app(bot, "m")
+    assert with_store.chatbot.editable == "all" and without.chatbot.editable is None
+    events = {d.targets[0][1] for d in with_store.fns.values() if d.targets} - \
+        {d.targets[0][1] for d in without.fns.values() if d.targets}
+    assert {"like", "edit"} <= events
+    store.close()
+
+
 def _stored(db):
     """Every stored response (with its feedback), read through a fresh store."""
     from medtune.serving.store import FeedbackStore

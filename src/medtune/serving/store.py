@@ -91,8 +91,9 @@ def default_db(model: str) -> str:
     """Return the default ``--db`` for serving ``model``: ``feedback.db`` in the model's directory."""
     folder = Path(model)
     if not folder.is_dir():
-        raise MedtuneError(f"--model {model} is not a local directory, so there is no default feedback "
-                           "database beside it: pass --db PATH (or --db none)")
+        raise MedtuneError(f"--model {model}: no such local directory (a typo?); the feedback database goes "
+                           "inside the model directory by default, so a model elsewhere (a hub id) needs --db PATH "
+                           "or --db none")
     return str(folder / DB_FILE)
 
 
