@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
-
-from tests.helpers.cli import assert_one_line_error, medtune
 
 Q = [{"role": "user", "content": "患者张伟，电话13812345678，头痛三天怎么办？"}]
 Q2 = [{"role": "user", "content": "What should I do about a fever?"}]
@@ -159,18 +156,6 @@ def test_default_db_is_beside_the_model_logs(tmp_path):
         default_db(str(tmp_path / "hub-id"))
 
 
-def test_serve_with_an_unreachable_db_fails_at_start(tmp_path):
-    """exit 2, one line, before the model loads (the model path does not even exist)."""
-    for kind in ("api", "web"):
-        proc = medtune("serve", kind, "--model", tmp_path / "not-loaded", "--port", "1",
-                       "--db", "postgresql://u:pw@127.0.0.1:1/x")
-        assert_one_line_error(proc, "cannot open the database")
-        assert "pw" not in proc.stderr
-
-
-# ---------------------------------------------------------------- export
-
-
 def _rated(store):
     """Q: r1 regenerated away -> r2 liked; r3 edited. Q2: r4 liked only. r5: no feedback."""
     store.add_response("r1", Q, "多喝水。", model="m")
@@ -225,35 +210,3 @@ def test_export_skips_identical_and_empty_answers_with_reasons(store):
     assert out.skipped["pair whose chosen and rejected answers are the same text"] == 1
     assert out.skipped["response without feedback"] == 1
     assert any("empty" in why for why in out.skipped)
-
-
-def test_export_cli_counts_writes_atomically_and_guards_the_db(store, tmp_path):
-    _rated(store)
-    db = tmp_path / "feedback.db"
-    pairs, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
-    proc = medtune("data", "feedback", "export", "--db", db, "-o", pairs, "--kto", kto)
-    assert proc.returncode == 0, proc.stderr
-    assert "5 responses -> 4 pairs, 5 KTO records | 2 skipped" in proc.stdout
-    assert "response without feedback: 1" in proc.stdout
-    assert len(pairs.read_text().splitlines()) == 4 and len(kto.read_text().splitlines()) == 5
-    assert json.loads(pairs.read_text().splitlines()[0])["rejected"][0]["role"] == "assistant"
-    before = db.read_bytes()
-    assert_one_line_error(medtune("data", "feedback", "export", "--db", db, "-o", db), "--db")
-    assert_one_line_error(medtune("data", "feedback", "export", "--db", db, "-o", pairs, "--kto", pairs),
-                          "same file")
-    assert db.read_bytes() == before
-    assert_one_line_error(medtune("data", "feedback", "export", "--db", tmp_path / "nope.db", "-o", pairs),
-                          "no such database file")
-    assert not (tmp_path / "nope.db").exists()
-
-
-def test_export_cli_with_nothing_to_export_keeps_the_old_output(tmp_path):
-    from medtune.serving.store import FeedbackStore
-
-    db = tmp_path / "empty.db"
-    FeedbackStore.open(str(db)).close()
-    out = tmp_path / "pairs.jsonl"
-    out.write_text("previous good output\n")
-    proc = medtune("data", "feedback", "export", "--db", db, "-o", out)
-    assert_one_line_error(proc, "no preference pair to export")
-    assert out.read_text() == "previous good output\n"
