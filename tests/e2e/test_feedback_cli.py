@@ -44,11 +44,13 @@ def test_export_cli_counts_writes_atomically_and_guards_the_db(store, tmp_path):
     assert "response without feedback: 1" in proc.stdout
     assert len(pairs.read_text().splitlines()) == 4 and len(kto.read_text().splitlines()) == 5
     assert json.loads(pairs.read_text().splitlines()[0])["rejected"][0]["role"] == "assistant"
-    before = db.read_bytes()
+    before = store.responses()
     assert_one_line_error(medtune("data", "feedback", "export", "--db", db, "-o", db), "--db")
+    assert_one_line_error(medtune("data", "feedback", "export", "--db", f"sqlite:///{db}", "-o", pairs, "--kto", db),
+                          "--db")
     assert_one_line_error(medtune("data", "feedback", "export", "--db", db, "-o", pairs, "--kto", pairs),
                           "same file")
-    assert db.read_bytes() == before
+    assert store.responses() == before
     assert_one_line_error(medtune("data", "feedback", "export", "--db", tmp_path / "nope.db", "-o", pairs),
                           "no such database file")
     assert not (tmp_path / "nope.db").exists()

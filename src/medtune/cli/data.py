@@ -440,12 +440,11 @@ def cmd_feedback_export(args) -> int:
 
     require_extras("sqlalchemy")
     from medtune.serving.feedback_export import export_feedback
-    from medtune.serving.store import FeedbackStore
+    from medtune.serving.store import FeedbackStore, database_file
 
     if args.kto and Path(args.kto).resolve() == Path(args.out).resolve():
         raise MedtuneError(f"-o and --kto are the same file ({args.out}): give two paths")
-    database = None if "://" in args.db and not args.db.startswith("sqlite") else args.db.removeprefix("sqlite:///")
-    guard_outputs({"-o": args.out, "--kto": args.kto}, {"--db": database})
+    guard_outputs({"-o": args.out, "--kto": args.kto}, {"--db": database_file(args.db)})
     store = FeedbackStore.open(args.db, create=False)
     try:
         result = export_feedback(store.responses())

@@ -146,7 +146,9 @@ class FeedbackStore:
         kwargs = {"pool_pre_ping": True} if url.get_backend_name() == "postgresql" else {}
         try:
             engine = create_engine(url, **kwargs)
-        except (ArgumentError, ImportError) as exc:
+        except ImportError:
+            raise MedtuneError(f"--db {shown}: PostgreSQL needs psycopg 3; run: pip install 'medtune[db]'") from None
+        except ArgumentError as exc:
             raise MedtuneError(f"--db {shown}: {_first_line(exc)}") from None
         if url.get_backend_name() == "sqlite":
             _sqlite_setup(engine)
@@ -271,6 +273,17 @@ def _response(row) -> dict:
     out["prompt"] = json.loads(out["prompt"])
     out["feedback"] = []
     return out
+
+
+def database_file(db: str) -> str | None:
+    """The file a SQLite ``--db`` names (None for a server URL), to guard outputs against."""
+    if "://" not in db:
+        return db
+    try:
+        url = make_url(db)
+    except ArgumentError:  # reported by FeedbackStore.open
+        return None
+    return url.database if url.get_backend_name() == "sqlite" else None
 
 
 def _url(db: str):
