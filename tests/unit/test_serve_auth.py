@@ -109,6 +109,6 @@ def test_share_warns_before_launching(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_check_port_free", lambda host, port: None)
     monkeypatch.setattr("medtune.inference.chat.ChatModel.load", lambda *a, **k: (_ for _ in ()).throw(SystemExit(7)))
     with pytest.raises(SystemExit):
-        cli.cmd_serve_web(web_args("--share", "--auth", "doc:pw"))
+        cli.cmd_serve_web(web_args("--share", "--auth", "doc:pw", "--db", "none"))
     out = capsys.readouterr().out
     assert out.index("warning: --share opens a public") < out.index("loading m")

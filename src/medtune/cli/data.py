@@ -9,6 +9,7 @@ Examples::
     medtune data mix sft.clean.jsonl:0.8 general.jsonl:0.2 --total 20000 -o mix.jsonl
     medtune data split mix.jsonl --val 0.05 -o data/
     medtune data stats data/train.jsonl --tokenizer runs/tiny --plot lengths.png
+    medtune data feedback export --db runs/sft/feedback.db -o pairs.jsonl --kto kto.jsonl
 """
 
 from __future__ import annotations
@@ -431,3 +432,37 @@ def cmd_stats(args) -> int:
     if args.json:
         write_json(args.json, {**stats, "files": [t.to_dict() for t in tallies]})
     return 0
+
+
+def cmd_feedback_export(args) -> int:
+    """Write the preference pairs (and KTO records) of a serving database; print the counts."""
+    from medtune.cli.faults import require_extras
+
+    require_extras("sqlalchemy")
+    from medtune.serving.feedback_export import export_feedback
+    from medtune.serving.store import FeedbackStore, database_file
+
+    if args.kto and Path(args.kto).resolve() == Path(args.out).resolve():
+        raise MedtuneError(f"-o and --kto are the same file ({args.out}): give two paths")
+    guard_outputs({"-o": args.out, "--kto": args.kto}, {"--db": database_file(args.db)})
+    store = FeedbackStore.open(args.db, create=False)
+    try:
+        result = export_feedback(store.responses())
+    finally:
+        store.close()
+    skipped = sum(result.skipped.values())
+    reasons = "; ".join(f"{why}: {n}" for why, n in sorted(result.skipped.items()))
+    print(f"feedback: {result.responses} responses -> {len(result.pairs)} pairs, {len(result.kto)} KTO records"
+          f" | {skipped} skipped{' (' + reasons + ')' if skipped else ''}")
+    if not result.pairs and not (args.kto and result.kto):
+        raise MedtuneError(f"--db {store.shown}: no preference pair to export"
+                           f"{' (' + reasons + ')' if reasons else ' (no responses stored)'}")
+    _write_jsonl(args.out, result.pairs)
+    if args.kto:
+        _write_jsonl(args.kto, result.kto)
+    print(f"wrote {args.out}" + (f" and {args.kto}" if args.kto else ""))
+    return 0
+
+
+def _write_jsonl(path, rows) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -10,10 +10,10 @@ H = "medtune.cli.data:"
 
 
 def add_data(sub) -> None:
-    """Add ``medtune data convert|clean|generate|mix|split|stats``."""
+    """Add ``medtune data convert|clean|generate|mix|split|stats|feedback``."""
     dsub = command_group(sub, "data", "convert, clean, de-identify, generate, mix, split, inspect data",
-                         "convert,clean,generate,mix,split,stats")
-    for add in (_convert, _clean, _generate, _mix, _split, _stats):
+                         "convert,clean,generate,mix,split,stats,feedback")
+    for add in (_convert, _clean, _generate, _mix, _split, _stats, _feedback):
         add(dsub)
 
 
@@ -161,3 +161,18 @@ def _stats(dsub) -> None:
     p.add_argument("--plot", help="write a length histogram PNG here")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(handler=H + "cmd_stats")
+
+
+def _feedback(dsub) -> None:
+    fsub = command_group(dsub, "feedback", "ratings, corrections and regenerations stored while serving",
+                         "export")
+    p = fsub.add_parser(
+        "export", help="served feedback -> preference pairs (stage: dpo) and KTO records",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data feedback export --db runs/sft/feedback.db -o pairs.jsonl
+  medtune data feedback export --db postgresql://medtune@db/medtune -o pairs.jsonl --kto kto.jsonl
+""")
+    p.add_argument("--db", required=True, help="the serving database: a SQLite file or a postgresql:// URL")
+    p.add_argument("-o", "--out", required=True, help="preference pairs JSONL (prompt, chosen, rejected)")
+    p.add_argument("--kto", help="also write KTO records (prompt, completion, label) here")
+    p.set_defaults(handler=H + "cmd_feedback_export")

@@ -176,6 +176,7 @@ def _add_serve(sub):
     a.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queue included; then 504 and its generation stopped (default 600)")
     add_service_args(a, policy_default="default")
+    _add_db_arg(a)
     a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
@@ -189,7 +190,14 @@ def _add_serve(sub):
     w.add_argument("--no-auth", action="store_true",
                    help="serve a non-loopback --host or --share with no login (refused otherwise)")
     add_service_args(w, policy_default="default")
+    _add_db_arg(w)
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
+
+
+def _add_db_arg(p) -> None:
+    p.add_argument("--db", metavar="PATH|URL",
+                   help="store conversations, replies and feedback here: a SQLite file or a postgresql:// URL; "
+                        "'none' stores nothing (default: feedback.db in the --model directory)")
 
 
 def _add_tokenizer(sub):

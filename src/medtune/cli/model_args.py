@@ -7,6 +7,8 @@ Example::
 
 from __future__ import annotations
 
+from medtune.errors import MedtuneError
+
 LOAD_IN = ("none", "8bit", "4bit", "int8-cpu")
 
 
@@ -44,18 +46,37 @@ def add_service_args(p, policy_default: str) -> None:
                    help="serve-time safety policy: a policy YAML, 'default' (the bundled zh + en one: "
                         "emergencies, self-harm, overdoses, controlled drugs, diagnosis demands) or 'none' "
                         "(default: " + ("the bundled policy)" if policy_default == "default" else f"{policy_default})"))
-    p.add_argument("--audit-log", metavar="PATH.jsonl",
+    p.add_argument("--audit-log", metavar="PATH.jsonl|db",
                    help="append one JSONL record per request (model, adapter, template, policy actions, "
-                        "latency; personal data redacted)")
+                        "latency; personal data redacted); 'db': into the serving database's audit table "
+                        "(serve api / serve web)")
 
 
-def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dict | None = None):
+def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dict | None = None,
+                      serving_db: bool = False):
     """Return the ReplyService of ``--policy`` / ``--audit-log``; the audit log may not be one of
-    ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads."""
+    ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads.
+    ``--audit-log db`` is for commands with a serving database (``serving_db``): its sink is
+    attached by :func:`attach_audit_db` once the database is open."""
     from medtune.files import guard_outputs
     from medtune.inference.service import build_service
 
+    if args.audit_log == "db":
+        if not serving_db:
+            raise MedtuneError("--audit-log db: only serve api / serve web keep a database; "
+                               "give --audit-log PATH.jsonl")
+        return build_service(args.policy, None, info)
     if args.audit_log:
         policy_file = None if args.policy in ("default", "none") else args.policy
         guard_outputs({"--audit-log": args.audit_log, **(outputs or {})}, {**(inputs or {}), "--policy": policy_file})
     return build_service(args.policy, args.audit_log, info)
+
+
+def attach_audit_db(service, args, store) -> None:
+    """Make the serving database ``store`` the audit sink of ``--audit-log db`` (refused without one)."""
+    if args.audit_log != "db":
+        return
+    if store is None:
+        raise MedtuneError("--audit-log db: no serving database to write to (--db none); "
+                           "give --audit-log PATH.jsonl or a --db")
+    service.audit = store

@@ -8,6 +8,7 @@ Example::
 
 ``serve api``, ``serve web`` and ``chat`` apply the bundled safety policy unless ``--policy none``;
 ``infer`` applies none unless ``--policy`` names one.
+    medtune serve api --model runs/sft --db postgresql://medtune:PW@db.local/medtune
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def cmd_infer(args) -> int:
     return 0
 
 
-def _service(args, inputs: dict, outputs: dict | None = None, adapters: dict | None = None):
-    """The ReplyService of ``--policy`` / ``--audit-log``, built before the model loads."""
+def _service(args, inputs: dict, outputs: dict | None = None, adapters: dict | None = None,
+             serving_db: bool = False):
+    """The ReplyService of ``--policy`` / ``--audit-log``, built before the model loads
+    (``serving_db``: the command keeps a database, so ``--audit-log db`` may name it)."""
     from medtune.cli.model_args import service_from_args
 
     info = {"model": args.model, "adapter": getattr(args, "adapter", None)}
@@ -74,7 +77,7 @@ def _service(args, inputs: dict, outputs: dict | None = None, adapters: dict | N
         info.update(path=args.model, adapters=adapters)
     return service_from_args(args, info, {**inputs, "--model": args.model,
                                           "--adapter": getattr(args, "adapter", None) or list((adapters or {}).values())},
-                             outputs)
+                             outputs, serving_db=serving_db)
 
 
 def _template_of(engine, model=None) -> str:
@@ -101,8 +104,10 @@ def parse_adapters(specs) -> dict:
 def cmd_serve_api(args) -> int:
     from medtune.cli.faults import require_extras
 
-    require_extras("fastapi", "uvicorn")
+    require_extras("fastapi", "uvicorn", "sqlalchemy")
+    from medtune.cli.model_args import attach_audit_db
     from medtune.serving.api import ServerLimits, serve
+    from medtune.serving.store import open_store
 
     api_key = api_key_of(args, os.environ)
     if args.request_timeout <= 0:
@@ -111,10 +116,13 @@ def cmd_serve_api(args) -> int:
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
                           max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
     adapters = parse_adapters(args.adapters)
-    service = _service(args, {}, adapters=adapters)
+    service = _service(args, {}, adapters=adapters, serving_db=True)
+    store = open_store(args.db, args.model)  # a database that cannot open fails here, before the model loads
+    attach_audit_db(service, args, store)
     engine = _engine(args, adapters)
     service.info.update(model=engine.model_names()[0], template=_template_of(engine))
-    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, service=service)
+    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, service=service,
+          store=store)
     return 0
 
 

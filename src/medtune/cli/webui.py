@@ -8,6 +8,7 @@ Example::
     medtune serve web --model runs/tiny --policy clinic.yaml --audit-log runs/audit.jsonl
 
 The bundled safety policy is on unless ``--policy none`` (see ``medtune.inference.policy``).
+    medtune serve web --model runs/tiny --db postgresql://medtune:PW@db.local/medtune   # feedback there
 
 A non-loopback ``--host`` or ``--share`` (a public gradio.live link) needs ``--auth`` /
 ``--auth-file``, or ``--no-auth`` to say it is meant to be open; ``--share`` prints a warning first.
@@ -26,27 +27,32 @@ from medtune.errors import MedtuneError
 def cmd_serve_web(args) -> int:
     """Load the model, serve the chat page until interrupted (its URL is printed once it is up)."""
     from medtune.cli.faults import require_extras
-    from medtune.cli.model_args import model_kwargs, service_from_args
+    from medtune.cli.model_args import attach_audit_db, model_kwargs, service_from_args
     from medtune.data.tokenize.templates import template_name
     from medtune.inference.chat import ChatModel
+    from medtune.serving.store import open_store
     from medtune.serving.webui import build_app, launch
 
-    require_extras("gradio")
+    require_extras("gradio", "sqlalchemy")
     auth = web_logins(args)
     _check_port_free(args.host, args.port)
-    service = service_from_args(args, {"model": args.model, "adapter": args.adapter},
-                                {"--model": args.model, "--adapter": args.adapter, "--auth-file": args.auth_file})
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach it can "
               f"{'try the login' if auth else 'chat with the model'}")
     if args.share:
         print("warning: --share opens a public gradio.live link through Gradio's servers: anyone with the "
               f"link can {'try the login' if auth else 'chat with the model'}", flush=True)
+    service = service_from_args(args, {"model": args.model, "adapter": args.adapter},
+                                {"--model": args.model, "--adapter": args.adapter, "--auth-file": args.auth_file},
+                                serving_db=True)
+    store = open_store(args.db, args.model)  # a database that cannot open fails here, before the model loads
+    attach_audit_db(service, args, store)
     print(f"loading {args.model} ...", flush=True)
     bot = ChatModel.load(args.model, **model_kwargs(args))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup probes, logged per request
     service.info["template"] = template_name(bot.tokenizer.chat_template)
-    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""), service)
+    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""), service, store)
+    print(f"feedback db: {store.shown if store is not None else 'none (--db none)'}", flush=True)
     launch(app, args.host, args.port, args.share, auth=auth)
     return 0
 

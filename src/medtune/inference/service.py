@@ -181,13 +181,14 @@ class AuditLog:
             self._file.close()
 
 
-def build_service(policy_spec, audit_path=None, info: dict | None = None, rag=None) -> ReplyService:
+def build_service(policy_spec, audit_path=None, info: dict | None = None, rag=None, audit=None) -> ReplyService:
     """Return the ReplyService the CLI flags ``--policy`` and ``--audit-log`` ask for; ``info`` gains
-    the policy's file and sha256 (so the audit says which policy acted)."""
+    the policy's file and sha256 (so the audit says which policy acted). ``audit``: a sink with
+    ``write(record)`` (the serving database) used in place of a JSONL ``audit_path``."""
     from medtune.inference.policy import load_policy
 
     policy = load_policy(policy_spec)
     info = dict(info or {})
     info["policy"] = {"source": policy.source, "sha256": policy.sha256} if policy else None
-    audit = AuditLog(audit_path) if audit_path else None
+    audit = AuditLog(audit_path) if audit_path else audit
     return ReplyService(policy=policy, rag=rag, audit=audit, info=info)

@@ -8,8 +8,8 @@ Example::
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
     reply = client.chat.completions.create(model="tcm", messages=[{"role": "user", "content": "失眠怎么办？"}])
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions`` (plain and ``stream: true`` server-sent events ending with
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions`` and ``POST /v1/feedback`` (plain and ``stream: true`` server-sent events ending with
 ``data: [DONE]``). A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
 as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's API split it:
 ``message.reasoning_content`` (the trace) and ``message.content`` (the answer); streamed,
@@ -29,6 +29,13 @@ answers (``fixed`` / ``refuse``) gets that message without the model (completion
 the others get its triage prefix / disclaimer suffix around the answer (streamed: the prefix first,
 then the deltas, then the suffix); the response id is the audit log's ``request_id``. With a policy,
 ``/v1/completions`` answers 400: raw continuation would get round it.
+
+With a store (:mod:`medtune.serving.store`), every chat completion is recorded under the ``id`` the
+reply carries (choice N > 0 of an ``n > 1`` request as ``ID:N``), and ``POST /v1/feedback``
+``{"response_id", "rating": "up"|"down", "corrected_text"?}`` stores a rating and/or a correction
+for it: 200 with the stored record, 404 (``response_not_found``) for an id never served. What is
+stored is the model's own answer (without the policy's prefix / suffix); a policy's fixed reply,
+which no model wrote, is not stored.
 
 Text a client sends is text: the template's control tokens (``<|im_start|>``, ``<|im_end|>``, ...)
 inside message content or a completion prompt are encoded as plain characters, never as control
@@ -54,6 +61,7 @@ from medtune.inference.reasoning import TraceStream, split_reply
 from medtune.serving.schema import (
     ChatRequest,
     CompletionRequest,
+    FeedbackRequest,
     RequestError,
     parse_request,
     to_sampling_params,
@@ -80,9 +88,11 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None, service=None):
+def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None, service=None, store=None):
     """Return the FastAPI app serving ``engine`` (one batching worker thread); chat replies go
-    through ``service`` (a ReplyService: safety policy, retrieval, audit; None: the model alone)."""
+    through ``service`` (a ReplyService: safety policy, retrieval, audit; None: the model alone);
+    ``store``: a :class:`~medtune.serving.store.FeedbackStore` recording the model's chat replies
+    and the feedback on them (None: off)."""
     from medtune.inference.service import ReplyService
     from medtune.serving.scheduler import BatchScheduler
 
@@ -128,8 +138,24 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
         prompt = _encode(engine, req.model, lambda: engine.encode_chat(
             prepared.messages, req.model, enable_thinking=thinking["enable_thinking"]))
         opened = engine.opens_thinking(prompt, req.model)
+        # the model's own answers are stored (not a policy's fixed reply, which no model wrote)
+        record = None if store is None or prepared.fixed_reply is not None else \
+            _recorder(store, req.chat_messages(), req.model)
         return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened,
-                              reply=_Reply(service, prepared, started))
+                              reply=_Reply(service, prepared, started), record=record)
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        req = parse_request(await _read_body(request, limits), FeedbackRequest)
+        if store is None:
+            raise RequestError(404, "this server stores no feedback (started with --db none)",
+                               "response_id", "response_not_found")
+        stored = await asyncio.to_thread(store.add_feedback, req.response_id, req.rating, req.corrected_text, "api")
+        if stored is None:
+            raise RequestError(404, f"response '{req.response_id}' not found (never served here, answered by "
+                                    "the safety policy, or served before this database)",
+                               "response_id", "response_not_found")
+        return {"object": "feedback", **stored}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -235,8 +261,15 @@ class _Reply:
         return self.service.finish(self.prepared, text, time.perf_counter() - self.started, usage, "api", model)
 
 
+def _recorder(store, messages: list[dict], model: str):
+    """Return ``record(response_id, replies)``: stores a chat request's replies (one per choice)."""
+    def record(response_id: str, replies: list[str]) -> None:
+        store.add_replies(response_id, messages, replies, model=model, surface="api")
+    return record
+
+
 async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False,
-                   reply: _Reply | None = None):
+                   reply: _Reply | None = None, record=None):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
     meta = _Meta(req.model, chat, opened, reply.prepared.request_id if reply else None)
@@ -251,7 +284,7 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
         jobs = _submit_all(scheduler, prompts, params, req.model, events)
-        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline, reply),
+        return StreamingResponse(_sse(request, jobs, events, meta, req, prompts, params.n, deadline, reply, record),
                                  media_type="text/event-stream")
     jobs = _submit_all(scheduler, prompts, params, req.model)
     try:
@@ -262,6 +295,8 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
     if results is None:  # nobody is listening; 499 as nginx logs a client that closed the request
         return Response(status_code=499)
     body = meta.full_response(results, prompts)
+    if record is not None:  # the model's answers, stored before the reply leaves (feedback can follow at once)
+        await asyncio.to_thread(record, meta.id, [c["message"].get("content", "") for c in body["choices"]])
     if reply is not None:  # the policy's prefix and suffix around each answer; the first one audited
         messages = [c["message"] for c in body["choices"]]
         first = messages[0].get("content", "") if messages else ""
@@ -414,15 +449,18 @@ def _fixed_sse(meta: _Meta, req, text: str, n: int, usage: dict):
     yield "data: [DONE]\n\n"
 
 
-async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float, reply: _Reply | None = None):
+async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: float, reply: _Reply | None = None,
+               record=None):
     """Yield server-sent events: deltas per choice, a final chunk per choice, usage, ``[DONE]``.
 
     With ``reply`` (chat), each choice's content starts with the policy's prefix and ends with its
-    suffix; the first choice's answer is audited when the stream ends, however it ends."""
+    suffix; the first choice's answer is audited when the stream ends, however it ends. With
+    ``record``, the model's answers are stored before ``[DONE]``."""
     total, finished = len(prompts) * n, 0
     traces = [TraceStream(meta.opened) for _ in range(total)]  # chat: each choice's trace split off
     prefix, suffix = (reply.prepared.prefix, reply.prepared.suffix) if reply else ("", "")
     answer, usage = [], None  # the first choice's content, for the audit
+    answers = [""] * total
     try:
         if meta.chat:
             yield meta.chunk([meta.choice(i, "", None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
@@ -433,6 +471,7 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: fl
             choice, delta, finish = await _next_event(events, deadline)
             pieces = traces[choice].feed(delta, final=bool(finish)) if meta.chat else [("content", delta)]
             for kind, text in pieces:
+                answers[choice] += text if kind == "content" else ""
                 if text:
                     if choice == 0 and kind == "content":
                         answer.append(text)
@@ -448,6 +487,8 @@ async def _sse(request, jobs, events, meta: _Meta, req, prompts, n, deadline: fl
             completion = sum(c.completion_tokens for r in results for c in r)
             usage = _usage(sum(len(p) for p in prompts), completion)
             yield meta.chunk([], usage=usage)
+        if record is not None:
+            await asyncio.to_thread(record, meta.id, answers)
         yield "data: [DONE]\n\n"
     except TimeoutError:
         yield f"data: {json.dumps(error_body(504, 'the request took longer than this server allows', code='timeout'))}\n\n"
@@ -470,15 +511,16 @@ async def _next_event(events, deadline: float):
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: ServerLimits | None = None, quiet: bool = False, service=None) -> None:
+          limits: ServerLimits | None = None, quiet: bool = False, service=None, store=None) -> None:
     """Run the API with uvicorn until interrupted."""
     from pathlib import Path
 
     import uvicorn
 
-    app = create_app(engine, api_key, limits, service)
+    app = create_app(engine, api_key, limits, service, store)
     policy = getattr(service, "policy", None)
     print(f"medtune API on http://{host}:{port}/v1  models: {', '.join(engine.model_names())}"
           f"  auth: {'bearer key' if api_key else 'none'}"
-          f"  safety policy: {Path(policy.source).name if policy else 'none'}", flush=True)
+          f"  safety policy: {Path(policy.source).name if policy else 'none'}"
+          f"  feedback db: {store.shown if store is not None else 'none'}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

@@ -144,6 +144,20 @@ class ChatRequest(_Common):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a rating and/or a corrected answer for a served response."""
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(min_length=1, max_length=80)
+    rating: Literal["up", "down"] | None = None
+    corrected_text: str | None = Field(None, max_length=100_000)
+
+    def model_post_init(self, _context) -> None:
+        if self.rating is None and self.corrected_text is None:
+            raise RequestError(400, "give a rating (up or down), a corrected_text, or both", "rating")
+        if self.corrected_text is not None and not self.corrected_text.strip():
+            raise RequestError(400, "corrected_text is empty", "corrected_text")
+
+
 class CompletionRequest(_Common):
     prompt: str | list[str] = Field(max_length=MAX_PROMPTS)
     echo: bool = False

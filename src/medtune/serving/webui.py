@@ -18,6 +18,13 @@ component: the server never reads a path named by the client. A reasoning model'
 in its own collapsible "Thinking" message above the answer and is never sent back to the model
 with the history; a template that reads ``enable_thinking`` (Qwen3) gets a checkbox for it, and
 every page a thinking budget box (empty: no limit).
+
+With a store (:mod:`medtune.serving.store`, ``medtune serve web --db``), every answer is recorded
+(its response id rides in the message's ``metadata.id``) and the page collects feedback on it:
+thumbs up / down, editing an answer (the pencil under it: the edit is stored as the corrected
+answer and kept in the history the model sees next), and regenerate (the replaced answer is stored
+as rejected and the new one as regenerated from it). ``medtune data feedback export`` turns these
+into preference pairs.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import html
 import inspect
 import os
 import threading
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,9 +57,12 @@ def _gradio():
     return gradio
 
 
-def build_app(bot, model_label: str, service=None) -> gr.Blocks:
+def build_app(bot, model_label: str, service=None, store=None) -> gr.Blocks:
     """Return the chat page for ``bot`` (a ChatModel); the header names ``model_label``, the template
-    and the safety policy; every reply goes through ``service`` (a ReplyService; None: none)."""
+    and the safety policy; every reply goes through ``service`` (a ReplyService; None: none).
+
+    ``store``: a :class:`~medtune.serving.store.FeedbackStore` recording answers and the page's
+    feedback (None: nothing stored, no feedback controls)."""
     from medtune.data.tokenize.templates import template_name
 
     gr = _gradio()
@@ -65,13 +76,135 @@ def build_app(bot, model_label: str, service=None) -> gr.Blocks:
     thinks = reads_enable_thinking(bot.tokenizer.chat_template)
 
     def respond(message, history, system, *values):
-        yield from reply_messages(bot, message, history, system, service=service,
-                                  **settings_from_controls(values, thinks))
+        sampling = settings_from_controls(values, thinks)
+        if store is None:
+            yield from reply_messages(bot, message, history, system, service=service, **sampling)
+        else:
+            yield from recorded_reply(bot, store, model_label, message, history, system, service=service, **sampling)
 
-    return gr.ChatInterface(
+    chatbot = None if store is None else gr.Chatbot(label="Chatbot", scale=1, editable="all",
+                                                    feedback_options=("Like", "Dislike"))
+    app = gr.ChatInterface(
         respond, title="medtune chat", description=header, additional_inputs=_controls(gr, bot),
         additional_inputs_accordion=gr.Accordion("System prompt and sampling", open=False),
-        flagging_mode="never", analytics_enabled=False, autofocus=True)
+        flagging_mode="never", analytics_enabled=False, autofocus=True, chatbot=chatbot)
+    if store is not None:
+        _feedback_events(gr, app, store)
+    return app
+
+
+def turn_prompt(message: str, history, system: str = "") -> list[dict]:
+    """Return the conversation a page turn sends: the system prompt, the history, the new message."""
+    from medtune.inference.chat import with_system
+
+    return with_system(chat_messages(history), (system or "").strip() or None) + [{"role": "user", "content": message}]
+
+
+def recorded_reply(bot, store, model_label: str, message: str, history, system: str = "", service=None,
+                   **sampling):
+    """Yield :func:`reply_messages` with the answer tagged by its response id (the audit log's
+    request id), and store the model's answer under that id once it ends (finished, stopped or
+    replaced). A reply the safety policy gives in place of the model is shown but not stored."""
+    from medtune.inference.service import ReplyService
+
+    service = service or ReplyService()
+    prompt = turn_prompt(message, history, system)
+    prepared = service.prepare(prompt, "web-" + uuid.uuid4().hex[:24])
+    response_id = prepared.request_id
+    steps, last = reply_messages(bot, message, history, system, service=service, prepared=prepared, **sampling), []
+    try:
+        for step in steps:
+            last = [m if _is_thought(m) or prepared.fixed_reply is not None else {**m, "metadata": {"id": response_id}}
+                    for m in step]
+            yield last
+    finally:
+        steps.close()
+        if prepared.fixed_reply is None:
+            _store_answer(store, response_id, prompt, last, history, model_label, prepared)
+
+
+def _store_answer(store, response_id: str, prompt: list[dict], shown: list[dict], history, model_label: str,
+                  prepared) -> None:
+    """Store the model's answer among the page's ``shown`` messages, in the conversation of the
+    history's last stored answer, linked to the answer it replaces (regenerate)."""
+    answer = _model_part(next((_text(m["content"]) for m in shown if not _is_thought(m)), ""), prepared)
+    earlier = [i for i in response_ids(history) if i]
+    conversation = (store.response(earlier[-1]) or {}).get("conversation_id") if earlier else None
+    store.add_response(response_id, prompt, answer, model=model_label, surface="web",
+                       conversation_id=conversation, parent_id=store.regenerated_from(prompt))
+
+
+def _model_part(shown: str, prepared) -> str:
+    """The model's own answer inside ``shown``: without the policy's prefix and suffix."""
+    if prepared.prefix and shown.startswith(prepared.prefix):
+        shown = shown[len(prepared.prefix):]
+    if prepared.suffix and shown.endswith(prepared.suffix):
+        shown = shown[:-len(prepared.suffix)]
+    return shown
+
+
+def _is_thought(message: dict) -> bool:
+    return bool((message.get("metadata") or {}).get("title"))
+
+
+def response_ids(history) -> list[str | None]:
+    """Return the stored response id of each message in Gradio ``history`` (None where it has none)."""
+    return [(m.get("metadata") or {}).get("id") if m.get("role") == "assistant" and not _is_thought(m) else None
+            for m in history or []]
+
+
+def _answer_at(history, index: int) -> str | None:
+    """The response id of the answer at ``index`` or, for a thinking message, the answer after it."""
+    ids = response_ids(history)
+    for i in range(index, len(history or [])):
+        if history[i].get("role") != "assistant":
+            break
+        if ids[i]:
+            return ids[i]
+    return None
+
+
+def _feedback_events(gr, app, store) -> None:
+    """Store thumbs up / down, edited answers and regenerated-away answers of the page's chat."""
+
+    def on_like(history, data: gr.LikeData):
+        response_id = _answer_at(history, data.index[0] if isinstance(data.index, (list, tuple)) else data.index)
+        if response_id is None:
+            raise gr.Error("this message is not a stored answer; rate the answer itself")
+        rating = {True: "up", False: "down"}.get(data.liked, "none")
+        store.add_feedback(response_id, rating=rating, source="web")
+
+    def on_edit(history, data: gr.EditData):
+        # ``history`` already holds the edit (the page applied it): put the text back when refused
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        response_id = response_ids(history)[index] if index < len(history) else None
+        corrected, history = _text(data.value), list(history)
+        if response_id is None or not corrected.strip():
+            gr.Warning("Only answers can be edited here (to correct them); send a new message to ask again."
+                       if response_id is None else "An empty answer is not a correction; the answer is unchanged.")
+            if index < len(history):
+                history[index] = {**history[index], "content": {"type": "text", "text": _text(data.previous_value)}}
+            return history
+        store.add_feedback(response_id, corrected_text=corrected, source="web")
+        history[index] = {**history[index], "content": {"type": "text", "text": corrected}}
+        return history
+
+    def on_retry(history, data: gr.RetryData):
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        for response_id in response_ids(history[index + 1:]):
+            if response_id:
+                store.add_feedback(response_id, rating="down", source="regenerate")
+
+    # Gradio passes event data by the parameter's annotation, which must be the class itself (this
+    # module's annotations are strings).
+    on_like.__annotations__["data"], on_edit.__annotations__["data"] = gr.LikeData, gr.EditData
+    on_retry.__annotations__["data"] = gr.RetryData
+    with app:
+        app.chatbot.like(on_like, [app.chatbot], None, concurrency_limit=None, api_visibility="undocumented")
+        app.chatbot.edit(on_edit, [app.chatbot], [app.chatbot], concurrency_limit=None,
+                         api_visibility="undocumented").then(
+            lambda h: h, [app.chatbot], [app.chatbot_state], queue=False, api_visibility="undocumented")
+        app.chatbot.retry(on_retry, [app.chatbot], None, concurrency_limit=None, api_visibility="undocumented")
 
 
 def _controls(gr, bot) -> list:
@@ -106,20 +239,20 @@ def settings_from_controls(values, thinks: bool) -> dict:
     return sampling
 
 
-def reply_messages(bot, message: str, history, system: str = "", service=None, **sampling):
+def reply_messages(bot, message: str, history, system: str = "", service=None, prepared=None, **sampling):
     """Yield the chat messages of the reply so far: a collapsible ``Thinking`` message holding the
     trace (open while it streams, closed once the answer starts), then the answer — the policy's
-    prefix, the model's answer, its suffix (``service``: a ReplyService); a fixed reply alone."""
-    from medtune.inference.chat import with_system
-    from medtune.inference.reasoning import TraceStream
+    prefix, the model's answer, its suffix (``service``: a ReplyService); a fixed reply alone.
+    ``prepared``: the service's verdict on this turn, when the caller already has it."""
     from medtune.inference.service import ReplyService
 
     service = service or ReplyService()
-    prompt = with_system(chat_messages(history), (system or "").strip() or None) + [{"role": "user", "content": message}]
-    prepared = service.prepare(prompt)
+    prepared = prepared or service.prepare(turn_prompt(message, history, system))
     if prepared.fixed_reply is not None:
         yield _turn(False, {"reasoning": "", "content": "".join(service.stream(prepared, None, "web"))}, done=True)
         return
+    from medtune.inference.reasoning import TraceStream
+
     opened = bot.engine.opens_thinking(bot.prompt_ids(prepared.messages, replace(bot.settings, **sampling)))
     trace, parts, flushed = TraceStream(opened), {"reasoning": "", "content": ""}, False
     stream = service.stream_parts(prepared, _model_pieces(bot, prepared.messages, **sampling), "web")
