@@ -114,15 +114,41 @@ def _generate(dsub) -> None:
     ps.set_defaults(handler=H + "cmd_generate_passage")
     rw = gsub.add_parser(
         "rewrite", help="passages -> N rewrites stating the same facts (knowledge augmentation for PT)",
-        epilog="example: medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode rules --n 4")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode rules --n 4
+  medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode endpoint --n 4 \\
+      --endpoint http://127.0.0.1:8000/v1 --model qwen2.5-7b-instruct --questions 2 --qa-out corpus.qa.jsonl
+
+endpoint mode keeps a rewrite only when it is grounded in its passage (--min-support), keeps its
+facts (--min-coverage), is new and at most twice as long; everything refused is counted and
+printed, never written. Counts and failures -> OUT.summary.json.
+""")
     rw.add_argument("passages", help=".txt (paragraphs, or one passage per line) or JSONL with text (+id)")
     rw.add_argument("-o", "--out", required=True, help="output JSONL (text, id)")
-    rw.add_argument("--mode", default="rules", choices=["rules"],
-                    help="rules: sentence permutation + template paraphrase of fact sentences (no model)")
-    rw.add_argument("--n", type=int, default=4, help="rewrites per passage (fewer when the rules allow fewer)")
+    rw.add_argument("--mode", default="rules", choices=["rules", "endpoint"],
+                    help="rules: sentence permutation + template paraphrase of fact sentences (no model); "
+                         "endpoint: an OpenAI-compatible LLM rewrites (needs --endpoint, --model)")
+    rw.add_argument("--n", type=int, default=4, help="rewrites per passage (fewer when the rules allow fewer "
+                                                     "or the endpoint's are refused)")
     rw.add_argument("--keep-original", action="store_true", help="write each passage before its rewrites")
     rw.add_argument("--min-chars", type=int, default=1, help="skip passages shorter than this (counted)")
-    rw.add_argument("--seed", type=int, default=0)
+    rw.add_argument("--seed", type=int, help="rules: the random draws (default 0)")
+    llm = rw.add_argument_group("endpoint mode")
+    llm.add_argument("--endpoint", help="base URL, e.g. http://127.0.0.1:8000/v1")
+    llm.add_argument("--model", help="model name the endpoint serves")
+    llm.add_argument("--api-key", help="Bearer key (default: $OPENAI_API_KEY if set)")
+    llm.add_argument("--questions", type=int, help="Q&A pairs asked per passage too (default 0); needs --qa-out")
+    llm.add_argument("--qa-out", help="output JSONL (messages) for the Q&A pairs")
+    llm.add_argument("--concurrency", type=int, help="requests in flight (default 4)")
+    llm.add_argument("--retries", type=int, help="retries per request, backoff doubling (default 4)")
+    llm.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    llm.add_argument("--temperature", type=float, help="sampling temperature (default 0.9: diverse rewrites)")
+    llm.add_argument("--min-support", type=float,
+                     help="share of a rewrite's (or answer's) words that must occur in the passage (default 0.8)")
+    llm.add_argument("--min-coverage", type=float,
+                     help="share of the passage's distinct words a rewrite must keep (default 0.6)")
+    llm.add_argument("--cache", help="cache dir: replies are kept so a re-run pays nothing twice "
+                                     "(default: OUT.cache/)")
     rw.set_defaults(handler=H + "cmd_generate_rewrite")
 
 
