@@ -396,6 +396,44 @@ def _write_files(records, out: Path, qa_out: Path | None, keep, counts: dict) ->
             raise _NothingKept  # leaves the block by an exception: the outputs are not replaced
 
 
+def cmd_generate_verifiable(args) -> int:
+    from medtune.data.generate.verifiable import to_verifiable
+    from medtune.data.readers.formats import SHAPES
+    from medtune.data.readers.stream import Tally, iter_records
+    from medtune.errors import where
+
+    if args.max_answer_chars < 1:
+        raise MedtuneError(f"--max-answer-chars must be at least 1, got {args.max_answer_chars}")
+    out = _check_out(args.inputs, args.out, report=args.report)
+    options, tallies, records = read_options(args), [], []
+    started = time.perf_counter()
+    for path in args.inputs:
+        tally = Tally(str(path))
+        tallies.append(tally)
+        for line, rec in iter_records(path, options, tally, with_lines=True):
+            if SHAPES.get(tally.format) != "choice":
+                raise MedtuneError(f"{path}: format {tally.format} holds {SHAPES.get(tally.format)} records, "
+                                   "not multiple-choice questions (pass --format choice or pubmedqa)")
+            problem, why = to_verifiable(rec, args.max_answer_chars, args.instruction)
+            if problem is None:
+                tally.written -= 1
+                tally.skip(why, line)
+                if args.strict:
+                    raise MedtuneError(f"{where(path, line)}: {why}")
+            else:
+                records.append(problem)
+    seconds = time.perf_counter() - started
+    print_tallies(tallies, out, seconds)
+    if args.report:
+        write_json(args.report, {"output": str(out), "seconds": round(seconds, 3),
+                                 "files": [t.to_dict() for t in tallies]})
+    if not records:
+        kept = f"; the previous {out} is kept" if out.exists() else ""
+        raise MedtuneError(f"{out}: no open problems written (every question was skipped){kept}")
+    _write_records(records, out)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # mix, split, stats
 

@@ -17,11 +17,12 @@ def add_data(sub) -> None:
         add(dsub)
 
 
-def _reading(p, workers: bool = True) -> None:
+def _reading(p, workers: bool = True, fmt: str = "auto") -> None:
     """Options shared by every command that reads data files (``--workers`` where it is used)."""
     p.add_argument("inputs", nargs="+", metavar="IN",
                    help="data files: JSONL/JSON/.txt/CSV/TSV/Parquet in any supported layout")
-    p.add_argument("--format", default="auto", help="input layout (default: auto-detect)")
+    p.add_argument("--format", default=fmt,
+                   help="input layout (default: auto-detect)" if fmt == "auto" else f"input layout (default: {fmt})")
     p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
                    help="rename an input column before reading, e.g. --map ask=question")
     p.add_argument("--encoding", help="input text encoding (default: detect UTF-8 / UTF-16 / GB18030)")
@@ -81,7 +82,7 @@ def _clean(dsub) -> None:
 
 def _generate(dsub) -> None:
     gsub = command_group(dsub, "generate", "instructions from a knowledge graph or from passages via an LLM",
-                         "kg,passage,rewrite")
+                         "kg,passage,rewrite,verifiable")
     kg = gsub.add_parser("kg", help="knowledge-graph triples (head, relation, tail) -> Q&A",
                          epilog="example: medtune data generate kg cmekg.csv -o kg_qa.jsonl --phrasings 3")
     kg.add_argument("triples", help="CSV/TSV/JSONL of head,relation,tail triples")
@@ -150,6 +151,26 @@ printed, never written. Counts and failures -> OUT.summary.json.
     llm.add_argument("--cache", help="cache dir: replies are kept so a re-run pays nothing twice "
                                      "(default: OUT.cache/)")
     rw.set_defaults(handler=H + "cmd_generate_rewrite")
+    vf = gsub.add_parser(
+        "verifiable", help="multiple-choice questions -> open problems with a reference answer (grpo + answer_match)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data generate verifiable cmexam_test.jsonl medqa_train.jsonl -o verifiable.jsonl
+  medtune data generate verifiable cmb.json -o verifiable.jsonl --instruction "请直接给出答案。"
+
+Each question becomes a conversation: the question, then the right option's text (the reference
+answer_match checks); the letter and options are kept under "meta". Skipped and counted, never
+rephrased: questions that need their options (下列哪项 / which of the following), odd-one-out
+questions (不包括 / except), answers naming other options (以上都是), multi-select, an answer inside
+another option's text, duplicate options, answers over --max-answer-chars; unreadable records and
+answers not among the options (file:line), as data convert counts them.
+""")
+    _reading(vf, workers=False, fmt="choice")
+    vf.add_argument("-o", "--out", required=True, help="output JSONL (messages + meta)")
+    vf.add_argument("--max-answer-chars", type=int, default=40,
+                    help="skip questions whose right option is longer (counted; default 40)")
+    vf.add_argument("--instruction", default="", help='appended to every question, e.g. "请直接给出答案。"')
+    vf.add_argument("--report", help="write the counts and skip examples to this JSON file")
+    vf.set_defaults(handler=H + "cmd_generate_verifiable")
 
 
 def _mix(dsub) -> None:
