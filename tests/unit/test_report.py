@@ -147,3 +147,17 @@ def test_module_doctests_pass():
     import doctest
 
     assert doctest.testmod(headlines).failed == 0 and doctest.testmod(fonts).failed == 0
+
+
+def test_samples_show_each_set_the_rows_name(tmp_path):
+    for name, model in (("pt", "runs/pt"), ("sft", "runs/sft")):
+        folder = tmp_path / name
+        write_result(EvalResult(task="factqa", model=model, overall={"heldout_accuracy": 0.5, "n": 4},
+                                samples="p.jsonl"), folder, quiet=True)
+        rows = [{"id": f"{part}-{i}", "prompt": f"{part} {i}", "reference": "x", "prediction": "x",
+                 "correct": part == "heldout" and (name == "sft" or i == 0), "set": part}
+                for part in ("heldout", "unseen") for i in range(4)]
+        (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md, _ = write_report([tmp_path / "pt", tmp_path / "sft"], tmp_path / "out", n_samples=2)
+    shown = re.findall(r"^\| ((?:heldout|unseen)-\d) \|", md.read_text(encoding="utf-8"), re.MULTILINE)
+    assert shown == ["heldout-1", "heldout-2", "unseen-0", "unseen-1"]  # 1 and 2: pt wrong, sft right

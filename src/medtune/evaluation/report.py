@@ -261,12 +261,16 @@ def _slug(text: str) -> str:
 
 
 def _pick_items(per_input: dict, n_samples: int) -> list:
-    """Ids answered by every input, those on which the inputs disagree (right vs wrong) first."""
+    """Ids answered by every input: up to ``n_samples`` of each ``set`` the rows name (e.g. held-out
+    and unseen questions; one set when they name none), those the inputs disagree on (right vs
+    wrong) first."""
     first = next(iter(per_input.values()))
     common = [i for i in first if all(i in rows for rows in per_input.values())]
-    marks = {i: {rows[i].get("correct") for rows in per_input.values()} for i in common}
-    split = [i for i in common if marks[i] >= {True, False}]
-    chosen = set((split + [i for i in common if i not in split])[:n_samples])
+    chosen = set()
+    for part in dict.fromkeys(first[i].get("set") for i in common):
+        ids = [i for i in common if first[i].get("set") == part]
+        split = [i for i in ids if {rows[i].get("correct") for rows in per_input.values()} >= {True, False}]
+        chosen.update((split + [i for i in ids if i not in split])[:n_samples])
     return [i for i in common if i in chosen]
 
 
@@ -342,7 +346,7 @@ def _css(page_text: str) -> str:
             + f"body{{font-family:{FONT_STACK};max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
             "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f3f3f3}"
-            "td{max-width:360px;white-space:pre-wrap}img{max-width:100%}"
+            "td{max-width:360px;white-space:pre-wrap}td:first-child{white-space:nowrap}img{max-width:100%}"
             "ul.headlines{font-size:15px;padding-left:1.2em}ul.headlines li{margin:.25em 0}"
             ".ok{color:#0a7d32;font-weight:bold}.bad{color:#b3261e;font-weight:bold}"
             "figcaption{color:#555;font-size:13px}")
