@@ -51,8 +51,8 @@ _ODD_ONE_OUT = re.compile(
     r"|\bincorrect\b|\bfalse\b|\bleast likely\b|\bnot (a|an|the|associated|used|seen|found|true|correct)\b",
     re.IGNORECASE)
 _NAMES_OPTIONS = re.compile(
-    r"以上|上述|均[是对为不]|都[是对不]|全部|\b(all|none|both) of the above\b|\bboth\b|\bneither\b"
-    r"|^[A-Ea-e]$|[A-E]\s*(和|与|及|、|,|and|&|or)\s*[A-E]\b", re.IGNORECASE)
+    r"以上|上述|\b(all|none|both|neither) of the (above|options)\b"
+    r"|(?-i:^[A-E]$|(?<![A-Za-z])[A-E]\s*(和|与|及|、|,|and|&|or)\s*[A-E](?![A-Za-z]))", re.IGNORECASE)
 
 SKIPS = {
     "needs_options": "question needs its options (which of the following ...)",
