@@ -161,3 +161,14 @@ def test_samples_show_each_set_the_rows_name(tmp_path):
     md, _ = write_report([tmp_path / "pt", tmp_path / "sft"], tmp_path / "out", n_samples=2)
     shown = re.findall(r"^\| ((?:heldout|unseen)-\d) \|", md.read_text(encoding="utf-8"), re.MULTILINE)
     assert shown == ["heldout-1", "heldout-2", "unseen-0", "unseen-1"]  # 1 and 2: pt wrong, sft right
+
+
+def test_cli_writes_both_files_and_refuses_an_output_inside_an_input(tmp_path, capsys):
+    from medtune.cli.main import main
+
+    fake_run(tmp_path / "runs" / "pt", "pt", [2.0, 1.5])
+    assert main(["eval", "report", str(tmp_path / "runs"), "--output", str(tmp_path / "rep")]) == 0
+    assert "report ->" in capsys.readouterr().out
+    assert "- pt: training loss 2.000 at step 1 → 1.500 at step 2 (final)." in \
+        (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert main(["eval", "report", str(tmp_path / "runs"), "--output", str(tmp_path / "runs" / "pt")]) == 2
