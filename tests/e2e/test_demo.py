@@ -31,6 +31,11 @@ def test_demo_learns_facts_and_reports(tmp_path):
     page = (out / "report" / "report.html").read_text(encoding="utf-8")
     assert "Training runs" in page and "Evaluation: factqa" in page and page.count("data:image/png;base64,") == 2
     md = (out / "report" / "report.md").read_text(encoding="utf-8")
-    assert f"| sft | {acc['sft']:.4f} |" in md  # the eval table carries the measured accuracy
+    n = report["counts"]["heldout_questions"]
+    # the eval table carries the measured accuracy, the model behind it and its n; a headline compares
+    assert f"| sft | {out / 'sft'} | {100 * acc['sft']:.1f}% (n={n}) |" in md
+    assert f"- Heldout accuracy: base {100 * acc['base']:.1f}% → pt {100 * acc['pt']:.1f}% → sft" in md
+    assert f"(n={report['counts']['unseen_questions']})" in md  # unseen accuracy's own n
+    assert "✓" in md and "final train loss" in md
     again = medtune("-q", "demo", "--out", out)
     assert_one_line_error(again, "already holds files")

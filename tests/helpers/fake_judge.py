@@ -84,3 +84,33 @@ class FakeJudge(FakeOpenAI):
         content = json.dumps(good, ensure_ascii=False)
         content = f"```json\n{content}\n```" if self.fence else content
         return self.chat_body(prompt, faulty(fault, good, prompt) if fault else content)
+
+
+VERIFY = re.compile(r"\[Reference answer\]\n(.*?)\n\[End of reference answer\].*?\[Model answer\]\n(.*?)\n"
+                    r"\[End of model answer\]", re.DOTALL)
+
+
+class FakeVerifier(FakeOpenAI):
+    """A verifier for the ``judge`` reward's built-in prompt: "score: 1" when the model answer
+    contains the reference, else "score: 0". ``faults`` are bad replies given first, one per
+    request: "garbage" (no score), "range" (score: 7), "think" (a trace whose score is wrong, then
+    the right one). ``grade(reference, answer) -> 0 | 1`` replaces the containment rule.
+    ``prompts`` holds every prompt answered with 200."""
+
+    def __init__(self, faults=(), grade=None, **kw):
+        super().__init__(**kw)
+        self.faults = deque(faults)
+        self.grade = grade or (lambda reference, answer: int(reference.strip() in answer))
+        self.prompts: list[str] = []
+
+    def respond(self, body: dict) -> dict:
+        prompt = body["messages"][-1]["content"]
+        reference, answer = VERIFY.search(prompt).groups()
+        score = self.grade(reference, answer)
+        with self.lock:
+            fault = self.faults.popleft() if self.faults else None
+            self.prompts.append(prompt)
+        content = {None: f"The answer {'agrees' if score else 'differs'}.\nscore: {score}",
+                   "garbage": "I cannot decide.", "range": "score: 7",
+                   "think": f"<think>score: {1 - score}</think>\nscore: {score}"}[fault]
+        return self.chat_body(prompt, content)

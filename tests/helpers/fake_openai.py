@@ -7,7 +7,7 @@ Each ``POST /v1/chat/completions`` whose user message carries ``<passage>...</pa
 with a JSON list: one pair per passage sentence (at most three; the answer is the sentence) plus one
 deliberately ungrounded pair. Knobs: fail the first N requests with 500/429 (optionally with a
 ``Retry-After``), return non-JSON garbage N times, wrap replies in a ```json fence, delay a reply
-by a function of the passage. It counts requests, the most requests in flight at once, and the
+by a function of the passage, or answer with ``reply(passage)`` instead of Q&A. It counts requests, the most requests in flight at once, and the
 token usage it reported (prompt tokens = characters of the user message, completion tokens =
 characters of the reply).
 """
@@ -54,7 +54,9 @@ class FakeOpenAI:
 
     def __init__(self, api_key: str | None = None, fail_first: int = 0, fail_status: int = 500,
                  retry_after: str | None = None, garbage: int = 0, fence: bool = False,
-                 delay: Callable[[str], float] | None = None):
+                 delay: Callable[[str], float] | None = None,
+                 reply: Callable[[str], str] | None = None):
+        self.reply = reply
         self.api_key, self.fail_first, self.fail_status = api_key, fail_first, fail_status
         self.retry_after, self.garbage, self.fence, self.delay = retry_after, garbage, fence, delay
         self.requests = self.in_flight = self.max_in_flight = 0
@@ -114,6 +116,8 @@ class FakeOpenAI:
     def completion(self, user: str, passage: str) -> dict:
         if self.take_garbage():
             content = GARBAGE
+        elif self.reply is not None:
+            content = self.reply(passage)
         else:
             pairs = [{"question": q, "answer": a} for q, a in reply_pairs(passage)]
             content = json.dumps(pairs, ensure_ascii=False)

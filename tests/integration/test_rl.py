@@ -376,3 +376,43 @@ def test_bad_rewards_fail_before_the_output_exists(tiny_dir, tmp_path, change, m
     with pytest.raises(MedtuneError, match=message):  # data options: refused by config validation
         run_stage(rl_config(tiny_dir, tmp_path, "grpo", **change), quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_grpo_with_the_judge_reward_through_a_fake_verifier(tiny_dir, tmp_path):
+    from tests.helpers.fake_judge import FakeVerifier
+
+    def even_length(reference, answer):  # a verdict that varies between completions, so the policy moves
+        return int(len(answer) % 2 == 0)
+
+    with FakeVerifier(grade=even_length) as server:
+        judge = {"endpoint": server.url, "model": "verifier", "cache_dir": str(tmp_path / "judge-cache")}
+        cfg = rl_config(tiny_dir, tmp_path, "grpo", train={"batch_size": 4},
+                        rl={"num_generations": 4, "reward_functions": ["judge"], "judge": judge})
+        probe = Probe()
+        result = run_stage(cfg, quiet=True, callbacks=[probe])
+    references = {c[-1]["content"] for c in CONVERSATIONS}
+    asked = {p.split("[Reference answer]\n")[1].split("\n[End")[0] for p in server.prompts}
+    assert asked <= references and asked
+    rewards_logged = logged(result, "rewards/judge/mean")
+    assert len(rewards_logged) == 2 and all(0.0 <= r <= 1.0 for r in rewards_logged)
+    usage = lineage(result)["metrics"]["judge"]
+    assert usage["scored"] == 2 * 4  # two steps of one prompt x 4 completions
+    assert usage["requests"] == server.requests == len(server.prompts) <= usage["scored"]
+    assert usage["requests"] + usage["cache_hits"] == usage["scored"]
+    assert probe.changed  # the verdicts differed within a group: the adapter moved
+
+
+@pytest.mark.slow
+def test_grpo_judge_endpoint_down_refuses_the_step(tiny_dir, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = rl_config(tiny_dir, tmp_path, "grpo", rl={"reward_functions": ["judge"], "judge": {
+        "endpoint": f"http://127.0.0.1:{port}/v1", "model": "verifier", "retries": 0}})
+    with pytest.raises(MedtuneError, match=r"^reward judge: connection error from http://127.0.0.1:\d+/v1/chat/"
+                                           r"completions \(.*\); step refused$"):
+        run_stage(cfg, quiet=True)
+    assert not (tmp_path / "out" / "lineage.json").exists()

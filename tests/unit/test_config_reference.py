@@ -21,7 +21,7 @@ def test_every_key_is_listed_with_a_description():
         notes = reference.field_comments(cls)
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(f.type) or f.name in ("name", "from_") or f.name in (
-                    "model", "data", "adapter", "train", "preference", "rl"):
+                    "model", "data", "adapter", "train", "preference", "rl", "judge"):
                 continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             assert f"| `{key}` |" in text

@@ -6,6 +6,8 @@ Examples::
     medtune data clean sft.jsonl -o sft.clean.jsonl --report clean.json
     medtune data generate kg cmekg.csv -o kg_qa.jsonl
     medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --n 4
+    medtune data generate rewrite corpus.txt -o rw.jsonl --mode endpoint --endpoint URL --model qwen
+    medtune data generate verifiable cmexam.jsonl -o verifiable.jsonl
     medtune data mix sft.clean.jsonl:0.8 general.jsonl:0.2 --total 20000 -o mix.jsonl
     medtune data split mix.jsonl --val 0.05 -o data/
     medtune data stats data/train.jsonl --tokenizer runs/tiny --plot lengths.png
@@ -263,22 +265,44 @@ def cmd_generate_passage(args) -> int:
     return 0
 
 
-def cmd_generate_rewrite(args) -> int:
-    from collections import Counter
+_ENDPOINT_FLAGS = {"endpoint": "--endpoint", "model": "--model", "api_key": "--api-key",
+                   "questions": "--questions", "qa_out": "--qa-out", "concurrency": "--concurrency",
+                   "retries": "--retries", "timeout": "--timeout", "temperature": "--temperature",
+                   "min_support": "--min-support", "min_coverage": "--min-coverage", "cache": "--cache"}
 
+
+def cmd_generate_rewrite(args) -> int:
     from medtune.data.generate.passage_qa import read_passages
-    from medtune.data.generate.rewrite import rewrite_passages
 
     if args.n < 1:
         raise MedtuneError(f"--n must be at least 1, got {args.n}")
-    _check_out([args.passages], args.out)
+    if args.mode == "rules":
+        given = [flag for name, flag in _ENDPOINT_FLAGS.items() if getattr(args, name) is not None]
+        if given:
+            raise MedtuneError(f"{given[0]} applies to --mode endpoint only (the rules use no model)")
+    elif args.seed is not None:
+        raise MedtuneError("--seed applies to --mode rules only (the endpoint samples; its replies are cached)")
+    qa_out = getattr(args, "qa_out", None)
+    _check_out([args.passages], args.out, **({"qa-out": qa_out} if qa_out else {}),
+               **({"cache": args.cache or f"{args.out}.cache", "summary": f"{args.out}.summary.json"}
+                  if args.mode == "endpoint" else {}))
     tally, on_skip = _skip_collector(args.passages, False)
     passages = list(read_passages(args.passages, min_chars=args.min_chars, on_skip=on_skip))
     if not passages:
         _print_skips(tally)
         raise MedtuneError(f"{args.passages}: no passages (see the skips above)")
+    if args.mode == "endpoint":
+        return _rewrite_by_endpoint(args, passages, tally)
+    return _rewrite_by_rules(args, passages, tally)
+
+
+def _rewrite_by_rules(args, passages, tally) -> int:
+    from collections import Counter
+
+    from medtune.data.generate.rewrite import rewrite_passages
+
     counts = Counter()
-    n = _write_records(rewrite_passages(passages, args.n, seed=args.seed, keep_original=args.keep_original,
+    n = _write_records(rewrite_passages(passages, args.n, seed=args.seed or 0, keep_original=args.keep_original,
                                         counts=counts), Path(args.out))
     print(f"{counts['passages']:,} passages -> {counts['rewrites']:,} rewrites ({counts['short']:,} passages "
           f"with fewer than {args.n}, {counts['unchanged']:,} no rule could rewrite); {n:,} records -> {args.out}")
@@ -286,6 +310,128 @@ def cmd_generate_rewrite(args) -> int:
     if not counts["rewrites"]:
         raise MedtuneError(f"{args.passages}: no passage could be rewritten by the rules (one plain sentence "
                            "each? the rules permute sentences and re-phrase 'X的K是V。' / 'The K of X is V.')")
+    return 0
+
+
+def _rewrite_by_endpoint(args, passages, tally) -> int:
+    import os
+
+    from medtune.data.generate.rewrite_llm import PassageRewriter
+
+    for flag, value in (("--endpoint", args.endpoint), ("--model", args.model)):
+        if not value:
+            raise MedtuneError(f"--mode endpoint needs {flag}")
+    questions = args.questions or 0
+    if bool(questions) != bool(args.qa_out):
+        raise MedtuneError("--questions N (> 0) and --qa-out FILE go together: the Q&A pairs need their own file "
+                           "(rewrites are text records, pairs are conversations)")
+    gen = PassageRewriter(
+        args.endpoint, args.model, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), rewrites=args.n,
+        questions=questions, concurrency=_given(args.concurrency, 4), retries=_given(args.retries, 4),
+        timeout=_given(args.timeout, 120.0), cache_dir=Path(args.cache or f"{args.out}.cache"),
+        temperature=_given(args.temperature, 0.9), min_support=_given(args.min_support, 0.8),
+        min_coverage=_given(args.min_coverage, 0.6), keep_original=args.keep_original)
+    with progress_bar(len(passages), args.quiet, unit="passage", desc="rewrite") as advance:
+        written = _write_split(gen.run(passages, progress=lambda _id: advance(1)), Path(args.out),
+                               Path(args.qa_out) if args.qa_out else None,
+                               keep=lambda: gen.summary["rewrites_kept"] > 0)
+    s = gen.summary
+    unparsable = s["failed_reasons"].get("unparsable reply", 0)
+    print(f"{s['passages']:,} passages: {s['requests']:,} requests, {s['cache_hits']:,} from cache, "
+          f"{s['failed']:,} failed ({unparsable:,} unparsable replies)")
+    print(f"rewrites: {s['rewrites_generated']:,} generated, {s['rewrites_kept']:,} kept; refused: "
+          f"{s['ungrounded_rewrites']:,} not grounded in the passage, {s['incomplete_rewrites']:,} dropping its "
+          f"facts, {s['duplicate_rewrites']:,} repeats, {s['long_rewrites']:,} too long, {s['surplus']:,} beyond "
+          f"what was asked; {s['short']:,} passages with fewer than {args.n} -> {args.out}")
+    if questions:
+        print(f"Q&A: {s['pairs_generated']:,} generated, {s['pairs_kept']:,} kept, {s['ungrounded_pairs']:,} not "
+              f"grounded -> {args.qa_out}")
+    print(f"tokens: {s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} completion paid, "
+          f"{s['saved_tokens']:,} saved by the cache")
+    _print_skips(tally)
+    for passage_id, reason in gen.failures[:SHOWN_EXAMPLES]:
+        print(f"    failed: {passage_id}: {reason}")
+    write_json(f"{args.out}.summary.json", {**s, "records_written": written, "failures": gen.failures,
+                                             "skipped_passages": tally.to_dict()})
+    if written is None:
+        kept = f"; the previous {args.out} is kept" if Path(args.out).exists() else ""
+        raise MedtuneError(f"{args.passages}: no rewrite kept, nothing written (see the counts above){kept}")
+    return 0
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+class _NothingKept(Exception):
+    pass
+
+
+def _write_split(records, out: Path, qa_out: Path | None, keep) -> dict | None:
+    """Write text records to ``out`` and conversations to ``qa_out``, both atomically; return the
+    number of records in each, or None (nothing replaced) when ``keep()`` says the result is
+    not worth keeping."""
+    counts = {str(out): 0, **({str(qa_out): 0} if qa_out else {})}
+    try:
+        _write_files(records, out, qa_out, keep, counts)
+    except _NothingKept:
+        return None
+    return counts
+
+
+def _write_files(records, out: Path, qa_out: Path | None, keep, counts: dict) -> None:
+    from contextlib import ExitStack
+
+    from medtune.data.readers.convert import dump_record
+
+    with ExitStack() as stack:
+        files = {}
+        for path in filter(None, (out, qa_out)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files[path] = stack.enter_context(open(stack.enter_context(atomic_output(path)), "w", encoding="utf-8"))
+        for rec in records:
+            path = qa_out if "messages" in rec else out
+            files[path].write(dump_record(rec) + "\n")
+            counts[str(path)] += 1
+        if not keep():
+            raise _NothingKept  # leaves the block by an exception: the outputs are not replaced
+
+
+def cmd_generate_verifiable(args) -> int:
+    from medtune.data.generate.verifiable import to_verifiable
+    from medtune.data.readers.formats import SHAPES
+    from medtune.data.readers.stream import Tally, iter_records
+    from medtune.errors import where
+
+    if args.max_answer_chars < 1:
+        raise MedtuneError(f"--max-answer-chars must be at least 1, got {args.max_answer_chars}")
+    out = _check_out(args.inputs, args.out, report=args.report)
+    options, tallies, records = read_options(args), [], []
+    started = time.perf_counter()
+    for path in args.inputs:
+        tally = Tally(str(path))
+        tallies.append(tally)
+        for line, rec in iter_records(path, options, tally, with_lines=True):
+            if SHAPES.get(tally.format) != "choice":
+                raise MedtuneError(f"{path}: format {tally.format} holds {SHAPES.get(tally.format)} records, "
+                                   "not multiple-choice questions (pass --format choice or pubmedqa)")
+            problem, why = to_verifiable(rec, args.max_answer_chars, args.instruction)
+            if problem is None:
+                tally.written -= 1
+                tally.skip(why, line)
+                if args.strict:
+                    raise MedtuneError(f"{where(path, line)}: {why}")
+            else:
+                records.append(problem)
+    seconds = time.perf_counter() - started
+    print_tallies(tallies, out, seconds)
+    if args.report:
+        write_json(args.report, {"output": str(out), "seconds": round(seconds, 3),
+                                 "files": [t.to_dict() for t in tallies]})
+    if not records:
+        kept = f"; the previous {out} is kept" if out.exists() else ""
+        raise MedtuneError(f"{out}: no open problems written (every question was skipped){kept}")
+    _write_records(records, out)
     return 0
 
 

@@ -17,11 +17,12 @@ def add_data(sub) -> None:
         add(dsub)
 
 
-def _reading(p, workers: bool = True) -> None:
+def _reading(p, workers: bool = True, fmt: str = "auto") -> None:
     """Options shared by every command that reads data files (``--workers`` where it is used)."""
     p.add_argument("inputs", nargs="+", metavar="IN",
                    help="data files: JSONL/JSON/.txt/CSV/TSV/Parquet in any supported layout")
-    p.add_argument("--format", default="auto", help="input layout (default: auto-detect)")
+    p.add_argument("--format", default=fmt,
+                   help="input layout (default: auto-detect)" if fmt == "auto" else f"input layout (default: {fmt})")
     p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
                    help="rename an input column before reading, e.g. --map ask=question")
     p.add_argument("--encoding", help="input text encoding (default: detect UTF-8 / UTF-16 / GB18030)")
@@ -81,7 +82,7 @@ def _clean(dsub) -> None:
 
 def _generate(dsub) -> None:
     gsub = command_group(dsub, "generate", "instructions from a knowledge graph or from passages via an LLM",
-                         "kg,passage,rewrite")
+                         "kg,passage,rewrite,verifiable")
     kg = gsub.add_parser("kg", help="knowledge-graph triples (head, relation, tail) -> Q&A",
                          epilog="example: medtune data generate kg cmekg.csv -o kg_qa.jsonl --phrasings 3")
     kg.add_argument("triples", help="CSV/TSV/JSONL of head,relation,tail triples")
@@ -114,16 +115,62 @@ def _generate(dsub) -> None:
     ps.set_defaults(handler=H + "cmd_generate_passage")
     rw = gsub.add_parser(
         "rewrite", help="passages -> N rewrites stating the same facts (knowledge augmentation for PT)",
-        epilog="example: medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode rules --n 4")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode rules --n 4
+  medtune data generate rewrite corpus.txt -o corpus.rewrites.jsonl --mode endpoint --n 4 \\
+      --endpoint http://127.0.0.1:8000/v1 --model qwen2.5-7b-instruct --questions 2 --qa-out corpus.qa.jsonl
+
+endpoint mode keeps a rewrite only when it is grounded in its passage (--min-support), keeps its
+facts (--min-coverage), is new and at most twice as long; everything refused is counted and
+printed, never written. Counts and failures -> OUT.summary.json.
+""")
     rw.add_argument("passages", help=".txt (paragraphs, or one passage per line) or JSONL with text (+id)")
     rw.add_argument("-o", "--out", required=True, help="output JSONL (text, id)")
-    rw.add_argument("--mode", default="rules", choices=["rules"],
-                    help="rules: sentence permutation + template paraphrase of fact sentences (no model)")
-    rw.add_argument("--n", type=int, default=4, help="rewrites per passage (fewer when the rules allow fewer)")
+    rw.add_argument("--mode", default="rules", choices=["rules", "endpoint"],
+                    help="rules: sentence permutation + template paraphrase of fact sentences (no model); "
+                         "endpoint: an OpenAI-compatible LLM rewrites (needs --endpoint, --model)")
+    rw.add_argument("--n", type=int, default=4, help="rewrites per passage (fewer when the rules allow fewer "
+                                                     "or the endpoint's are refused)")
     rw.add_argument("--keep-original", action="store_true", help="write each passage before its rewrites")
     rw.add_argument("--min-chars", type=int, default=1, help="skip passages shorter than this (counted)")
-    rw.add_argument("--seed", type=int, default=0)
+    rw.add_argument("--seed", type=int, help="rules: the random draws (default 0)")
+    llm = rw.add_argument_group("endpoint mode")
+    llm.add_argument("--endpoint", help="base URL, e.g. http://127.0.0.1:8000/v1")
+    llm.add_argument("--model", help="model name the endpoint serves")
+    llm.add_argument("--api-key", help="Bearer key (default: $OPENAI_API_KEY if set)")
+    llm.add_argument("--questions", type=int, help="Q&A pairs asked per passage too (default 0); needs --qa-out")
+    llm.add_argument("--qa-out", help="output JSONL (messages) for the Q&A pairs")
+    llm.add_argument("--concurrency", type=int, help="requests in flight (default 4)")
+    llm.add_argument("--retries", type=int, help="retries per request, backoff doubling (default 4)")
+    llm.add_argument("--timeout", type=float, help="seconds per request (default 120)")
+    llm.add_argument("--temperature", type=float, help="sampling temperature (default 0.9: diverse rewrites)")
+    llm.add_argument("--min-support", type=float,
+                     help="share of a rewrite's (or answer's) words that must occur in the passage (default 0.8)")
+    llm.add_argument("--min-coverage", type=float,
+                     help="share of the passage's distinct words a rewrite must keep (default 0.6)")
+    llm.add_argument("--cache", help="cache dir: replies are kept so a re-run pays nothing twice "
+                                     "(default: OUT.cache/)")
     rw.set_defaults(handler=H + "cmd_generate_rewrite")
+    vf = gsub.add_parser(
+        "verifiable", help="multiple-choice questions -> open problems with a reference answer (grpo + answer_match)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medtune data generate verifiable cmexam_test.jsonl medqa_train.jsonl -o verifiable.jsonl
+  medtune data generate verifiable cmb.json -o verifiable.jsonl --instruction "请直接给出答案。"
+
+Each question becomes a conversation: the question, then the right option's text (the reference
+answer_match checks); the letter and options are kept under "meta". Skipped and counted, never
+rephrased: questions that need their options (下列哪项 / which of the following), odd-one-out
+questions (不包括 / except), answers naming other options (以上都是), multi-select, an answer inside
+another option's text, duplicate options, answers over --max-answer-chars; unreadable records and
+answers not among the options (file:line), as data convert counts them.
+""")
+    _reading(vf, workers=False, fmt="choice")
+    vf.add_argument("-o", "--out", required=True, help="output JSONL (messages + meta)")
+    vf.add_argument("--max-answer-chars", type=int, default=40,
+                    help="skip questions whose right option is longer (counted; default 40)")
+    vf.add_argument("--instruction", default="", help='appended to every question, e.g. "请直接给出答案。"')
+    vf.add_argument("--report", help="write the counts and skip examples to this JSON file")
+    vf.set_defaults(handler=H + "cmd_generate_verifiable")
 
 
 def _mix(dsub) -> None:

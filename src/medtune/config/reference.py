@@ -19,7 +19,8 @@ from medtune.config import schema, stages
 
 SECTIONS = [("", schema.StageConfig), ("model", schema.ModelConfig), ("data", schema.DataConfig),
             ("adapter", schema.AdapterConfig), ("train", schema.TrainConfig),
-            ("preference", schema.PreferenceConfig), ("rl", schema.RLConfig)]
+            ("preference", schema.PreferenceConfig), ("rl", schema.RLConfig),
+            ("rl.judge", schema.JudgeRewardConfig)]
 _FIELD = re.compile(r"^\s{4}(\w+):\s*[^=]+?(?:=.*?)?(?:\s+#\s*(.*))?$")
 
 
@@ -67,6 +68,7 @@ def applies_to(section: str, name: str) -> str:
     if section == "adapter" and name != "method":
         return "methods: " + ", ".join(m for m, opts in schema.METHOD_OPTIONS.items() if name in opts)
     table = stages.STAGE_TABLE
+    section = section.split(".")[0]  # rl.judge: read by the stages that read rl
     if section in ("preference", "rl") or (section, name) == ("", "reward_model"):
         readers = stages.stages_reading(section or name)
         if section == "preference":

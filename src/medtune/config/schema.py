@@ -190,6 +190,32 @@ class PreferenceConfig:
     undesirable_weight: float = field(default=1.0, metadata=_above(0))  # kto: weight of undesirable examples
 
 
+JUDGE_SCORE_PATTERN = r"score\s*[:：=]\s*(-?\d+(?:\.\d+)?)"
+
+
+@dataclass
+class JudgeRewardConfig:
+    """The ``judge`` reward of grpo / rloo (``rl.reward_functions: [judge]``): an LLM verifier
+    behind an OpenAI-compatible endpoint scores each completion against the record's reference.
+    Replies are cached (memory, and ``cache_dir`` on disk): the same question + answer is never
+    asked twice. A verdict the pattern cannot read, or an endpoint that fails after the retries,
+    refuses the step with a one-line error naming the reward (no silent zero)."""
+
+    endpoint: str = ""  # base URL, e.g. http://127.0.0.1:8000/v1 (vllm serve, medtune serve api, OpenAI)
+    model: str = ""  # the model name the endpoint serves
+    api_key_env: str = ""  # name of the environment variable holding the API key (the key never goes in a config)
+    # Template with {question}, {answer} (the completion after any reasoning trace), {reference};
+    # empty: the built-in verifier prompt (asks for "score: 1" when the answer agrees with the reference, else "score: 0").
+    prompt: str = ""
+    score_pattern: str = JUDGE_SCORE_PATTERN  # regex, one group: the score (the last match in the reply counts)
+    score_min: float = 0.0  # the verdict's lowest score (reward 0)
+    score_max: float = 1.0  # the verdict's highest score (reward 1); scores outside [min, max] are unparsable
+    retries: int = field(default=3, metadata=_at_least(0))  # retries per request (backoff doubles); unparsable replies re-asked at temperature 0.7
+    timeout: float = field(default=60.0, metadata=_above(0))  # seconds per request
+    concurrency: int = field(default=4, metadata=_at_least(1))  # requests in flight while a batch is scored
+    cache_dir: str = ""  # keep every verdict on disk here too (a rerun pays nothing twice); empty: memory only
+
+
 @dataclass
 class RLConfig:
     """Online RL stages: grpo, rloo (generate, score, update)."""
@@ -204,6 +230,7 @@ class RLConfig:
     # grpo only: how token losses are summed. dapo: over the batch's tokens (no length bias, TRL's
     # default); grpo: per sequence (favours short right answers); dr_grpo: by max_new_tokens; bnpo: local batch.
     loss_type: str = field(default="dapo", metadata=_choices("grpo", "dr_grpo", "dapo", "bnpo"))
+    judge: JudgeRewardConfig = field(default_factory=JudgeRewardConfig)  # settings of the judge reward
 
 
 @dataclass

@@ -76,10 +76,11 @@ def evaluate_stage(model_dir, data) -> dict:
 
     bot = ChatModel.load(model_dir, device="cpu")
     heldout, rows = fact_accuracy(bot, data.heldout)
-    unseen, _ = fact_accuracy(bot, data.unseen)
-    cloze, _ = fact_accuracy(bot, data.cloze, max_new_tokens=12, chat=False)
-    return {"heldout": heldout, "unseen": unseen, "cloze": cloze,
-            "by_relation": accuracy_by(rows, "relation"), "examples": rows[:3], "rows": rows}
+    unseen, unseen_rows = fact_accuracy(bot, data.unseen)
+    cloze, cloze_rows = fact_accuracy(bot, data.cloze, max_new_tokens=12, chat=False)
+    return {"heldout": heldout, "unseen": unseen, "cloze": cloze, "model": str(model_dir),
+            "by_relation": accuracy_by(rows, "relation"), "examples": rows[:3], "rows": rows,
+            "unseen_rows": unseen_rows, "sizes": {"unseen_accuracy": len(unseen_rows), "cloze_accuracy": len(cloze_rows)}}
 
 
 def write_stage_eval(out: Path, stage: str, score: dict) -> Path:
@@ -89,12 +90,15 @@ def write_stage_eval(out: Path, stage: str, score: dict) -> Path:
     folder = out / "eval" / stage
     folder.mkdir(parents=True, exist_ok=True)
     rows = score["rows"]
+    items = [*(("heldout", i, r) for i, r in enumerate(rows)), *(("unseen", i, r) for i, r in enumerate(score["unseen_rows"]))]
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"id": i, "prompt": r["question"], "reference": r["answer"], "prediction": r["reply"],
-                                "correct": r["correct"], "group": r["relation"]}, ensure_ascii=False) + "\n" for i, r in enumerate(rows))
+        f.writelines(json.dumps({"id": i if part == "heldout" else f"{part}-{i}", "prompt": r["question"], "reference": r["answer"],
+                                 "prediction": r["reply"], "correct": r["correct"], "group": r["relation"], "set": part},
+                                ensure_ascii=False) + "\n" for part, i, r in items)
     counts = {rel: sum(r["relation"] == rel for r in rows) for rel in score["by_relation"]}
     result = EvalResult(
-        task="factqa", model=stage, data=["demo held-out questions"],
+        task="factqa", model=score["model"], data=["demo held-out questions", "unseen-disease questions", "cloze prompts"],
+        sizes=score["sizes"],
         overall={"heldout_accuracy": round(score["heldout"], 4), "unseen_accuracy": round(score["unseen"], 4),
                  "cloze_accuracy": round(score["cloze"], 4), "n": len(rows)},
         group_by="relation", samples="predictions.jsonl",
@@ -149,7 +153,8 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
         write_stage_eval(out, stage_name, score)
     from medtune.evaluation.report import write_report
 
-    write_report([out, out / "eval"], out / "report", title="medtune demo: base -> pt -> sft")
+    # the evals in stage order: the first is the baseline the headlines compare against
+    write_report([out, *(out / "eval" / name for name in scores)], out / "report", title="medtune demo: base -> pt -> sft")
     report = {
         "heldout_accuracy": {k: round(v["heldout"], 4) for k, v in scores.items()},
         "unseen_disease_accuracy": {k: round(v["unseen"], 4) for k, v in scores.items()},

@@ -13,6 +13,7 @@ Example::
     {"task": "gen|choice|ppl|judge|safety", "model": str, "data": [str], "created": ISO time,
      "overall": {metric: number, "n": int}, "group_by": str | null,
      "groups": {name: {metric: number, "n": int}}, "skipped": {reason: count},
+     "sizes": {metric: int} (the n behind an overall metric whose n differs from overall["n"]),
      "settings": {...}, "samples": file name of per-item outputs (JSONL) or null, "seconds": float}
 
 Per-item files (``samples``) hold one JSON object per line with at least ``id`` and, where they
@@ -38,6 +39,7 @@ class EvalResult:
     group_by: str | None = None
     groups: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)  # metric -> its n, where it is not overall["n"]
     settings: dict = field(default_factory=dict)
     samples: str | None = None
     seconds: float = 0.0

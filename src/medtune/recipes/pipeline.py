@@ -48,9 +48,9 @@ def validate_pipeline(stages: list[StageConfig]) -> None:
 
             _prefixed(where, check_reward_model, cfg.reward_model)
         for spec in cfg.rl.reward_functions:
-            from medtune.recipes.rewards import reward_function
+            from medtune.recipes.rl import stage_reward
 
-            _prefixed(where, reward_function, spec)
+            _prefixed(where, stage_reward, spec, cfg.rl)
     _check_adapters(stages, outputs)
 
 

@@ -16,6 +16,9 @@ In a config::
 
     rl:
       reward_functions: [reference_overlap, no_repetition, mypkg.scoring:cites_guideline]
+
+``judge`` (an LLM verifier behind an OpenAI-compatible endpoint, set up under ``rl.judge``) is
+built from the config: see :mod:`medtune.recipes.judge_reward`.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ def answer_match(prompts, completions, **kwargs) -> list[float]:
 
 BUILTIN = {"reference_overlap": reference_overlap, "length": length, "no_repetition": no_repetition,
            "choice_match": choice_match, "answer_match": answer_match}
+CONFIGURED = ("judge",)  # built-ins made from the rl config (rl.judge): see medtune.recipes.judge_reward
 
 
 def _check_scores(name: str, scores, n: int) -> list:
@@ -205,6 +209,7 @@ def checked_reward(fn, name: str):
             return _check_scores(name, scores, len(completions))
     run.__name__ = getattr(base, "__name__", type(base).__name__)
     run.__doc__ = base.__doc__
+    run.wrapped = fn  # the reward itself (the judge's request counts go to lineage metrics)
     return run
 
 
@@ -212,12 +217,16 @@ def reward_function(spec: str):
     """Return the reward function ``spec`` names: a built-in or ``package.module:function``.
 
     Modules are imported with the current directory on ``sys.path`` (your own code next to the
-    config). Raises a one-line MedtuneError for a missing module, function or non-callable.
+    config). Raises a one-line MedtuneError for a missing module, function or non-callable. The
+    ``judge`` reward is built from the rl config by :func:`medtune.recipes.rl.stage_reward`.
     """
     if ":" not in spec:
+        if spec in CONFIGURED:
+            raise MedtuneError(f"reward {spec} is built from the rl config (rl.{spec}): "
+                               "use medtune.recipes.rl.stage_reward")
         if spec not in BUILTIN:
             raise MedtuneError(f"rl.reward_functions: '{spec}' is not a built-in reward"
-                               + did_you_mean(spec, BUILTIN) + " (or write package.module:function)")
+                               + did_you_mean(spec, [*BUILTIN, *CONFIGURED]) + " (or write package.module:function)")
         return BUILTIN[spec]
     module_name, _, name = spec.partition(":")
     if os.getcwd() not in sys.path:

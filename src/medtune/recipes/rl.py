@@ -66,13 +66,23 @@ def make_examples(cfg, tokenizer, records, stats):
     return rows
 
 
+def stage_reward(spec: str, rl):
+    """Return the reward function ``spec`` names for a stage whose rl config is ``rl``: ``judge``
+    built from ``rl.judge`` (nothing contacted yet), any other through ``reward_function``."""
+    from medtune.recipes.rewards import CONFIGURED, reward_function
+
+    if spec in CONFIGURED:
+        from medtune.recipes.judge_reward import JudgeReward
+
+        return JudgeReward(rl.judge)
+    return reward_function(spec)
+
+
 def check_rewards(cfg) -> None:
     """Raise a one-line MedtuneError for an unknown reward function or a reward_model dir that is
     not a reward model (reads config files only, no weights)."""
-    from medtune.recipes.rewards import reward_function
-
     for spec in cfg.rl.reward_functions:
-        reward_function(spec)
+        stage_reward(spec, cfg.rl)
     if cfg.reward_model:
         check_reward_model(cfg.reward_model)
 
@@ -140,7 +150,7 @@ def reward_sources(cfg, device: str):
     """
     import functools
 
-    from medtune.recipes.rewards import checked_reward, length, reward_function
+    from medtune.recipes.rewards import checked_reward, length
 
     funcs, classes = [], []
     if cfg.reward_model:
@@ -148,7 +158,7 @@ def reward_sources(cfg, device: str):
         funcs.append(model)
         classes.append(tokenizer)
     for spec in cfg.rl.reward_functions:
-        fn = reward_function(spec)
+        fn = stage_reward(spec, cfg.rl)
         fn = functools.partial(fn, max_new_tokens=cfg.rl.max_new_tokens) if fn is length else fn
         funcs.append(checked_reward(fn, spec))  # a raise or a NaN refuses the step, naming spec
         classes.append(None)
@@ -221,6 +231,18 @@ class RLRecipe(Recipe):
             raise MedtuneError(f"{src}: rl.reward_weights has {len(r.reward_weights)} weights for {n_rewards} rewards")
         if (cfg.train.batch_size * cfg.train.grad_accum) % r.num_generations:
             raise MedtuneError(f"{src}: train.batch_size x train.grad_accum must be a multiple of rl.num_generations")
+        self._check_judge(cfg, src)
+
+    def _check_judge(self, cfg, src: str) -> None:
+        """Refuse rl.judge settings without the judge reward (they would be ignored), and judge
+        settings that cannot work."""
+        from medtune.config.schema import JudgeRewardConfig
+        from medtune.recipes.judge_reward import check_judge_config
+
+        if "judge" in cfg.rl.reward_functions:
+            check_judge_config(cfg.rl.judge, src)
+        elif cfg.rl.judge != JudgeRewardConfig():
+            raise MedtuneError(f"{src}: rl.judge is set but judge is not in rl.reward_functions")
 
     def load_model(self, cfg, path: str):
         """Return the policy to train, after checking the stage's rewards (so a bad reward_model or
@@ -249,7 +271,14 @@ class RLRecipe(Recipe):
         return quiet_trainer(trainer, kwargs["disable_tqdm"])
 
     def extra_metrics(self, cfg, trainer, eval_set) -> dict:
-        return reward_log_metrics(trainer.state.log_history)
+        """The rewards at the first and last log, and the judge's request counts when it ran."""
+        from medtune.recipes.judge_reward import JudgeReward
+
+        metrics = reward_log_metrics(trainer.state.log_history)
+        for fn in trainer.reward_funcs:
+            if isinstance(getattr(fn, "wrapped", None), JudgeReward):
+                metrics["judge"] = fn.wrapped.usage
+        return metrics
 
     def prepare_save(self, cfg, trainer) -> None:
         """Drop TRL's reference adapter so that only the trained adapter is saved."""

@@ -24,7 +24,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data.clean.quality import detect_language
@@ -50,9 +50,12 @@ from medtune.llm_client import (
 
 __all__ = [
     "PROMPT_VERSION",
+    "JobOutcome",
+    "PassageJob",
     "PassageQAGenerator",
     "UnparsableReply",
     "content_units",
+    "grounded_qa_records",
     "parse_qa_pairs",
     "read_passages",
     "support",
@@ -181,19 +184,22 @@ def parse_qa_pairs(content: str) -> list[tuple[str, str]]:
     return pairs
 
 
-@dataclass
-class _Outcome:
-    records: list[dict]
-    generated: int = 0
-    ungrounded: int = 0
-    failure: RequestFailed | None = None
-
-
 # --- passage → grounded Q&A ------------------------------------------------------------------
 
 
-class PassageQAGenerator:
-    """Writes Q&A pairs grounded in passages through an OpenAI-compatible ``/chat/completions``.
+@dataclass
+class JobOutcome:
+    """What one passage gave: the records kept, counts (``Counter``) and a failure, if any."""
+
+    records: list[dict]
+    counts: Counter = field(default_factory=Counter)
+    failure: RequestFailed | None = None
+
+
+class PassageJob:
+    """Asks an OpenAI-compatible ``/chat/completions`` one request per passage and keeps what the
+    passage grounds; subclasses say what to ask (:meth:`_prompt`), how to read the reply
+    (:meth:`_parse`, raising UnparsableReply) and what to keep (:meth:`_grounded`).
 
     Requests run on ``concurrency`` threads; records come out in input order. Connection errors,
     timeouts, HTTP 429/5xx and unparsable replies are retried ``retries`` times with exponential
@@ -201,27 +207,25 @@ class PassageQAGenerator:
     with its reason (also listed in :attr:`failures`). HTTP 401/403/404 stop the run with a
     :class:`MedtuneError` since every request would fail; other 4xx fail the passage at once.
     With ``cache_dir`` every parsed reply is stored as it arrives, so a rerun pays only for what
-    is missing. A pair is kept when :func:`support` of its answer is at least ``min_support``.
-    The HTTP, retry and cache work is :class:`medtune.llm_client.ChatClient`'s.
+    is missing. The HTTP, retry and cache work is :class:`medtune.llm_client.ChatClient`'s.
     """
 
+    COUNTS: tuple[str, ...] = ("passages", "failed")  # the counts :attr:`summary` reports
+
     def __init__(self, endpoint: str, model: str, api_key: str | None = None,
-                 questions_per_passage: int = 3, concurrency: int = 4, retries: int = 4,
-                 backoff: float = 1.0, timeout: float = 60.0, cache_dir: Path | None = None,
-                 temperature: float = 0.7, lang: str = "auto", min_support: float = 0.6,
+                 concurrency: int = 4, retries: int = 4, backoff: float = 1.0,
+                 timeout: float = 60.0, cache_dir: Path | None = None, temperature: float = 0.7,
+                 lang: str = "auto", min_support: float = 0.6, cache_extra: tuple = (),
                  transport: Transport | None = None):
-        for name, value, low in (("questions_per_passage", questions_per_passage, 1),
-                                 ("concurrency", concurrency, 1)):
-            if value < low:
-                raise MedtuneError(f"{name} must be at least {low}, got {value}")
+        if concurrency < 1:
+            raise MedtuneError(f"concurrency must be at least 1, got {concurrency}")
         if not 0.0 <= min_support <= 1.0:
             raise MedtuneError(f"min_support must be between 0 and 1, got {min_support}")
         self.client = ChatClient(endpoint, model, api_key=api_key, retries=retries,
                                  backoff=backoff, timeout=timeout, cache_dir=cache_dir,
                                  temperature=temperature, cache_version=PROMPT_VERSION,
-                                 cache_extra=(questions_per_passage,), transport=transport)
-        self.questions_per_passage, self.concurrency = questions_per_passage, concurrency
-        self.lang, self.min_support = _check_lang(lang), min_support
+                                 cache_extra=cache_extra, transport=transport)
+        self.concurrency, self.lang, self.min_support = concurrency, _check_lang(lang), min_support
         self._lock = threading.Lock()
         self._reset()
 
@@ -233,57 +237,51 @@ class PassageQAGenerator:
 
     @property
     def summary(self) -> dict:
-        """Counts for the last :meth:`run`: passages (finished), requests (HTTP attempts sent),
-        cache_hits, failed + failed_reasons, pairs_generated/kept, ungrounded, and tokens:
+        """Counts for the last :meth:`run`: passages (finished), failed + failed_reasons, the
+        subclass's :attr:`COUNTS`, requests (HTTP attempts sent), cache_hits, and tokens:
         prompt/completion tokens paid, saved_tokens served from the cache instead."""
-        names = ("passages", "failed", "pairs_generated", "pairs_kept", "ungrounded")
         with self._lock:
-            out = {name: self._counts[name] for name in names}
+            out = {name: self._counts[name] for name in self.COUNTS}
             out["failed_reasons"] = dict(self._failed_reasons)
         return {**out, **self.client.usage}
 
-    def _count(self, **amounts: int) -> None:
-        with self._lock:
-            self._counts.update(amounts)
+    def _language(self, text: str) -> str:
+        lang = self.lang if self.lang != "auto" else detect_language(text)
+        return "zh" if lang == "zh" else "en"
+
+    # -- what a subclass says -----------------------------------------------------------------
+
+    def _prompt(self, text: str) -> list[dict]:
+        raise NotImplementedError
+
+    def _parse(self, content: str):
+        raise NotImplementedError
+
+    def _grounded(self, passage_id: str, text: str, parsed) -> JobOutcome:
+        raise NotImplementedError
 
     # -- one passage --------------------------------------------------------------------------
 
-    def _prompt(self, text: str) -> list[dict]:
-        lang = self.lang if self.lang != "auto" else detect_language(text)
-        template = _PROMPTS["zh" if lang == "zh" else "en"]
-        return [{"role": "user", "content": template.format(n=self.questions_per_passage,
-                                                            passage=text)}]
-
-    def _grounded(self, passage_id: str, text: str, pairs: list[tuple[str, str]]) -> _Outcome:
-        """Records for the pairs whose answer the passage supports."""
-        passage_units = set(content_units(text))
-        records = [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-             "source": "passage", "passage_id": passage_id}
-            for q, a in pairs if support(a, passage_units) >= self.min_support
-        ]
-        return _Outcome(records, generated=len(pairs), ungrounded=len(pairs) - len(records))
-
-    def _process(self, passage: tuple[str, str]) -> _Outcome:
+    def _process(self, passage: tuple[str, str]) -> JobOutcome:
         """The outcome of one ``(passage_id, text)`` (runs on a worker thread)."""
         passage_id, text = passage
         try:
-            pairs = self.client.complete(self._prompt(text), parse=parse_qa_pairs)
+            parsed = self.client.complete(self._prompt(text), parse=self._parse)
         except RequestFailed as e:
-            return _Outcome([], failure=e)
-        return self._grounded(passage_id, text, pairs)
+            return JobOutcome([], failure=e)
+        return self._grounded(passage_id, text, parsed)
 
-    def _tally(self, passage_id: str, outcome: _Outcome) -> None:
-        self._count(passages=1, pairs_generated=outcome.generated, ungrounded=outcome.ungrounded,
-                    pairs_kept=len(outcome.records), failed=int(outcome.failure is not None))
-        if outcome.failure is not None:
-            with self._lock:
+    def _tally(self, passage_id: str, outcome: JobOutcome) -> None:
+        with self._lock:
+            self._counts.update(outcome.counts)
+            self._counts.update(passages=1, failed=int(outcome.failure is not None))
+            if outcome.failure is not None:
                 self._failed_reasons[outcome.failure.reason] += 1
                 self.failures.append((passage_id, str(outcome.failure)))
 
     def run(self, passages: Iterable[tuple[str, str]],
             progress: Callable[[str], None] | None = None) -> Iterator[dict]:
-        """Yield ``messages`` records (``source`` "passage", ``passage_id``) in input order.
+        """Yield the records kept for each passage, in input order.
 
         ``passages`` are ``(passage_id, text)`` pairs (see :func:`read_passages`);
         ``progress(passage_id)`` is called once per finished passage. Counts for this run are in
@@ -297,3 +295,51 @@ class PassageQAGenerator:
             yield from outcome.records
             if progress is not None:
                 progress(passage_id)
+
+
+class PassageQAGenerator(PassageJob):
+    """Writes Q&A pairs grounded in passages (``medtune data generate passage``).
+
+    A pair is kept when :func:`support` of its answer is at least ``min_support``; records are
+    ``messages`` records with ``source`` "passage" and ``passage_id``. :attr:`summary` adds
+    pairs_generated, pairs_kept and ungrounded. Retries, cache and failures: :class:`PassageJob`.
+    """
+
+    COUNTS = ("passages", "failed", "pairs_generated", "pairs_kept", "ungrounded")
+
+    def __init__(self, endpoint: str, model: str, api_key: str | None = None,
+                 questions_per_passage: int = 3, concurrency: int = 4, retries: int = 4,
+                 backoff: float = 1.0, timeout: float = 60.0, cache_dir: Path | None = None,
+                 temperature: float = 0.7, lang: str = "auto", min_support: float = 0.6,
+                 transport: Transport | None = None):
+        if questions_per_passage < 1:
+            raise MedtuneError(f"questions_per_passage must be at least 1, got {questions_per_passage}")
+        super().__init__(endpoint, model, api_key=api_key, concurrency=concurrency,
+                         retries=retries, backoff=backoff, timeout=timeout, cache_dir=cache_dir,
+                         temperature=temperature, lang=lang, min_support=min_support,
+                         cache_extra=(questions_per_passage,), transport=transport)
+        self.questions_per_passage = questions_per_passage
+
+    def _prompt(self, text: str) -> list[dict]:
+        template = _PROMPTS[self._language(text)]
+        return [{"role": "user", "content": template.format(n=self.questions_per_passage,
+                                                            passage=text)}]
+
+    def _parse(self, content: str) -> list[tuple[str, str]]:
+        return parse_qa_pairs(content)
+
+    def _grounded(self, passage_id: str, text: str, pairs: list[tuple[str, str]]) -> JobOutcome:
+        """Records for the pairs whose answer the passage supports."""
+        records = grounded_qa_records(pairs, text, self.min_support, "passage", passage_id)
+        return JobOutcome(records, Counter(pairs_generated=len(pairs), pairs_kept=len(records),
+                                           ungrounded=len(pairs) - len(records)))
+
+
+def grounded_qa_records(pairs: list[tuple[str, str]], text: str, min_support: float,
+                        source: str, passage_id: str) -> list[dict]:
+    """``messages`` records of the ``(question, answer)`` pairs whose answer ``text`` supports
+    (:func:`support` at least ``min_support``)."""
+    passage_units = set(content_units(text))
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+             "source": source, "passage_id": passage_id}
+            for q, a in pairs if support(a, passage_units) >= min_support]
