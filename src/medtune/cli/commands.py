@@ -123,17 +123,22 @@ def cmd_demo(args) -> int:
 
 def cmd_chat(args) -> int:
     from medtune.cli.model_args import model_kwargs
+    from medtune.cli.rag import reply_service
     from medtune.inference.chat import ChatModel
 
+    service = reply_service(args)  # a bad --rag index fails before the model loads
     bot = ChatModel.load(args.model, **model_kwargs(args),
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
-    chat_loop(bot, args.system, sys.stdin, sys.stdout)
+    chat_loop(bot, args.system, sys.stdin, sys.stdout, service)
     return 0
 
 
-def chat_loop(bot, system, stdin, stdout) -> None:
-    """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout``."""
+def chat_loop(bot, system, stdin, stdout, service=None) -> None:
+    """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout``.
+
+    With a ``service`` (``--rag``), the model answers from the retrieved passages and the sources
+    are printed, numbered, under the reply; the history keeps the question as typed."""
     interactive = stdin.isatty()
     if interactive:
         print("medtune chat — 'clear' resets the history, 'stop' or 'exit' quits", file=stdout)
@@ -154,10 +159,21 @@ def chat_loop(bot, system, stdin, stdout) -> None:
         if not query:
             continue
         print("Assistant: ", end="", file=stdout, flush=True)
-        pieces = []
-        for piece in bot.stream_chat(query, history, system=system):
+        pieces, citations = [], []
+        ask, context, sys_prompt = query, history, system
+        if service is not None:
+            from medtune.inference.chat import with_system
+
+            prepared = service.prepare(with_system(history, system) + [{"role": "user", "content": query}])
+            ask, context, sys_prompt = prepared.messages[-1]["content"], prepared.messages[:-1], None
+            citations = prepared.citations
+        for piece in bot.stream_chat(ask, context, system=sys_prompt):
             pieces.append(piece)
             print(piece, end="", file=stdout, flush=True)
         print(file=stdout, flush=True)
+        if citations:
+            from medtune.inference.rag import format_citations
+
+            print("Sources:\n" + format_citations(citations), file=stdout, flush=True)
         history = history + [{"role": "user", "content": query},
                              {"role": "assistant", "content": "".join(pieces).strip()}]

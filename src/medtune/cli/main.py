@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from medtune.cli.groups import command_group
+from medtune.cli.rag import add_eval_rag_args, add_rag, add_rag_args
 from medtune.errors import MedtuneError
 
 EPILOG = """examples:
@@ -33,6 +34,7 @@ EPILOG = """examples:
   medtune infer --model runs/sft --input q.jsonl --output a.jsonl      batch generation, resumable
   medtune serve api --model runs/sft --api-key KEY  OpenAI-compatible API on 127.0.0.1:8000
   medtune serve web --model runs/sft                Gradio chat page on 127.0.0.1:7860
+  medtune rag index kb/ -o runs/kb-index            BM25 passages for --rag INDEX on chat/infer/serve
   medtune eval choice --model runs/sft --data apollo/test/zh.json --output runs/eval/apollo
   medtune eval report runs/demo runs/eval --output runs/report          markdown + HTML comparison
 """
@@ -117,6 +119,7 @@ def _add_chat(sub):
     add_model_args(p)
     p.add_argument("--system", help="system prompt")
     add_generation_args(p, ("max_new_tokens", "temperature", "enable_thinking", "thinking_budget"))
+    add_rag_args(p)
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
@@ -140,6 +143,7 @@ def _add_infer(sub):
     add_backend_args(p)
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input row (exit 2)")
+    add_rag_args(p)
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
@@ -172,6 +176,7 @@ def _add_serve(sub):
     a.add_argument("--max-body-kb", type=int, default=1024, help="largest request body (default 1024 KiB)")
     a.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queue included; then 504 and its generation stopped (default 600)")
+    add_rag_args(a)
     a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
@@ -184,6 +189,7 @@ def _add_serve(sub):
     w.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD a line ('#' comments)")
     w.add_argument("--no-auth", action="store_true",
                    help="serve a non-loopback --host or --share with no login (refused otherwise)")
+    add_rag_args(w)
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 
@@ -235,7 +241,7 @@ def _add_eval(sub):
     from medtune.cli.model_args import add_model_args
 
     esub = command_group(sub, "eval", "evaluate models: generation metrics, benchmarks, perplexity, judges, reports",
-                         "gen,choice,ppl,judge,report")
+                         "gen,choice,ppl,judge,report,rag")
     g = esub.add_parser("gen", help="ROUGE-1/2/L and BLEU-4 of generated (or given) answers",
                         epilog="example: medtune eval gen --model runs/sft --data test.jsonl --output runs/eval/gen\n"
                                "         medtune eval gen --predictions preds.jsonl --output runs/eval/gen",
@@ -255,6 +261,10 @@ def _add_eval(sub):
     r = esub.add_parser("report", help="markdown + HTML report comparing runs and eval outputs",
                         epilog="example: medtune eval report runs/demo/pt runs/demo/sft runs/eval/* --output runs/report")
     _eval_report_args(r)
+    rg = esub.add_parser("rag", help="retrieval hit@k and answer accuracy with vs without retrieval",
+                         epilog="example: medtune eval rag --index runs/kb-index --data q.jsonl --model runs/sft "
+                                "--output runs/eval/rag")
+    add_eval_rag_args(rg, add_model_args)
 
 
 def _eval_gen_args(p, add_model_args):
@@ -307,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (_add_demo, _add_train, _add_pipeline, _add_plan, add_data, _add_model, _add_tokenizer,
                 add_template,
-                _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
+                _add_export, _add_chat, _add_infer, _add_serve, _add_eval, add_rag):
         add(sub)
     return parser
 

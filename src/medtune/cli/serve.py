@@ -40,10 +40,14 @@ def cmd_infer(args) -> int:
                                 enable_thinking=args.enable_thinking, thinking_budget=args.thinking_budget)
     if args.strict:
         read_rows(args.input, args.system, strict=True)  # a bad row fails before the model loads
+    from medtune.cli.rag import reply_service
+
+    service = reply_service(args)
     engine = _engine(args)
     summary = run_infer(engine, args.input, args.output, params, batch_size=args.batch_size,
                         system=args.system, model_label=args.model, adapter=args.adapter,
-                        overwrite=args.overwrite, strict=args.strict, progress=not args.quiet)
+                        overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
+                        service=service)
     skipped = sum(summary.skipped.values())
     reasons = "; ".join(f"{k}: {v}" for k, v in summary.skipped.items())
     print(f"infer: {summary.generated} generated, {summary.done_before} already in {args.output}, "
@@ -85,8 +89,11 @@ def cmd_serve_api(args) -> int:
     limits = ServerLimits(max_batch=args.max_batch, max_queue=args.max_queue,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit,
                           max_body_bytes=args.max_body_kb * 1024, request_timeout=args.request_timeout)
+    from medtune.cli.rag import reply_service
+
+    service = reply_service(args)  # a bad --rag index fails before the model loads
     engine = _engine(args, parse_adapters(args.adapters))
-    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet)
+    serve(engine, args.host, args.port, api_key=api_key, limits=limits, quiet=args.quiet, service=service)
     return 0
 
 

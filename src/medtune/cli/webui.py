@@ -29,6 +29,9 @@ def cmd_serve_web(args) -> int:
 
     require_extras("gradio")
     auth = web_logins(args)
+    from medtune.cli.rag import reply_service
+
+    service = reply_service(args)  # a bad --rag index fails before the model loads
     _check_port_free(args.host, args.port)
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach it can "
@@ -39,7 +42,7 @@ def cmd_serve_web(args) -> int:
     print(f"loading {args.model} ...", flush=True)
     bot = ChatModel.load(args.model, **model_kwargs(args))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup probes, logged per request
-    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""))
+    app = build_app(bot, args.model + (f" + {args.adapter}" if args.adapter else ""), service)
     launch(app, args.host, args.port, args.share, auth=auth)
     return 0
 

@@ -6,7 +6,8 @@ Example::
 
 Input rows carry ``messages`` (ending with a user turn), or ``prompt``, or ``instruction`` (+
 ``input``), and an optional ``id`` (default: the line number). Every output row is the input row
-plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``, written
+plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens`` (and, with
+``--rag``, ``citations``: the numbered passages the answer was given), written
 (and flushed) batch by batch; ``OUT.meta.json`` records the model, template, sampling parameters and
 throughput. Re-running the same command continues an interrupted run: rows already in the output
 are kept and not generated again; a half-written last line is dropped and redone. A finished row
@@ -36,6 +37,7 @@ class InferRow:
     messages: list
     source: dict  # the input row, copied to the output
     key: str = ""  # row_key(): set once the prompt is rendered
+    citations: list | None = None  # with --rag: the passages put into the prompt
 
 
 @dataclass
@@ -149,7 +151,7 @@ def keep_finished(out: Path, keys: set) -> set:
 
 
 def _settings_fingerprint(meta: dict) -> str:
-    keys = ("model", "adapter", "template_sha256", "params", "system")
+    keys = ("model", "adapter", "template_sha256", "params", "system", "rag")
     return json.dumps({k: meta.get(k) for k in keys}, sort_keys=True)
 
 
@@ -159,22 +161,28 @@ def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
         return
     old = json.loads(meta_path.read_text(encoding="utf-8"))
     if _settings_fingerprint(old) != _settings_fingerprint(meta):
-        changed = [k for k in ("model", "adapter", "template_sha256", "params", "system")
+        changed = [k for k in ("model", "adapter", "template_sha256", "params", "system", "rag")
                    if old.get(k) != meta.get(k)]
         raise MedtuneError(f"{meta_path.with_suffix('').with_suffix('')}: written with different "
                            f"{', '.join(changed)}; pass --overwrite to start over")
 
 
 def run_infer(engine, input_path, output_path, params, batch_size=16, system=None, model_label="",
-              adapter=None, overwrite=False, strict=False, progress=True) -> InferSummary:
-    """Generate a response for every row of ``input_path`` not yet in ``output_path``."""
+              adapter=None, overwrite=False, strict=False, progress=True, service=None) -> InferSummary:
+    """Generate a response for every row of ``input_path`` not yet in ``output_path``; ``service``
+    (an ``inference.service.ReplyService``) prepares each row's messages (retrieval)."""
     from tqdm import tqdm
 
     if batch_size < 1:
         raise MedtuneError("--batch-size must be >= 1")
     out, meta_path = Path(output_path), meta_file(output_path)
     rows, skipped = read_rows(input_path, system, strict)
+    for r in rows if service is not None else ():
+        prepared = service.prepare(r.messages, request_id=str(r.id))
+        r.messages, r.citations = prepared.messages, prepared.citations
     meta = _meta(engine, input_path, params, system, model_label, adapter, batch_size)
+    if service is not None and service.rag is not None:
+        meta["rag"] = {"index": service.rag.path, "manifest_sha256": service.rag.fingerprint, "k": service.rag.k}
     check_meta(meta_path, meta, overwrite)
     if overwrite and out.exists():
         out.unlink()
@@ -247,6 +255,8 @@ def _output_row(row: InferRow, got, opened: bool = False) -> dict:
            "completion_tokens": got[0].completion_tokens}
     if reasoning is not None:
         out["reasoning_content"] = reasoning
+    if row.citations is not None:
+        out["citations"] = row.citations
     if len(got) > 1:
         out["responses"] = [split_trace(c.text, opened)[1].strip() for c in got]
     return out

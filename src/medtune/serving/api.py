@@ -10,7 +10,10 @@ Example::
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions`` (plain and ``stream: true`` server-sent events ending with
-``data: [DONE]``). A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
+``data: [DONE]``). Served with retrieval (``--rag INDEX``), a chat reply's message carries
+``citations``: ``[{"n", "doc_id", "title", "source", "text", "score"}]``, the numbered passages put
+into the prompt (streamed: in the delta of each choice's final chunk, the one with its
+``finish_reason``); the key is absent without ``--rag``, so OpenAI clients read replies as ever. A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
 as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's API split it:
 ``message.reasoning_content`` (the trace) and ``message.content`` (the answer); streamed,
 ``delta.reasoning_content`` chunks, then ``delta.content`` chunks. A reply without a trace has no
@@ -73,8 +76,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None):
-    """Return the FastAPI app serving ``engine`` (one batching worker thread)."""
+def create_app(engine, api_key: str | None = None, limits: ServerLimits | None = None, service=None):
+    """Return the FastAPI app serving ``engine`` (one batching worker thread); ``service`` (an
+    ``inference.service.ReplyService``) prepares chat requests (retrieval, citations)."""
     from medtune.serving.scheduler import BatchScheduler
 
     if api_key is not None and not api_key.strip():
@@ -111,10 +115,15 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
         if thinking["thinking_budget"] is not None and engine.backend == "vllm":
             raise RequestError(400, "thinking_budget is applied by the hf backend only (this server runs vLLM)",
                                "thinking_budget", "unsupported_parameter")
+        messages, prepared = req.chat_messages(), None
+        if service is not None:
+            prepared = service.prepare(messages, request_id=new_id(chat=True))
+            messages = prepared.messages
         prompt = _encode(engine, req.model, lambda: engine.encode_chat(
-            req.chat_messages(), req.model, enable_thinking=thinking["enable_thinking"]))
+            messages, req.model, enable_thinking=thinking["enable_thinking"]))
         opened = engine.opens_thinking(prompt, req.model)
-        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened)
+        return await _respond(request, scheduler, req, [prompt], limits, chat=True, opened=opened,
+                              prepared=prepared)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -200,10 +209,12 @@ def _check_limits(prompts, req, limits: ServerLimits) -> None:
                            "max_tokens")
 
 
-async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False):
+async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened: bool = False, prepared=None):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
     meta = _Meta(req.model, chat, opened)
+    if prepared is not None:
+        meta.id, meta.citations = prepared.request_id, prepared.citations
     deadline = time.monotonic() + limits.request_timeout
     if req.stream:
         events: asyncio.Queue = asyncio.Queue()
@@ -249,9 +260,10 @@ class _Meta:
     model: str
     chat: bool
     opened: bool = False  # the chat prompt ends inside an open <think> block
+    citations: list | None = None  # with retrieval: on each chat message (streamed: its final delta)
 
     def __post_init__(self):
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = new_id(self.chat)
         self.created = int(time.time())
         self.object = "chat.completion" if self.chat else "text_completion"
 
@@ -263,6 +275,8 @@ class _Meta:
         body = {} if text is None else {"content": text}
         if reasoning is not None:
             body = {"reasoning_content": reasoning, **body}
+        if self.citations is not None and (finish is not None or not delta):
+            body["citations"] = self.citations
         if delta:
             return {"index": index, "delta": body, "logprobs": None, "finish_reason": finish}
         return {"index": index, "message": {"role": "assistant", **body}, "logprobs": None,
@@ -286,6 +300,11 @@ class _Meta:
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def new_id(chat: bool) -> str:
+    """Return a fresh response id: ``chatcmpl-…`` for chat, ``cmpl-…`` for completions."""
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
 def _usage(prompt: int, completion: int) -> dict:
@@ -388,11 +407,11 @@ async def _next_event(events, deadline: float):
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: ServerLimits | None = None, quiet: bool = False) -> None:
+          limits: ServerLimits | None = None, quiet: bool = False, service=None) -> None:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(engine, api_key, limits)
+    app = create_app(engine, api_key, limits, service)
     print(f"medtune API on http://{host}:{port}/v1  models: {', '.join(engine.model_names())}"
           f"  auth: {'bearer key' if api_key else 'none'}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

@@ -1,0 +1,105 @@
+"""The demo with retrieval: a tiny model learns to answer from retrieved passages, and then answers
+the diseases SFT never asked about (the ``unseen`` ones) from the knowledge-base index.
+
+Example (CPU, ~10-20 minutes on 2 busy cores)::
+
+    PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo
+    medtune eval rag --index runs/rag-demo/kb-index --data runs/rag-demo/data/unseen.jsonl \\
+        --model runs/rag-demo/sft --output runs/rag-demo/eval
+
+A tiny model copies from its prompt only when trained to. The SFT set therefore mixes three parts,
+all on the *seen* diseases: the demo's plain questions (no context), the same questions with the
+passages the index retrieves for them, and questions whose passages come from a *counterfactual*
+knowledge base (each relation's values shuffled among the seen diseases, answers following the
+passage): there the answer can only come from the context, so the model learns to read it rather
+than recall the fact it memorised in pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from medtune.demo.kb import ANSWERS, FRAMES, KEYWORDS, RELATIONS, SUMMARY, build_demo_data, load_kb
+
+RAG_FRAMES_PER_FACT = 3  # questions per fact with real passages, and again with counterfactual ones
+
+
+def kb_documents(kb) -> list[dict]:
+    """Return one index document per disease: ``{id, title, text}`` with its summary sentence."""
+    return [{"id": r["disease"], "title": r["disease"], "text": SUMMARY.format(**r)} for r in kb]
+
+
+def counterfactual_kb(kb, diseases: set, rng: random.Random) -> list[dict]:
+    """Return the records of ``diseases`` with each relation's values shuffled among them."""
+    records = [dict(r) for r in kb if r["disease"] in diseases]
+    for rel in RELATIONS:
+        values = [r[rel] for r in records]
+        rng.shuffle(values)
+        for r, v in zip(records, values):
+            r[rel] = v
+    return records
+
+
+def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.Random) -> list[dict]:
+    """Return SFT conversations whose user turn carries retrieved passages (``Retriever.augment``):
+    real ones for the seen diseases' facts, and counterfactual ones answered from their passage."""
+    *trained, _held = FRAMES
+    cf_values = {r["disease"]: r for r in cf_kb}
+    out = []
+    for record in kb:
+        disease = record["disease"]
+        if disease not in seen:
+            continue
+        for rel in RELATIONS:
+            for source, values in ((retriever, record), (cf_retriever, cf_values[disease])):
+                for frame in rng.sample(trained, RAG_FRAMES_PER_FACT):
+                    question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
+                    messages, citations = source.augment([{"role": "user", "content": question}])
+                    if not citations:
+                        continue
+                    answer = ANSWERS[rel].format(d=disease, v=values[rel])
+                    out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
+    rng.shuffle(out)
+    return out
+
+
+def question_rows(items) -> list[dict]:
+    """Return demo evaluation items as ``medtune eval rag`` rows (the gold document is the disease)."""
+    return [{"question": it["question"], "answer": it["answer"], "doc_id": it["disease"],
+             "relation": it["relation"]} for it in items]
+
+
+def _write_jsonl(path: Path, rows) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return str(path)
+
+
+def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3) -> dict:
+    """Write the knowledge-base documents, both indexes, the mixed SFT set and the question sets
+    under ``out``; return their paths and counts."""
+    from medtune.inference.rag import Retriever, build_index
+
+    kb, rng = load_kb(), random.Random(seed + 1)
+    data = build_demo_data(kb, seed=seed)
+    unseen = {it["disease"] for it in data.unseen}
+    seen = {r["disease"] for r in kb} - unseen
+    cf_kb = counterfactual_kb(kb, seen, rng)
+    paths = {"kb": _write_jsonl(out / "data" / "kb.jsonl", kb_documents(kb)),
+             "cf_kb": _write_jsonl(out / "data" / "kb-counterfactual.jsonl", kb_documents(cf_kb))}
+    build_index([paths["kb"]], out / "kb-index")
+    build_index([paths["cf_kb"]], out / "cf-index")
+    retriever, cf_retriever = Retriever.load(out / "kb-index", k=k), Retriever.load(out / "cf-index", k=k)
+    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng)
+    sft = data.sft + rag_sft
+    random.Random(seed).shuffle(sft)
+    paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in data.corpus)),
+              "sft": _write_jsonl(out / "data" / "sft.jsonl", sft),
+              "heldout": _write_jsonl(out / "data" / "heldout.jsonl", question_rows(data.heldout)),
+              "unseen": _write_jsonl(out / "data" / "unseen.jsonl", question_rows(data.unseen))}
+    return {"paths": paths, "corpus": data.corpus, "counts": {
+        "pt_documents": len(data.corpus), "sft_plain": len(data.sft), "sft_with_passages": len(rag_sft),
+        "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen)}}
