@@ -32,8 +32,10 @@ SFT_MAX_LENGTH = 256  # three passages (~25 tokens each), the prompt's wording a
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/rag-demo")
-    parser.add_argument("--k", type=int, default=3, help="passages per question (default 3)")
-    parser.add_argument("--sft-epochs", type=int, default=5)
+    parser.add_argument("--k", type=int, default=2, help="passages per question (default 2)")
+    parser.add_argument("--pt", help="reuse the PT model of an earlier run's OUT/pt (same seed, so the same "
+                                     "corpus and tokenizer) instead of training it again")
+    parser.add_argument("--sft-epochs", type=int, default=4)
     parser.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
     from medtune.cli.commands import configure_logging
@@ -42,7 +44,7 @@ def main() -> int:
     started, out = time.time(), Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    report = run(out, args.k, args.sft_epochs)
+    report = run(out, args.k, args.sft_epochs, args.pt)
     report["wall_time_s"] = round(time.time() - started, 1)
     (out / "rag_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     table = render(report)
@@ -53,7 +55,7 @@ def main() -> int:
     return 0
 
 
-def run(out: Path, k: int, sft_epochs: int) -> dict:
+def run(out: Path, k: int, sft_epochs: int, pt: str | None = None) -> dict:
     from medtune.config import pipeline_from_dict
     from medtune.demo.rag import write_rag_demo_data
     from medtune.demo.run import demo_config
@@ -66,12 +68,15 @@ def run(out: Path, k: int, sft_epochs: int) -> dict:
     cfg = demo_config()
     made = write_rag_demo_data(out, seed=cfg["seed"], k=k)
     paths = made["paths"]
-    base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), made["corpus"] + [PROMPT["zh"]])
     stages = cfg["stages"]
-    stages[0]["data"]["train"] = [paths["corpus"]]
-    stages[1]["data"]["train"] = [paths["sft"]]
-    stages[1]["data"]["max_length"] = SFT_MAX_LENGTH
-    stages[1]["train"]["epochs"] = sft_epochs
+    if pt:  # SFT starts from the given PT model
+        base, stages = Path(pt), stages[1:]
+    else:
+        base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), made["corpus"] + [PROMPT["zh"]])
+        stages[0]["data"]["train"] = [paths["corpus"]]
+    stages[-1]["data"]["train"] = [paths["sft"]]
+    stages[-1]["data"]["max_length"] = SFT_MAX_LENGTH
+    stages[-1]["train"]["epochs"] = sft_epochs
     pipeline = pipeline_from_dict({"base": {"path": str(base), "device": "cpu"}, "output": str(out),
                                    "stages": stages}, "rag demo pipeline")
     timings = {}
@@ -80,7 +85,8 @@ def run(out: Path, k: int, sft_epochs: int) -> dict:
         timings[stage.name] = result.metrics.get("train_runtime_s")
     bot = ChatModel.load(out / "sft", device="cpu")
     retriever = Retriever.load(out / "kb-index", k=k)
-    report = {"counts": made["counts"], "k": k, "sft_epochs": sft_epochs, "train_runtime_s": timings}
+    report = {"counts": made["counts"], "k": k, "sft_epochs": sft_epochs, "train_runtime_s": timings,
+              "pt_reused": pt}
     for name in ("unseen", "heldout"):
         result = evaluate_rag(retriever, read_questions(paths[name], need_answers=True), bot=bot, k=k)
         report[name] = result["scores"]

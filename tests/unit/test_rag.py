@@ -257,3 +257,34 @@ def test_eval_rag_cli_retrieval_only_and_bad_rows(tmp_path, zh_index):
                           'bad.jsonl:2: field "doc_id"')
     assert_one_line_error(medtune("eval", "rag", "--index", tmp_path / "none", "--data", questions,
                                   "--output", tmp_path / "e3"), "not found")
+
+
+# ---------------------------------------------------------------- the demo's retrieval SFT set
+
+
+def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
+    import re
+
+    from medtune.demo.kb import ANSWERS, SUMMARY
+    from medtune.demo.rag import write_rag_demo_data
+
+    made = write_rag_demo_data(tmp_path, seed=0, k=2)
+    rows = [json.loads(line) for line in Path(made["paths"]["sft"]).read_text(encoding="utf-8").splitlines()]
+    unseen = {json.loads(line)["doc_id"] for line in Path(made["paths"]["unseen"]).read_text(encoding="utf-8").splitlines()}
+    kb = {r["id"]: r for r in map(json.loads, Path(made["paths"]["kb"]).read_text(encoding="utf-8").splitlines())}
+    assert len(unseen) == 10 and made["counts"]["sft_with_passages"] == 90 * 4 * 3
+    with_context = [r for r in rows if r["messages"][0]["content"].startswith("参考资料：")]
+    assert len(with_context) == made["counts"]["sft_with_passages"] and len(rows) > len(with_context)
+    counterfactual = 0
+    for r in with_context:
+        question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        first = question.split("[1] ", 1)[1].split("\n", 1)[0]
+        disease = first.split("：", 1)[0]
+        assert disease not in unseen and answer.startswith(disease)
+        value = next(m.group(1) for t in ANSWERS.values()
+                     if (m := re.fullmatch(re.escape(t).replace(re.escape("{d}"), re.escape(disease))
+                                           .replace(re.escape("{v}"), "(.+)"), answer)))
+        assert value in first  # the answer is copied from passage [1]
+        counterfactual += first != kb[disease]["text"]
+    assert counterfactual > 500  # most shuffled passages differ from the real one
+    assert SUMMARY.split("{")[0] == ""  # passages are the summary sentences

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from medtune.demo.kb import ANSWERS, FRAMES, KEYWORDS, RELATIONS, SUMMARY, build_demo_data, load_kb
 
-RAG_FRAMES_PER_FACT = 3  # questions per fact with real passages, and again with counterfactual ones
+# Questions per fact: plain (of the demo's 7), with real passages, with counterfactual passages.
+# Few plain ones keep SFT short on 2 CPU cores; the counterfactual ones are what teach copying.
+PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 3, 1, 2
 
 
 def kb_documents(kb) -> list[dict]:
@@ -42,9 +44,11 @@ def counterfactual_kb(kb, diseases: set, rng: random.Random) -> list[dict]:
     return records
 
 
-def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.Random) -> list[dict]:
+def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.Random,
+                     real_frames: int = REAL_FRAMES, cf_frames: int = CF_FRAMES) -> list[dict]:
     """Return SFT conversations whose user turn carries retrieved passages (``Retriever.augment``):
-    real ones for the seen diseases' facts, and counterfactual ones answered from their passage."""
+    ``real_frames`` questions per seen fact with the real passages, ``cf_frames`` with the
+    counterfactual ones (answered from their passage)."""
     *trained, _held = FRAMES
     cf_values = {r["disease"]: r for r in cf_kb}
     out = []
@@ -53,8 +57,8 @@ def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.
         if disease not in seen:
             continue
         for rel in RELATIONS:
-            for source, values in ((retriever, record), (cf_retriever, cf_values[disease])):
-                for frame in rng.sample(trained, RAG_FRAMES_PER_FACT):
+            for source, values, n in ((retriever, record, real_frames), (cf_retriever, cf_values[disease], cf_frames)):
+                for frame in rng.sample(trained, n):
                     question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
                     messages, citations = source.augment([{"role": "user", "content": question}])
                     if not citations:
@@ -63,6 +67,14 @@ def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.
                     out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     rng.shuffle(out)
     return out
+
+
+def _plain_subset(sft: list[dict], per_fact: int, rng: random.Random) -> list[dict]:
+    """Return ``per_fact`` of the demo's plain SFT conversations per fact (its answer names the fact)."""
+    by_fact: dict = {}
+    for conv in sft:
+        by_fact.setdefault(conv["messages"][-1]["content"], []).append(conv)
+    return [c for convs in by_fact.values() for c in rng.sample(convs, min(per_fact, len(convs)))]
 
 
 def question_rows(items) -> list[dict]:
@@ -94,12 +106,13 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3) -> dict:
     build_index([paths["cf_kb"]], out / "cf-index")
     retriever, cf_retriever = Retriever.load(out / "kb-index", k=k), Retriever.load(out / "cf-index", k=k)
     rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng)
-    sft = data.sft + rag_sft
+    plain = _plain_subset(data.sft, PLAIN_FRAMES, rng)
+    sft = plain + rag_sft
     random.Random(seed).shuffle(sft)
     paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in data.corpus)),
               "sft": _write_jsonl(out / "data" / "sft.jsonl", sft),
               "heldout": _write_jsonl(out / "data" / "heldout.jsonl", question_rows(data.heldout)),
               "unseen": _write_jsonl(out / "data" / "unseen.jsonl", question_rows(data.unseen))}
     return {"paths": paths, "corpus": data.corpus, "counts": {
-        "pt_documents": len(data.corpus), "sft_plain": len(data.sft), "sft_with_passages": len(rag_sft),
+        "pt_documents": len(data.corpus), "sft_plain": len(plain), "sft_with_passages": len(rag_sft),
         "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen)}}

@@ -162,7 +162,7 @@ def check_meta(meta_path: Path, meta: dict, overwrite: bool) -> None:
     old = json.loads(meta_path.read_text(encoding="utf-8"))
     if _settings_fingerprint(old) != _settings_fingerprint(meta):
         changed = [k for k in ("model", "adapter", "template_sha256", "params", "system", "rag")
-                   if old.get(k) != meta.get(k)]
+                   if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
         raise MedtuneError(f"{meta_path.with_suffix('').with_suffix('')}: written with different "
                            f"{', '.join(changed)}; pass --overwrite to start over")
 
