@@ -288,3 +288,33 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
         counterfactual += first != kb[disease]["text"]
     assert counterfactual > 500  # most shuffled passages differ from the real one
     assert SUMMARY.split("{")[0] == ""  # passages are the summary sentences
+
+
+def test_a_hybrid_index_embeds_passages_with_a_local_model(tmp_path, tiny_dir):
+    import numpy as np
+
+    from medtune.errors import MedtuneError
+    from medtune.inference.rag import Retriever, build_index
+
+    docs = write_jsonl(tmp_path / "kb.jsonl", ZH_DOCS)
+    manifest = build_index([docs], tmp_path / "idx", embed=tiny_dir)
+    spec = manifest["embedding"]
+    assert spec["model"] == str(Path(tiny_dir).resolve()) and spec["dim"] == 32 and spec["weight"] == 0.5
+    vectors = np.load(tmp_path / "idx" / "embeddings.npy")
+    assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    rag = Retriever.load(tmp_path / "idx", k=4)
+    assert np.allclose(rag.embedder([f"{ZH_DOCS[1]['title']}\n{ZH_DOCS[1]['text']}"])[0], vectors[1], atol=1e-5)
+    hits = rag.search("痛风的一线药物")
+    assert hits[0].passage.doc_id == "gout" and len(hits) == 4  # dense scores rank every passage
+    bm25_only = Retriever.load(tmp_path / "idx", k=4)
+    bm25_only.vectors = None
+    assert len(bm25_only.search("痛风的一线药物")) <= 4 and bm25_only.search("量子力学") == []
+    assert rag.search("量子力学")  # no shared term, still ranked by meaning
+    _edit_manifest(tmp_path / "idx", embedding={**spec, "weights_sha256": {"model.safetensors": "0" * 64}})
+    with pytest.raises(MedtuneError, match=r"manifest.json:embedding.model: the weights of .* changed"):
+        Retriever.load(tmp_path / "idx")
+    np.save(tmp_path / "idx" / "embeddings.npy", vectors[:2])
+    with pytest.raises(MedtuneError, match=r"corrupt index \(embeddings \(2, 32\)"):
+        Retriever.load(tmp_path / "idx")
+    with pytest.raises(MedtuneError, match="not a local model directory with safetensors"):
+        build_index([docs], tmp_path / "idx2", embed=tmp_path)

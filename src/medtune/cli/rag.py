@@ -35,6 +35,9 @@ def add_rag(sub) -> None:
     p.add_argument("--chunk-chars", type=int, default=400,
                    help="passage size in characters (default 400): smaller ranks more precisely, larger "
                         "gives the model more context per source")
+    p.add_argument("--embed", metavar="MODEL_DIR",
+                   help="also rank by meaning: mean-pooled hidden states of this local model, hybrid with BM25 "
+                        "(the model is needed again wherever the index is used)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
     p.set_defaults(handler="medtune.cli.rag:cmd_rag_index")
 
@@ -80,17 +83,18 @@ def cmd_rag_index(args) -> int:
     from medtune.inference.rag import build_index, expand_inputs
 
     files = expand_inputs(args.docs)
-    guard_outputs({"-o": args.out}, {"DOCS": [str(f) for f in files]})
+    guard_outputs({"-o": args.out}, {"DOCS": [str(f) for f in files], "--embed": args.embed})
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MedtuneError(f"-o {out}: is a file; give a directory for the index")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise MedtuneError(f"-o {out}: already holds files; pass --overwrite to replace it")
-    manifest = build_index(files, out, args.lang, args.chunk_chars)
+    manifest = build_index(files, out, args.lang, args.chunk_chars, embed=args.embed)
     counts = manifest["counts"]
     skipped = sum(counts["skipped"].values())
     print(f"rag index: {counts['documents']} documents from {counts['files']} files -> {counts['passages']} "
-          f"passages ({manifest['language']}, {manifest['analyzer']['segmenter']})"
+          f"passages ({manifest['language']}, {manifest['analyzer']['segmenter']}"
+          f"{', hybrid with ' + args.embed + ' embeddings' if args.embed else ''})"
           f"{f', {skipped} empty documents skipped' if skipped else ''} -> {out}")
     return 0
 

@@ -25,7 +25,7 @@ from medtune.demo.kb import ANSWERS, FRAMES, KEYWORDS, RELATIONS, SUMMARY, build
 
 # Questions per fact: plain (of the demo's 7), with real passages, with counterfactual passages.
 # Few plain ones keep SFT short on 2 CPU cores; the counterfactual ones are what teach copying.
-PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 3, 1, 2
+PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 1, 1, 2
 
 
 def kb_documents(kb) -> list[dict]:
@@ -90,9 +90,10 @@ def _write_jsonl(path: Path, rows) -> str:
     return str(path)
 
 
-def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3) -> dict:
+def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3, frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES)) -> dict:
     """Write the knowledge-base documents, both indexes, the mixed SFT set and the question sets
-    under ``out``; return their paths and counts."""
+    under ``out``; return their paths and counts. ``frames``: questions per seen fact (plain, with
+    real passages, with counterfactual passages)."""
     from medtune.inference.rag import Retriever, build_index
 
     kb, rng = load_kb(), random.Random(seed + 1)
@@ -105,8 +106,8 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3) -> dict:
     build_index([paths["kb"]], out / "kb-index")
     build_index([paths["cf_kb"]], out / "cf-index")
     retriever, cf_retriever = Retriever.load(out / "kb-index", k=k), Retriever.load(out / "cf-index", k=k)
-    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng)
-    plain = _plain_subset(data.sft, PLAIN_FRAMES, rng)
+    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng, frames[1], frames[2])
+    plain = _plain_subset(data.sft, frames[0], rng)
     sft = plain + rag_sft
     random.Random(seed).shuffle(sft)
     paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in data.corpus)),

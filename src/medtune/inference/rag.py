@@ -21,6 +21,12 @@ holds ``manifest.json`` (format version, language, tokenizer and library version
 sha256, counts), ``passages.jsonl`` and ``bm25/``; it is written to a temporary sibling and
 swapped in whole.
 
+Optionally (``embed=MODEL_DIR``, a local Hugging Face model: safetensors, no remote code) each
+passage also gets a dense vector, the mean of the model's last hidden states, L2-normalised
+(``embeddings.npy``); a query is then ranked by ``(1 - w) * bm25 / max(bm25) + w * cosine``
+(``w`` = ``HYBRID_WEIGHT``). The manifest records the model's path and weights hash; a changed
+model is refused at load.
+
 The retrieved passages go into the **last user turn**, numbered, above the question (not into a
 system message): every chat template renders a user turn, while some checkpoints' templates have
 no system role or raise on one; a user's own system prompt stays as it is; and the sources belong
@@ -45,6 +51,8 @@ VERSION = 1
 LANGUAGES = ("zh", "en")
 DOC_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl")
 DEFAULT_CHUNK_CHARS = 400
+HYBRID_WEIGHT = 0.5  # share of the dense (cosine) score in a hybrid index's ranking
+EMBED_BATCH = 16
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -295,8 +303,51 @@ def _bm25s():
     return bm25s
 
 
-def build_index(entries, out, language: str = "auto", chunk_chars: int = DEFAULT_CHUNK_CHARS) -> dict:
-    """Index the documents ``entries`` name into the directory ``out``; return its manifest."""
+class Embedder:
+    """Mean-pooled, L2-normalised last hidden states of a local Hugging Face model (CPU, fp32)."""
+
+    def __init__(self, path):
+        from medtune.data.readers.files import file_sha256
+
+        folder = Path(path)
+        weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if not weights:
+            raise MedtuneError(f"--embed {path}: not a local model directory with safetensors weights")
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.model = AutoModel.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False).eval()
+        except (OSError, ValueError) as exc:
+            raise MedtuneError(f"--embed {path}: cannot load it ({str(exc).splitlines()[0]})") from None
+        if self.tokenizer.pad_token is None:  # padding positions are masked out of the mean
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.path = str(folder.resolve())
+        self.spec = {"model": self.path, "weights_sha256": {w.name: file_sha256(w) for w in weights},
+                     "pooling": "mean of the last hidden states, L2-normalised", "weight": HYBRID_WEIGHT}
+
+    def __call__(self, texts: list[str]):
+        """Return an ``(n, dim)`` float32 array, one unit vector per text."""
+        import numpy as np
+        import torch
+
+        out = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            enc = self.tokenizer(texts[start:start + EMBED_BATCH], padding=True, truncation=True,
+                                 max_length=512, return_tensors="pt")
+            batch = {key: enc[key] for key in ("input_ids", "attention_mask")}  # decoders take no token types
+            with torch.no_grad():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(mean.float(), dim=-1).numpy())
+        return np.concatenate(out).astype("float32")
+
+
+def build_index(entries, out, language: str = "auto", chunk_chars: int = DEFAULT_CHUNK_CHARS,
+                embed=None) -> dict:
+    """Index the documents ``entries`` name into the directory ``out`` (with dense vectors from the
+    local model ``embed``, when given); return its manifest."""
     bm25s = _bm25s()
 
     from medtune.data.readers.files import file_sha256
@@ -319,6 +370,8 @@ def build_index(entries, out, language: str = "auto", chunk_chars: int = DEFAULT
     terms = [analyzer(f"{p.title}\n{p.text}") for p in passages]
     if not any(terms):
         raise MedtuneError(f"{', '.join(map(str, entries))}: no passage has a {language} word to index")
+    embedder = Embedder(embed) if embed else None
+    vectors = embedder([f"{p.title}\n{p.text}" for p in passages]) if embedder else None
     retriever = bm25s.BM25()
     retriever.index(terms, show_progress=False)
     manifest = {
@@ -327,8 +380,13 @@ def build_index(entries, out, language: str = "auto", chunk_chars: int = DEFAULT
         "chunk_chars": chunk_chars, "inputs": inputs,
         "counts": {"files": len(files), "documents": len(docs), "passages": len(passages),
                    "skipped": skipped, "empty_passages": sum(not t for t in terms)},
+        "embedding": None if embedder is None else {**embedder.spec, "dim": int(vectors.shape[1])},
     }
     with atomic_dir(out) as tmp:
+        if vectors is not None:
+            import numpy as np
+
+            np.save(tmp / "embeddings.npy", vectors)
         retriever.save(str(tmp / "bm25"), show_progress=False)
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in passages)
@@ -384,10 +442,12 @@ class Retriever:
     """A loaded index: ``search`` returns scored passages, ``augment`` puts the top ``k`` into a
     conversation and returns its citations."""
 
-    def __init__(self, path, manifest: dict, bm25, passages: list[Passage], k: int = 3):
+    def __init__(self, path, manifest: dict, bm25, passages: list[Passage], k: int = 3, vectors=None,
+                 embedder: Embedder | None = None):
         if k < 1:
             raise MedtuneError(f"--rag-k {k}: must be at least 1")
         self.path, self.manifest, self.bm25, self.passages, self.k = str(path), manifest, bm25, passages, k
+        self.vectors, self.embedder = vectors, embedder
         self.language = manifest["language"]
         self.analyzer = Analyzer(self.language)
         self.fingerprint = index_fingerprint(path)
@@ -418,7 +478,8 @@ class Retriever:
         if bm25.scores.get("num_docs") != len(passages) or len(passages) != manifest["counts"]["passages"]:
             raise MedtuneError(f"--rag {path}: corrupt index ({len(passages)} passages, the manifest says "
                                f"{manifest['counts']['passages']}, bm25 {bm25.scores.get('num_docs')}); rebuild it")
-        return cls(path, manifest, bm25, passages, k)
+        vectors, embedder = _load_dense(Path(path), manifest, len(passages))
+        return cls(path, manifest, bm25, passages, k, vectors, embedder)
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """Return up to ``k`` passages for ``query``, best first; none when no query term is indexed."""
@@ -427,9 +488,14 @@ class Retriever:
         k = min(k or self.k, len(self.passages))
         vocab = self.bm25.vocab_dict
         terms = [t for t in self.analyzer(query) if t in vocab]
-        if not terms:
+        if not terms and self.vectors is None:
             return []
-        scores = self.bm25.get_scores(terms)
+        scores = self.bm25.get_scores(terms) if terms else np.zeros(len(self.passages), dtype="float32")
+        if self.vectors is not None:  # hybrid: BM25 scaled to [0, 1] plus the cosine similarity
+            top = float(scores.max())
+            dense = self.vectors @ self.embedder([query])[0]
+            w = self.manifest["embedding"]["weight"]
+            scores = (1 - w) * (scores / top if top > 0 else scores) + w * np.clip(dense, 0, None)
         best = np.argsort(-scores, kind="stable")[:k]
         return [Hit(self.passages[i], float(scores[i])) for i in best if scores[i] > 0]
 
@@ -455,6 +521,30 @@ class Retriever:
         out = [dict(m) for m in messages]
         out[last]["content"] = render_context(question, citations, self.language)
         return out, citations
+
+
+def _load_dense(folder: Path, manifest: dict, n: int):
+    """Return ``(vectors, embedder)`` of a hybrid index, ``(None, None)`` for a BM25-only one."""
+    spec = manifest.get("embedding")
+    if not spec:
+        return None, None
+    import numpy as np
+
+    try:
+        vectors = np.load(folder / "embeddings.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MedtuneError(f"--rag {folder}: corrupt index (embeddings.npy: {exc}); rebuild it") from None
+    if vectors.shape != (n, spec["dim"]):
+        raise MedtuneError(f"--rag {folder}: corrupt index (embeddings {vectors.shape}, expected {(n, spec['dim'])}); "
+                           "rebuild it")
+    if not Path(spec["model"]).is_dir():
+        raise MedtuneError(f"{folder / 'manifest.json'}:embedding.model: {spec['model']} is gone; the index needs "
+                           "the model it was embedded with (rebuild it with --embed MODEL_DIR)")
+    embedder = Embedder(spec["model"])
+    if embedder.spec["weights_sha256"] != spec["weights_sha256"]:
+        raise MedtuneError(f"{folder / 'manifest.json'}:embedding.model: the weights of {spec['model']} changed "
+                           "since the index was built; rebuild it")
+    return vectors, embedder
 
 
 def render_context(question: str, citations: list[dict], language: str) -> str:
