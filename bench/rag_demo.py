@@ -90,7 +90,7 @@ def run(out: Path, args) -> dict:
     bot = ChatModel.load(out / "sft", device="cpu")
     retriever = Retriever.load(out / "kb-index", k=k)
     report = {"counts": made["counts"], "k": k, "sft_epochs": sft_epochs, "train_runtime_s": timings,
-              "pt_reused": pt, "frames": args.frames}
+              "pt_reused": pt, "frames": args.frames, "torch": __import__("torch").__version__}
     for name in ("unseen", "heldout"):  # the 10 diseases SFT never saw; the seen ones, held-out phrasing
         rows = read_questions(paths[name], need_answers=True)
         if name == "heldout":  # an evenly spaced sample: generation is the slow part on CPU
@@ -112,8 +112,8 @@ def render(report: dict) -> str:
             f"{report[name]['retrieval_hit@3']:.1%} | {report[name]['accuracy_without_retrieval']:.1%} | "
             f"{report[name]['accuracy_with_retrieval']:.1%} |" for name in ("unseen", "heldout")]
     return "\n".join([
-        f"### RAG demo: answers from retrieved passages ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{report['wall_time_s']:.0f} s wall)",
+        f"## rag_demo — {time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 cores (shared with other jobs), "
+        f"torch {report['torch']}, {report['wall_time_s']:.0f} s wall",
         "",
         f"`PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo{' --pt ' + report['pt_reused'] if report['pt_reused'] else ''}` "
         f"(tiny llama 128x4, the demo's PT, then SFT on {report['counts']['sft_plain']} plain + "

@@ -7,12 +7,12 @@ Example (CPU, ~10-20 minutes on 2 busy cores)::
     medtune eval rag --index runs/rag-demo/kb-index --data runs/rag-demo/data/unseen.jsonl \\
         --model runs/rag-demo/sft --output runs/rag-demo/eval
 
-A tiny model copies from its prompt only when trained to. The SFT set therefore mixes three parts,
-all on the *seen* diseases: the demo's plain questions (no context), the same questions with the
-passages the index retrieves for them, and questions whose passages come from a *counterfactual*
-knowledge base (each relation's values shuffled among the seen diseases, answers following the
-passage): there the answer can only come from the context, so the model learns to read it rather
-than recall the fact it memorised in pretraining.
+A tiny model copies from its prompt only when trained to. The SFT set therefore mixes three parts:
+the demo's plain questions about the *seen* diseases (no context), the same questions with the
+passage the index retrieves for them, and questions about *made-up* diseases (a new name from two
+halves of real ones, each relation's values shuffled) with their passage from a counterfactual
+index: there neither the name nor the answer can be recalled, only read from the context, which
+is what the unseen diseases need at test time.
 """
 
 from __future__ import annotations
@@ -34,36 +34,45 @@ def kb_documents(kb) -> list[dict]:
 
 
 def counterfactual_kb(kb, diseases: set, rng: random.Random) -> list[dict]:
-    """Return the records of ``diseases`` with each relation's values shuffled among them."""
+    """Return one made-up record per disease of ``diseases``: a new name (the first half of one
+    disease's name + the second half of another's, never a real name) and each relation's values
+    shuffled among them. Nothing in them can be recalled: only read from the passage."""
     records = [dict(r) for r in kb if r["disease"] in diseases]
     for rel in RELATIONS:
         values = [r[rel] for r in records]
         rng.shuffle(values)
         for r, v in zip(records, values):
             r[rel] = v
+    taken = {r["disease"] for r in kb}
+    for r in records:
+        while True:
+            a, b = rng.sample(sorted(diseases), 2)
+            name = a[:max(1, len(a) // 2)] + b[len(b) // 2:]
+            if name not in taken:
+                break
+        taken.add(name)
+        r["disease"] = name
     return records
 
 
 def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.Random,
                      real_frames: int = REAL_FRAMES, cf_frames: int = CF_FRAMES) -> list[dict]:
     """Return SFT conversations whose user turn carries retrieved passages (``Retriever.augment``):
-    ``real_frames`` questions per seen fact with the real passages, ``cf_frames`` with the
-    counterfactual ones (answered from their passage)."""
+    ``real_frames`` questions per seen fact with the real passages, ``cf_frames`` per made-up
+    disease of ``cf_kb`` with its passages; only questions whose first passage is their disease's
+    (the answer follows passage [1])."""
     *trained, _held = FRAMES
-    cf_values = {r["disease"]: r for r in cf_kb}
+    pairs = [(retriever, r, real_frames) for r in kb if r["disease"] in seen]
+    pairs += [(cf_retriever, r, cf_frames) for r in cf_kb]
     out = []
-    for record in kb:
+    for source, record, n in pairs:
         disease = record["disease"]
-        if disease not in seen:
-            continue
         for rel in RELATIONS:
-            for source, values, n in ((retriever, record, real_frames), (cf_retriever, cf_values[disease], cf_frames)):
-                for frame in rng.sample(trained, n):
-                    question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
-                    messages, citations = source.augment([{"role": "user", "content": question}])
-                    if not citations:
-                        continue
-                    answer = ANSWERS[rel].format(d=disease, v=values[rel])
+            for frame in rng.sample(trained, n):
+                question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
+                messages, citations = source.augment([{"role": "user", "content": question}])
+                if citations and citations[0]["doc_id"] == disease:
+                    answer = ANSWERS[rel].format(d=disease, v=record[rel])
                     out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     rng.shuffle(out)
     return out
