@@ -272,10 +272,10 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
     rows = [json.loads(line) for line in Path(made["paths"]["sft"]).read_text(encoding="utf-8").splitlines()]
     unseen = {json.loads(line)["doc_id"] for line in Path(made["paths"]["unseen"]).read_text(encoding="utf-8").splitlines()}
     kb = {r["id"]: r for r in map(json.loads, Path(made["paths"]["kb"]).read_text(encoding="utf-8").splitlines())}
-    assert len(unseen) == 10 and made["counts"]["sft_with_passages"] == 90 * 4 * 3
+    assert len(unseen) == 10 and 90 * 4 * 3 * 0.95 <= made["counts"]["sft_with_passages"] <= 90 * 4 * 3
     with_context = [r for r in rows if r["messages"][0]["content"].startswith("参考资料：")]
     assert len(with_context) == made["counts"]["sft_with_passages"] and len(rows) > len(with_context)
-    counterfactual = 0
+    counterfactual, names = 0, set()
     for r in with_context:
         question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
         first = question.split("[1] ", 1)[1].split("\n", 1)[0]
@@ -289,7 +289,8 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
             assert first == kb[disease]["text"]  # a seen disease's own passage
         else:
             counterfactual += 1  # a made-up disease: its name and values can only be read
-    assert counterfactual == 90 * 4 * 2
+            names.add(disease)
+    assert counterfactual == len(names) >= 90 * 4 * 2 * 0.95  # each made-up disease asked once
     assert SUMMARY.split("{")[0] == ""  # passages are the summary sentences
 
 

@@ -33,47 +33,41 @@ def kb_documents(kb) -> list[dict]:
     return [{"id": r["disease"], "title": r["disease"], "text": SUMMARY.format(**r)} for r in kb]
 
 
-def counterfactual_kb(kb, diseases: set, rng: random.Random) -> list[dict]:
-    """Return one made-up record per disease of ``diseases``: a new name (the first half of one
-    disease's name + the second half of another's, never a real name) and each relation's values
-    shuffled among them. Nothing in them can be recalled: only read from the passage."""
-    records = [dict(r) for r in kb if r["disease"] in diseases]
-    for rel in RELATIONS:
-        values = [r[rel] for r in records]
-        rng.shuffle(values)
-        for r, v in zip(records, values):
-            r[rel] = v
-    taken = {r["disease"] for r in kb}
-    for r in records:
-        while True:
-            a, b = rng.sample(sorted(diseases), 2)
-            name = a[:max(1, len(a) // 2)] + b[len(b) // 2:]
-            if name not in taken:
-                break
+def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int) -> list[dict]:
+    """Return ``n`` made-up records: each a new name (the first half of one disease's name + the
+    second half of another's, never a real or repeated one) and, per relation, a value drawn from
+    ``diseases``' values. Each is asked about once, so nothing can be memorised: only read."""
+    real = [r for r in kb if r["disease"] in diseases]
+    names, taken = sorted(diseases), {r["disease"] for r in kb}
+    records = []
+    while len(records) < n:
+        a, b = rng.sample(names, 2)
+        name = a[:max(1, len(a) // 2)] + b[len(b) // 2:]
+        if name in taken:
+            continue
         taken.add(name)
-        r["disease"] = name
+        records.append({"disease": name, **{rel: rng.choice(real)[rel] for rel in RELATIONS}})
     return records
 
 
 def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.Random,
-                     real_frames: int = REAL_FRAMES, cf_frames: int = CF_FRAMES) -> list[dict]:
+                     real_frames: int = REAL_FRAMES) -> list[dict]:
     """Return SFT conversations whose user turn carries retrieved passages (``Retriever.augment``):
-    ``real_frames`` questions per seen fact with the real passages, ``cf_frames`` per made-up
-    disease of ``cf_kb`` with its passages; only questions whose first passage is their disease's
-    (the answer follows passage [1])."""
+    ``real_frames`` questions per seen fact with the real passages, and one question per made-up
+    record of ``cf_kb`` (relations in turn) with its passages; only questions whose first passage
+    is their disease's (the answer follows passage [1])."""
     *trained, _held = FRAMES
-    pairs = [(retriever, r, real_frames) for r in kb if r["disease"] in seen]
-    pairs += [(cf_retriever, r, cf_frames) for r in cf_kb]
+    asks = [(retriever, r, rel, real_frames) for r in kb if r["disease"] in seen for rel in RELATIONS]
+    asks += [(cf_retriever, r, RELATIONS[i % len(RELATIONS)], 1) for i, r in enumerate(cf_kb)]
     out = []
-    for source, record, n in pairs:
+    for source, record, rel, n in asks:
         disease = record["disease"]
-        for rel in RELATIONS:
-            for frame in rng.sample(trained, n):
-                question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
-                messages, citations = source.augment([{"role": "user", "content": question}])
-                if citations and citations[0]["doc_id"] == disease:
-                    answer = ANSWERS[rel].format(d=disease, v=record[rel])
-                    out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
+        for frame in rng.sample(trained, n):
+            question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
+            messages, citations = source.augment([{"role": "user", "content": question}])
+            if citations and citations[0]["doc_id"] == disease:
+                answer = ANSWERS[rel].format(d=disease, v=record[rel])
+                out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     rng.shuffle(out)
     return out
 
@@ -109,13 +103,13 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3, frames: tuple = (P
     data = build_demo_data(kb, seed=seed)
     unseen = {it["disease"] for it in data.unseen}
     seen = {r["disease"] for r in kb} - unseen
-    cf_kb = counterfactual_kb(kb, seen, rng)
+    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2])
     paths = {"kb": _write_jsonl(out / "data" / "kb.jsonl", kb_documents(kb)),
              "cf_kb": _write_jsonl(out / "data" / "kb-counterfactual.jsonl", kb_documents(cf_kb))}
     build_index([paths["kb"]], out / "kb-index")
     build_index([paths["cf_kb"]], out / "cf-index")
     retriever, cf_retriever = Retriever.load(out / "kb-index", k=k), Retriever.load(out / "cf-index", k=k)
-    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng, frames[1], frames[2])
+    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng, frames[1])
     plain = _plain_subset(data.sft, frames[0], rng)
     sft = plain + rag_sft
     random.Random(seed).shuffle(sft)
