@@ -1,7 +1,7 @@
 """The demo with retrieval: a tiny model learns to answer from retrieved passages, and then answers
 the diseases SFT never asked about (the ``unseen`` ones) from the knowledge-base index.
 
-Example (CPU, ~10-20 minutes on 2 busy cores)::
+Example (CPU; PT ~16 min, each SFT round ~20 min on 2 busy cores)::
 
     PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo
     medtune eval rag --index runs/rag-demo/kb-index --data runs/rag-demo/data/unseen.jsonl \\
@@ -9,10 +9,10 @@ Example (CPU, ~10-20 minutes on 2 busy cores)::
 
 A tiny model copies from its prompt only when trained to. The SFT set therefore mixes three parts:
 the demo's plain questions about the *seen* diseases (no context), the same questions with the
-passage the index retrieves for them, and questions about *made-up* diseases (a new name from two
-halves of real ones, each relation's values shuffled) with their passage from a counterfactual
-index: there neither the name nor the answer can be recalled, only read from the context, which
-is what the unseen diseases need at test time.
+passage the index retrieves for them, and one question each about *made-up* diseases (a new name
+from two halves of real ones, values drawn at random from the seen diseases') with its passage
+from a counterfactual index: neither the name nor the answer can be recalled, and no made-up
+disease is asked twice, so only reading the context pays — what the unseen diseases need.
 """
 
 from __future__ import annotations
