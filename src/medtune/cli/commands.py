@@ -138,7 +138,10 @@ def cmd_chat(args) -> int:
 
 def chat_loop(bot, system, stdin, stdout, service=None) -> None:
     """Read queries from ``stdin`` until ``stop``/``exit``/EOF; stream replies to ``stdout`` through
-    ``service`` (a ReplyService: the policy's prefix, the reply, its suffix; a fixed reply alone)."""
+    ``service`` (a ReplyService: the policy's prefix, the reply, its suffix; a fixed reply alone).
+
+    With retrieval (``--rag``), the model answers from the retrieved passages and the sources are
+    printed, numbered, under the reply; the history keeps the question as typed."""
     from medtune.inference.chat import with_system
     from medtune.inference.service import ReplyService
 
@@ -165,10 +168,15 @@ def chat_loop(bot, system, stdin, stdout, service=None) -> None:
         print("Assistant: ", end="", file=stdout, flush=True)
         prepared = service.prepare(with_system(history, system) + [{"role": "user", "content": query}])
         pieces = None if prepared.fixed_reply is not None else bot.stream_messages(prepared.messages)
+        citations = prepared.citations
         shown = []
         for piece in service.stream(prepared, pieces, surface="chat"):
             shown.append(piece)
             print(piece, end="", file=stdout, flush=True)
         print(file=stdout, flush=True)
+        if citations:
+            from medtune.inference.rag import format_citations
+
+            print("Sources:\n" + format_citations(citations), file=stdout, flush=True)
         history = history + [{"role": "user", "content": query},
                              {"role": "assistant", "content": "".join(shown).strip()}]

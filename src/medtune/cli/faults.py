@@ -24,7 +24,7 @@ import traceback
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "openai": "serve", "httpx": "serve",
           "gradio": "web", "gguf": "export", "rouge_chinese": "eval", "jieba": "eval",
           "sacrebleu": "eval", "nltk": "eval", "bitsandbytes": "gpu", "liger_kernel": "gpu",
-          "vllm": "vllm", "sqlalchemy": "db", "psycopg": "db"}
+          "vllm": "vllm", "sqlalchemy": "db", "psycopg": "db", "bm25s": "rag", "Stemmer": "rag"}
 # Libraries whose ValueError / TypeError means "your setting or file is wrong", not "medtune broke".
 _LIBRARIES = ("transformers", "peft", "trl", "datasets", "tokenizers", "torch", "safetensors",
               "accelerate", "huggingface_hub", "yaml", "jinja2", "pyarrow", "numpy", "gguf")

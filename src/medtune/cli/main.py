@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from medtune.cli.groups import command_group
+from medtune.cli.rag import add_eval_rag_args, add_rag, add_rag_args
 from medtune.errors import MedtuneError
 
 EPILOG = """examples:
@@ -33,6 +34,7 @@ EPILOG = """examples:
   medtune infer --model runs/sft --input q.jsonl --output a.jsonl      batch generation, resumable
   medtune serve api --model runs/sft --api-key KEY  OpenAI-compatible API on 127.0.0.1:8000
   medtune serve web --model runs/sft                Gradio chat page on 127.0.0.1:7860
+  medtune rag index kb/ -o runs/kb-index            BM25 passages for --rag INDEX on chat/infer/serve
   medtune eval choice --model runs/sft --data apollo/test/zh.json --output runs/eval/apollo
   medtune eval report runs/demo runs/eval --output runs/report          markdown + HTML comparison
   medtune eval policy --policy clinic.yaml         safety policy: confusion table, recall, false positives
@@ -119,6 +121,7 @@ def _add_chat(sub):
     p.add_argument("--system", help="system prompt")
     add_generation_args(p, ("max_new_tokens", "temperature", "enable_thinking", "thinking_budget"))
     add_service_args(p, policy_default="default")
+    add_rag_args(p)
     p.set_defaults(handler="medtune.cli.commands:cmd_chat")
 
 
@@ -143,6 +146,7 @@ def _add_infer(sub):
     p.add_argument("--overwrite", action="store_true", help="start over instead of continuing --output")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input row (exit 2)")
     add_service_args(p, policy_default="none")  # batch output is data: a triage prefix would be learned
+    add_rag_args(p)
     p.set_defaults(handler="medtune.cli.serve:cmd_infer")
 
 
@@ -177,6 +181,7 @@ def _add_serve(sub):
                    help="seconds a request may take, queue included; then 504 and its generation stopped (default 600)")
     add_service_args(a, policy_default="default")
     _add_db_arg(a)
+    add_rag_args(a)
     a.set_defaults(handler="medtune.cli.serve:cmd_serve_api")
     w = ssub.add_parser("web", help="Gradio chat page (history, streaming, stop, regenerate)",
                         epilog="example: medtune serve web --model runs/sft --port 7860")
@@ -191,6 +196,7 @@ def _add_serve(sub):
                    help="serve a non-loopback --host or --share with no login (refused otherwise)")
     add_service_args(w, policy_default="default")
     _add_db_arg(w)
+    add_rag_args(w)
     w.set_defaults(handler="medtune.cli.webui:cmd_serve_web")
 
 
@@ -248,7 +254,7 @@ def _add_eval(sub):
     from medtune.cli.model_args import add_model_args
 
     esub = command_group(sub, "eval", "evaluate models: generation metrics, benchmarks, perplexity, judges, reports",
-                         "gen,choice,ppl,judge,report,policy")
+                         "gen,choice,ppl,judge,report,policy,rag")
     g = esub.add_parser("gen", help="ROUGE-1/2/L and BLEU-4 of generated (or given) answers",
                         epilog="example: medtune eval gen --model runs/sft --data test.jsonl --output runs/eval/gen\n"
                                "         medtune eval gen --predictions preds.jsonl --output runs/eval/gen",
@@ -277,6 +283,10 @@ def _add_eval(sub):
     p.add_argument("--output", help="dir for policy_eval.json and policy_eval.md")
     p.add_argument("--show-misses", action="store_true", help="print every request sorted wrongly")
     p.set_defaults(handler="medtune.cli.eval_policy:cmd_eval_policy")
+    rg = esub.add_parser("rag", help="retrieval hit@k and answer accuracy with vs without retrieval",
+                         epilog="example: medtune eval rag --index runs/kb-index --data q.jsonl --model runs/sft "
+                                "--output runs/eval/rag")
+    add_eval_rag_args(rg, add_model_args)
 
 
 def _eval_gen_args(p, add_model_args):
@@ -329,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (_add_demo, _add_train, _add_pipeline, _add_plan, add_data, _add_model, _add_tokenizer,
                 add_template,
-                _add_export, _add_chat, _add_infer, _add_serve, _add_eval):
+                _add_export, _add_chat, _add_infer, _add_serve, _add_eval, add_rag):
         add(sub)
     return parser
 

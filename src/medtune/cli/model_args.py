@@ -54,10 +54,11 @@ def add_service_args(p, policy_default: str) -> None:
 
 def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dict | None = None,
                       serving_db: bool = False):
-    """Return the ReplyService of ``--policy`` / ``--audit-log``; the audit log may not be one of
+    """Return the ReplyService of ``--policy`` / ``--audit-log`` / ``--rag``; the audit log may not be one of
     ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads.
     ``--audit-log db`` is for commands with a serving database (``serving_db``): its sink is
     attached by :func:`attach_audit_db` once the database is open."""
+    from medtune.cli.rag import load_retriever
     from medtune.files import guard_outputs
     from medtune.inference.service import build_service
 
@@ -65,11 +66,12 @@ def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dic
         if not serving_db:
             raise MedtuneError("--audit-log db: only serve api / serve web keep a database; "
                                "give --audit-log PATH.jsonl")
-        return build_service(args.policy, None, info)
+        return build_service(args.policy, None, info, rag=load_retriever(args))
     if args.audit_log:
         policy_file = None if args.policy in ("default", "none") else args.policy
-        guard_outputs({"--audit-log": args.audit_log, **(outputs or {})}, {**(inputs or {}), "--policy": policy_file})
-    return build_service(args.policy, args.audit_log, info)
+        guard_outputs({"--audit-log": args.audit_log, **(outputs or {})},
+                      {**(inputs or {}), "--policy": policy_file, "--rag": getattr(args, "rag", None)})
+    return build_service(args.policy, args.audit_log, info, rag=load_retriever(args))
 
 
 def attach_audit_db(service, args, store) -> None:

@@ -6,7 +6,8 @@ Example::
 
 Input rows carry ``messages`` (ending with a user turn), or ``prompt``, or ``instruction`` (+
 ``input``), and an optional ``id`` (default: the line number). Every output row is the input row
-plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``, written
+plus ``id``, ``response``, ``finish_reason``, ``prompt_tokens`` and ``completion_tokens`` (and, with
+``--rag``, ``citations``: the numbered passages the answer was given), written
 (and flushed) batch by batch; ``OUT.meta.json`` records the model, template, sampling parameters and
 throughput. Re-running the same command continues an interrupted run: rows already in the output
 are kept and not generated again; a half-written last line is dropped and redone. A finished row
@@ -43,6 +44,7 @@ class InferRow:
     source: dict  # the input row, copied to the output
     key: str = ""  # row_key(): set once the prompt is rendered
     prepared: object = None  # the ReplyService's Prepared: policy actions, the messages the model sees
+    citations: list | None = None  # with --rag: the passages put into the prompt
 
 
 @dataclass
@@ -155,7 +157,7 @@ def keep_finished(out: Path, keys: set) -> set:
     return done
 
 
-FINGERPRINT = ("model", "adapter", "template_sha256", "params", "system", "policy")
+FINGERPRINT = ("model", "adapter", "template_sha256", "params", "system", "policy", "rag")
 
 
 def _settings_fingerprint(meta: dict) -> str:
@@ -190,6 +192,8 @@ def run_infer(engine, input_path, output_path, params, batch_size=16, system=Non
     meta = _meta(engine, input_path, params, system, model_label, adapter, batch_size)
     if service.policy is not None:  # only then: outputs from before policies existed still resume
         meta["policy"] = service.info.get("policy")
+    if service.rag is not None:  # likewise
+        meta["rag"] = {"index": service.rag.path, "manifest_sha256": service.rag.fingerprint, "k": service.rag.k}
     check_meta(meta_path, meta, overwrite)
     if overwrite and out.exists():
         out.unlink()
@@ -197,6 +201,7 @@ def run_infer(engine, input_path, output_path, params, batch_size=16, system=Non
     settings = _settings_fingerprint(meta)
     for r in rows:
         r.prepared = service.prepare(r.messages, request_id=str(r.id))
+        r.citations = r.prepared.citations if service.rag is not None else None
     encoded = [(engine.encode_chat(r.prepared.messages, enable_thinking=params.enable_thinking), r) for r in rows]
     for ids, r in encoded:
         r.key = row_key(r.id, ids, settings)
@@ -283,6 +288,8 @@ def _output_row(row: InferRow, got, opened: bool = False) -> dict:
            "completion_tokens": got[0].completion_tokens}
     if reasoning is not None:
         out["reasoning_content"] = reasoning
+    if row.citations is not None:
+        out["citations"] = row.citations
     if len(got) > 1:
         out["responses"] = [split_trace(c.text, opened)[1].strip() for c in got]
     return out

@@ -10,7 +10,10 @@ Example::
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` and ``POST /v1/feedback`` (plain and ``stream: true`` server-sent events ending with
-``data: [DONE]``). A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
+``data: [DONE]``). Served with retrieval (``--rag INDEX``), a chat reply's message carries
+``citations``: ``[{"n", "doc_id", "title", "source", "text", "score"}]``, the numbered passages put
+into the prompt (streamed: in the delta of each choice's final chunk, the one with its
+``finish_reason``); the key is absent without ``--rag``, so OpenAI clients read replies as ever. A chat reply that starts with a ``<think>`` block (or whose prompt opened one,
 as DeepSeek-R1's do) comes back split as vLLM's reasoning parsers and DeepSeek's API split it:
 ``message.reasoning_content`` (the trace) and ``message.content`` (the answer); streamed,
 ``delta.reasoning_content`` chunks, then ``delta.content`` chunks. A reply without a trace has no
@@ -272,7 +275,8 @@ async def _respond(request, scheduler, req, prompts, limits, chat: bool, opened:
                    reply: _Reply | None = None, record=None):
     _check_limits(prompts, req, limits)
     params = to_sampling_params(req, limits.default_max_tokens)
-    meta = _Meta(req.model, chat, opened, reply.prepared.request_id if reply else None)
+    meta = _Meta(req.model, chat, opened, reply.prepared.request_id if reply else None,
+                 reply.prepared.citations if reply and reply.service.rag is not None else None)
     if reply is not None and reply.prepared.fixed_reply is not None:  # the policy answers: no model
         usage = _usage(sum(len(p) for p in prompts), 0)
         reply.finish("", usage, req.model)
@@ -335,9 +339,10 @@ class _Meta:
     chat: bool
     opened: bool = False  # the chat prompt ends inside an open <think> block
     request_id: str | None = None  # the ReplyService's (chat); else a new one
+    citations: list | None = None  # with retrieval: on each chat message (streamed: its final delta)
 
     def __post_init__(self):
-        self.id = self.request_id or ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = self.request_id or new_id(self.chat)
         self.created = int(time.time())
         self.object = "chat.completion" if self.chat else "text_completion"
 
@@ -349,6 +354,8 @@ class _Meta:
         body = {} if text is None else {"content": text}
         if reasoning is not None:
             body = {"reasoning_content": reasoning, **body}
+        if self.citations is not None and (finish is not None or not delta):
+            body["citations"] = self.citations
         if delta:
             return {"index": index, "delta": body, "logprobs": None, "finish_reason": finish}
         return {"index": index, "message": {"role": "assistant", **body}, "logprobs": None,
@@ -377,6 +384,11 @@ class _Meta:
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def new_id(chat: bool) -> str:
+    """Return a fresh response id: ``chatcmpl-…`` for chat, ``cmpl-…`` for completions."""
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
 def _usage(prompt: int, completion: int) -> dict:
