@@ -124,8 +124,8 @@ class RecordingBot:
     def __init__(self):
         self.calls = []
 
-    def stream_chat(self, query, history, system=None):
-        self.calls.append((query, history, system))
+    def stream_messages(self, messages):
+        self.calls.append(messages)
         yield "答"
 
 
@@ -134,9 +134,11 @@ def test_chat_prints_sources_and_keeps_the_typed_question_in_history(service):
 
     bot, out = RecordingBot(), io.StringIO()
     chat_loop(bot, "你是医生。", io.StringIO(f"{QUESTION}\n糖尿病吃什么药？\n"), out, service)
-    (q1, h1, s1), (q2, h2, _) = bot.calls
-    assert q1.startswith("参考资料：\n[1] 痛风") and h1 == [{"role": "system", "content": "你是医生。"}] and s1 is None
-    assert h2[1] == {"role": "user", "content": QUESTION} and "[1] 糖尿病" in q2
+    first, second = bot.calls  # the messages the model saw
+    assert first[0] == {"role": "system", "content": "你是医生。"} and len(first) == 2
+    assert first[1]["content"].startswith("参考资料：\n[1] 痛风")
+    assert second[1] == {"role": "user", "content": QUESTION}  # the history keeps the question as typed
+    assert "[1] 糖尿病" in second[-1]["content"]
     text = out.getvalue()
     assert text.count("Sources:\n[1] 痛风 (") == 1 and "[1] 糖尿病 (" in text
 

@@ -242,3 +242,23 @@ def test_lineage_names_each_input_with_its_hash_or_revision(tmp_path):
     assert file_entry == {"path": str(plain), "format": "alpaca", "sha256": corpus.files[0].sha256,
                           "records": 10, "skipped": {}}
     assert saved_entry["kind"] == "saved" and saved_entry["revision"] and len(saved_entry["sha256"]) == 64
+
+
+def test_loading_a_few_spooled_records_does_not_copy_the_spool(tmp_path):
+    """A worker loads its batch of records by index: Arrow's take over the whole spool column would
+    first join its chunks, a copy of the spool for every batch (1M records: 0.5 GB per worker)."""
+    import pyarrow as pa
+
+    pad = "x" * 200
+    path = write_jsonl(tmp_path / "many.jsonl", [{"instruction": f"q{i}", "output": pad} for i in range(20_000)])
+    corpus = read_corpus([str(path)])
+    spool = corpus.spool.stat().st_size
+    before = pa.default_memory_pool()
+    pool = pa.proxy_memory_pool(before)  # counts the peak of what Arrow allocates from here on
+    pa.set_memory_pool(pool)
+    try:
+        got = corpus.records([5, 19_000, 7]).load()
+    finally:
+        pa.set_memory_pool(before)
+    assert [r["messages"][0]["content"] for r in got] == ["q5", "q19000", "q7"]
+    assert pool.max_memory() < spool / 20, f"{pool.max_memory()} bytes allocated for 3 records of a {spool}-byte spool"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from medtune.errors import MedtuneError
 
+RAG_EXTRAS = ("bm25s", "jieba", "Stemmer")  # what --rag needs (the [rag] extra)
 LOAD_IN = ("none", "8bit", "4bit", "int8-cpu")
 
 
@@ -58,7 +59,6 @@ def service_from_args(args, info: dict, inputs: dict | None = None, outputs: dic
     ``inputs`` or ``outputs`` (``{flag: path}``) or the policy file. Called before the model loads.
     ``--audit-log db`` is for commands with a serving database (``serving_db``): its sink is
     attached by :func:`attach_audit_db` once the database is open."""
-    from medtune.cli.rag import load_retriever
     from medtune.files import guard_outputs
     from medtune.inference.service import build_service
 
@@ -82,3 +82,19 @@ def attach_audit_db(service, args, store) -> None:
         raise MedtuneError("--audit-log db: no serving database to write to (--db none); "
                            "give --audit-log PATH.jsonl or a --db")
     service.audit = store
+
+
+def load_retriever(args):
+    """Return the ``Retriever`` that ``--rag`` / ``--rag-k`` ask for, or None; checked before the model loads."""
+    if getattr(args, "rag", None) is None:
+        if getattr(args, "rag_k", 3) != 3:
+            raise MedtuneError("--rag-k needs --rag INDEX")
+        return None
+    if args.rag_k < 1:
+        raise MedtuneError(f"--rag-k {args.rag_k}: must be at least 1")
+    from medtune.cli.faults import require_extras
+
+    require_extras(*RAG_EXTRAS)
+    from medtune.inference.rag import Retriever
+
+    return Retriever.load(args.rag, k=args.rag_k)

@@ -14,9 +14,8 @@ import argparse
 from pathlib import Path
 
 from medtune.cli.groups import command_group
+from medtune.cli.model_args import RAG_EXTRAS
 from medtune.errors import MedtuneError
-
-RAG_EXTRAS = ("bm25s", "jieba", "Stemmer")
 
 
 def add_rag(sub) -> None:
@@ -47,22 +46,6 @@ def add_rag_args(p) -> None:
     p.add_argument("--rag", metavar="INDEX", help="answer with passages retrieved from this index "
                                                    "(medtune rag index); replies carry numbered citations")
     p.add_argument("--rag-k", type=int, default=3, metavar="N", help="passages per question (default 3)")
-
-
-def load_retriever(args):
-    """Return the ``Retriever`` that ``--rag`` / ``--rag-k`` ask for, or None; checked before the model loads."""
-    if getattr(args, "rag", None) is None:
-        if getattr(args, "rag_k", 3) != 3:
-            raise MedtuneError("--rag-k needs --rag INDEX")
-        return None
-    if args.rag_k < 1:
-        raise MedtuneError(f"--rag-k {args.rag_k}: must be at least 1")
-    from medtune.cli.faults import require_extras
-
-    require_extras(*RAG_EXTRAS)
-    from medtune.inference.rag import Retriever
-
-    return Retriever.load(args.rag, k=args.rag_k)
 
 
 def cmd_rag_index(args) -> int:

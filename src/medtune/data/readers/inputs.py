@@ -76,8 +76,11 @@ class SpooledRecords:
     def load(self) -> list[dict]:
         import pyarrow as pa
 
+        from medtune.data.tables import take_rows
+
         table = pa.ipc.open_file(pa.memory_map(self.path)).read_all()  # mapped, not read
-        return [json.loads(b) for b in table.column(0).take(pa.array(self.indices)).to_pylist()]
+        # by record batch: a take over the whole column would first copy the spool, per call
+        return [json.loads(b) for b in take_rows(table, self.indices).column(0).to_pylist()]
 
 
 @dataclass

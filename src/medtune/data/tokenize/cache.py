@@ -16,13 +16,11 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtune.data.tokenize.packing import take_rows
-from medtune.data.tokenize.shards import checkpointed_examples, load_examples, shard_dirs
+from medtune.data.tokenize.shards import checkpointed_examples, shard_dirs
 from medtune.errors import MedtuneError
 
 if TYPE_CHECKING:
@@ -71,19 +69,17 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     """Write the train and eval examples of ``corpus`` to ``out/{train,eval}.arrow``.
 
     Records are split and shuffled by index (the same order as shuffling the records themselves),
-    tokenized shard by shard from the spool, and written back a chunk at a time, so neither the
-    records nor the examples are ever all in memory. Each train example carries ``bucket``: the
-    ``data.train`` entry it came from (for curricula). Packing is first-fit decreasing over all
-    examples (the lengths are all it holds), its rows built a batch at a time.
+    tokenized shard by shard from the spool, and written back a window of the shuffled order at a
+    time, read from the shards with plain file reads, so neither the records nor the examples are
+    ever all in memory. Each train example carries ``bucket``: the ``data.train`` entry it came from
+    (for curricula). Packing is first-fit decreasing over all examples (the lengths are all it
+    holds), its rows built a window at a time.
     """
     import numpy as np
-    import pyarrow as pa
 
     from medtune.data.tokenize.examples import TokenStats
 
-    order = list(range(len(corpus)))
-    random.Random(cfg.train.seed).shuffle(order)
-    order = np.array(order, dtype=np.int64)
+    order = shuffled(len(corpus), cfg.train.seed)
     n_eval = round(len(order) * cfg.data.eval_split)
     if cfg.data.eval_split and n_eval == 0:
         n_eval = 1
@@ -91,41 +87,62 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     for bucket in range(max(f.bucket for f in corpus.files) + 1):
         ids = corpus.records(train_ids[buckets[train_ids] == bucket])
         table = checkpointed_examples(parts, f"train{bucket}", ids, make, stats, cfg.data.workers)
-        if table.num_rows:  # finished shards are re-mapped for each chunk written (see _write_rows)
-            sources.append((shard_dirs(parts, f"train{bucket}", len(ids)) if parts else table, bucket, table.num_rows))
+        if table.num_rows:
+            sources.append((_shard_files(parts, f"train{bucket}", len(ids)) if parts else [table],
+                            bucket, table.num_rows))
         del table
+    del buckets, train_ids
     if not sources:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
-    rows = list(range(sum(n for _, _, n in sources)))
-    random.Random(cfg.train.seed).shuffle(rows)  # the same order as shuffling the rows themselves
-    row_buckets = np.repeat([b for _, b, _ in sources], [n for _, _, n in sources])
-
-    def open_train():
-        return pa.concat_tables([load_examples(src) if isinstance(src, list) else src for src, _, _ in sources])
-
+    rows = shuffled(sum(n for _, _, n in sources), cfg.train.seed)  # as shuffling the rows themselves
+    row_buckets = np.repeat([b for _, b, _ in sources], [n for _, _, n in sources]).astype(np.int64)
     evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
                                   cfg.data.workers)
-    packed = _write_rows(out / "train.arrow", open_train, rows, cfg.data.max_length if pack else 0, row_buckets)
+    train = [src for srcs, _, _ in sources for src in srcs]
+    packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0, row_buckets)
+    del rows, row_buckets
     if evals.num_rows:
-        _write_rows(out / "eval.arrow", lambda: evals, range(evals.num_rows), cfg.data.max_length if pack else 0)
+        _write_rows(out / "eval.arrow", _shard_files(parts, "eval", n_eval) if parts else [evals],
+                    np.arange(evals.num_rows), cfg.data.max_length if pack else 0)
     if pack:
         stats.rows = packed
 
 
-WRITE_ROWS = 20_000  # examples taken and written at a time
+def shuffled(n: int, seed: int):
+    """``random.Random(seed).shuffle(list(range(n)))`` as a numpy int64 array, shuffled in an
+    ``array`` of machine ints (the same swaps, 8 bytes a row instead of a Python int object each)."""
+    import random
+    from array import array
+
+    import numpy as np
+
+    order = array("q", range(n))
+    random.Random(seed).shuffle(order)
+    return np.frombuffer(order, dtype=np.int64).copy()
 
 
-def _write_rows(path: Path, open_table, order, max_length: int, buckets=None) -> int:
-    """Write rows ``order`` of the table ``open_table()`` returns (packed into ``max_length`` rows
-    when > 0; each with its ``buckets`` entry as ``bucket`` when given) to the Arrow stream file
-    ``path``, with a ``length`` column; return how many rows it holds.
+def _shard_files(parts: Path, name: str, n_records: int) -> list[Path]:
+    """The rows files of the finished shards of ``name`` that hold rows (empty ones have no schema)."""
+    import pyarrow as pa
 
-    The table is opened again for each chunk: a memory map's pages that a random-order take read
-    stay in this process's memory until the map is dropped, which would add up to every shard.
+    files = [path / "rows.arrow" for path in shard_dirs(parts, name, n_records)]
+    return [f for f in files if pa.ipc.open_file(pa.memory_map(str(f))).schema.names]
+
+
+def _write_rows(path: Path, sources, order, max_length: int, buckets=None) -> int:
+    """Write rows ``order`` of ``sources`` (Arrow tables and IPC file paths, rows numbered one after
+    the other; packed into ``max_length`` rows when > 0; each with its ``buckets`` entry as
+    ``bucket`` when given) to the Arrow stream file ``path``, with a ``length`` column; return how
+    many rows it holds.
+
+    The rows are put in order a window at a time from plain reads of the shards
+    (:func:`medtune.data.tables.rows_in_order`): a memory map's pages that a random-order take
+    touches would stay in this process's memory, adding up to every shard.
     """
     import numpy as np
     import pyarrow as pa
 
+    from medtune.data.tables import WINDOW_BYTES, rows_in_order, source_bytes, window_ends
     from medtune.data.tokenize.packing import write_packed
 
     writer, written = None, 0
@@ -140,15 +157,16 @@ def _write_rows(path: Path, open_table, order, max_length: int, buckets=None) ->
 
     try:
         if max_length:
-            write_packed(open_table, order, max_length, write)
+            write_packed(sources, order, max_length, write, path.parent)
         else:
             order = np.asarray(order, dtype=np.int64)
-            for start in range(0, len(order), WRITE_ROWS):
-                chunk = order[start:start + WRITE_ROWS]
-                part = take_rows(open_table(), chunk)
+            ends = window_ends(len(order), max(1, WINDOW_BYTES * len(order) // max(1, source_bytes(sources))))
+            start = 0
+            for end, part in zip(ends, rows_in_order(sources, order, ends, scratch=path.parent)):
                 if buckets is not None:
-                    part = part.append_column("bucket", pa.array(buckets[chunk]))
+                    part = part.append_column("bucket", pa.array(buckets[order[start:end]]))
                 write(part)
+                start = end
     finally:
         if writer is not None:
             writer.close()

@@ -1,86 +1,117 @@
-"""Packing over examples that stay on disk: first-fit decreasing bins from the lengths alone, rows
-built a batch of bins at a time, so packing a corpus holds one batch of rows in memory.
+"""Packing over examples that stay on disk: first-fit decreasing bins from the lengths alone, the
+examples then read in bin order a window at a time (:func:`medtune.data.tables.rows_in_order`) and
+joined with numpy, so packing a corpus holds one window of rows and the lengths, never the tokens.
 
 Example::
 
     bins = first_fit_bins([5, 3, 4], max_length=8)   # [[0, 1], [2]]
-    write_packed(lambda: table, order, 1024, writer)  # table: Arrow input_ids / labels
+    write_packed(["shard-0/rows.arrow"], order, 1024, writer)  # Arrow input_ids / labels
 """
 
 from __future__ import annotations
 
 from medtune.data.tokenize.spans import IGNORE
 
-TOKENS_PER_BATCH = 1 << 20  # packed rows are built and written this many tokens at a time
 
+def _first_fit_slots(lengths, max_length: int):
+    """``(order, slots)`` of first-fit decreasing: the positions of ``lengths``, longest first (ties
+    in position order), and the bin each is put in (the first with room). A max-tree over the bins'
+    free room finds that bin in O(log n)."""
+    import numpy as np
 
-def first_fit_bins(lengths, max_length: int) -> list[list[int]]:
-    """Return the bins of first-fit decreasing: positions of ``lengths``, longest first, each put
-    in the first bin with room. A max-tree over the bins' free room finds that bin in O(log n)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    if len(lengths) and lengths.max() > max_length:
+        raise ValueError(f"example of {lengths.max()} tokens does not fit max_length={max_length}; "
+                         "truncate first")
     size = 1 << max(0, len(lengths) - 1).bit_length()  # a leaf per possible bin
     room = [max_length] * (2 * size)  # unused bins (leaves) are empty: the first is the next new bin
-    bins: list[list[int]] = []
-    for i in order:
-        n = lengths[i]
-        if n > max_length:
-            raise ValueError(f"example of {n} tokens does not fit max_length={max_length}; truncate first")
+    slots = np.empty(len(lengths), dtype=np.int64)
+    for k, n in enumerate(lengths[order].tolist()):
         node = 1
         while node < size:
             node = 2 * node if room[2 * node] >= n else 2 * node + 1
-        slot = node - size
-        if slot == len(bins):
-            bins.append([])
-        bins[slot].append(i)
+        slots[k] = node - size
         room[node] -= n
         node //= 2
         while node:
             room[node] = max(room[2 * node], room[2 * node + 1])
             node //= 2
+    return order, slots
+
+
+def first_fit_bins(lengths, max_length: int) -> list[list[int]]:
+    """Return the bins of first-fit decreasing: positions of ``lengths``, longest first, each put
+    in the first bin with room."""
+    order, slots = _first_fit_slots(lengths, max_length)
+    bins: list[list[int]] = [[] for _ in range(int(slots.max()) + 1 if len(slots) else 0)]
+    for i, slot in zip(order.tolist(), slots.tolist()):
+        bins[slot].append(i)
     return bins
 
 
-def write_packed(open_table, order, max_length: int, write) -> int:
-    """Pack the rows ``order`` of the table ``open_table()`` returns (in that order, as
-    ``pack_sequences`` would) and pass each batch of packed rows to ``write(arrow_table)``; return
-    the number of packed rows. The table is opened again per batch (see ``cache._write_rows``)."""
+def first_fit_sequence(lengths, max_length: int):
+    """The bins of :func:`first_fit_bins` as numpy arrays: ``(members, sizes)``, every bin's
+    positions one bin after the other, and how many each bin holds."""
+    import numpy as np
+
+    order, slots = _first_fit_slots(lengths, max_length)
+    return order[np.argsort(slots, kind="stable")], np.bincount(slots) if len(slots) else slots
+
+
+def write_packed(sources, order, max_length: int, write, scratch=None) -> int:
+    """Pack the rows ``order`` of ``sources`` (Arrow tables and IPC file paths, rows numbered one
+    after the other; in that order, as ``pack_sequences`` would) and pass each window of packed rows
+    to ``write(arrow_table)``; return the number of packed rows. ``scratch``: where the rows wait
+    between the two passes of :func:`~medtune.data.tables.rows_in_order` (None: a temporary dir)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from medtune.data.tables import (
+        WINDOW_BYTES,
+        rows_in_order,
+        source_batches,
+        source_bytes,
+        window_ends,
+    )
+
+    order = np.asarray(order, dtype=np.int64)
+    lengths = np.concatenate([pc.list_value_length(b.column(0)).to_numpy(zero_copy_only=False)
+                              for s in sources for b in source_batches(s, ["input_ids"])] or [[]])
+    members, sizes = first_fit_sequence(lengths[order], max_length)
+    seq = order[members]  # the rows in bin order
+    del members, lengths
+    per_window = max(1, WINDOW_BYTES * len(seq) // max(1, source_bytes(sources)))
+    ends = window_ends(len(seq), per_window, np.cumsum(sizes))
+    bin_ends, first = np.cumsum(sizes), 0
+    for end, rows in zip(ends, rows_in_order(sources, seq, ends, ["input_ids", "labels"], scratch)):
+        last = int(np.searchsorted(bin_ends, end, side="right"))  # windows end where bins end
+        write(join_rows(rows, sizes[first:last]))
+        first = last
+    return len(sizes)
+
+
+def join_rows(rows, sizes):
+    """Packed rows of ``rows`` (an Arrow table of examples, in bin order): each ``sizes`` consecutive
+    examples joined as :func:`join_examples` joins them (positions restarting, first labels masked)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    order = np.asarray(order, dtype=np.int64)
-    lengths = pc.list_value_length(open_table()["input_ids"]).to_numpy()[order].tolist()
-    bins = first_fit_bins(lengths, max_length)
-    del lengths
-    step = max(1, TOKENS_PER_BATCH // max_length)
-    for start in range(0, len(bins), step):
-        group = bins[start:start + step]
-        members = [i for members in group for i in members]
-        rows = take_rows(open_table().select(["input_ids", "labels"]), order[members]).to_pylist()
-        at, packed = 0, []
-        for members in group:
-            packed.append(join_examples(rows[at:at + len(members)]))
-            at += len(members)
-        write(pa.Table.from_pylist(packed))
-    return len(bins)
-
-
-def take_rows(table, indices):
-    """Rows ``indices`` (numpy int64) of ``table``, in that order, taken record batch by record
-    batch: Arrow's take over a chunked table first joins the chunks, a copy of every shard."""
-    import numpy as np
-    import pyarrow as pa
-
-    batches = table.to_batches()
-    starts = np.cumsum([0] + [b.num_rows for b in batches])
-    which = np.searchsorted(starts, indices, side="right") - 1
-    by_batch = np.argsort(which, kind="stable")
-    pieces = [batches[b].take(pa.array(indices[by_batch][which[by_batch] == b] - starts[b]))
-              for b in np.unique(which)]
-    rows = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
-    back = np.empty_like(by_batch)
-    back[by_batch] = np.arange(len(by_batch))
-    return rows.take(pa.array(back))
+    ids = rows.column("input_ids").combine_chunks()
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = ids.flatten()
+    labels = rows.column("labels").combine_chunks().flatten()
+    kind = labels.type
+    labels = labels.to_numpy(zero_copy_only=False).copy()
+    starts = np.cumsum(lengths) - lengths  # where each example begins in the joined tokens
+    labels[starts[lengths > 0]] = IGNORE
+    positions = np.arange(len(values), dtype=np.int64) - np.repeat(starts, lengths)
+    first = np.cumsum(sizes) - sizes  # each packed row's first example
+    offsets = pa.array(np.append(starts[first], len(values)) if len(first) else [0], pa.int32())
+    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, values),
+                     "labels": pa.ListArray.from_arrays(offsets, pa.array(labels, kind)),
+                     "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions, values.type))})
 
 
 def join_examples(examples) -> dict:
