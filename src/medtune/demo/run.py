@@ -116,8 +116,22 @@ def sample_chats(model_dir) -> list:
     return chats
 
 
-def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
-    """Run the whole demo into ``out`` and return the report (also written to report.json)."""
+def seeded_config(cfg: dict, seed: int | None) -> dict:
+    """Return the demo config with ``seed`` as the model-init and every stage's training seed
+    (the questions and the unseen diseases stay those of the config's own ``seed``)."""
+    if seed is None:
+        return cfg
+    cfg = {**cfg, "tiny": {**cfg["tiny"], "seed": seed}}
+    cfg["stages"] = [{**st, "train": {**st.get("train", {}), "seed": seed}} for st in cfg["stages"]]
+    return cfg
+
+
+def run_demo(out, overwrite: bool = False, quiet: bool = False, seed: int | None = None,
+             config: dict | None = None) -> dict:
+    """Run the whole demo into ``out`` and return the report (also written to report.json).
+
+    ``seed``: the model-init and training seed (default: the config's); ``config``: a demo config
+    dict in the shape of ``demo_config()`` (default: the bundled one)."""
     from medtune.config import pipeline_from_dict
     from medtune.evaluation.plots import plot_losses
     from medtune.models.tiny import TinySpec, build_tiny
@@ -126,14 +140,14 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
     started = time.time()
     out = Path(out)
     _prepare(out, overwrite)
-    cfg = demo_config()
+    cfg = seeded_config(config if config is not None else demo_config(), seed)
     data, paths = write_demo_data(out, seed=cfg["seed"])
     log.info("demo data: %d PT documents, %d SFT conversations, %d held-out + %d unseen questions",
              len(data.corpus), len(data.sft), len(data.heldout), len(data.unseen))
     base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), data.corpus)  # tokenizer learns the PT corpus only
     pipeline = {"base": {"path": str(base), "device": "cpu"}, "output": str(out), "stages": cfg["stages"]}
-    pipeline["stages"][0]["data"]["train"] = [paths["corpus"]]
-    pipeline["stages"][1]["data"]["train"] = [paths["sft"]]
+    for stage in pipeline["stages"]:  # the config names the demo's data files: corpus, sft, ...
+        stage["data"]["train"] = [_data_path(paths, name, stage["name"]) for name in stage["data"]["train"]]
     stages = pipeline_from_dict(pipeline, "demo pipeline")
     scores = {"base": evaluate_stage(base, data)}
     _log_scores("base", scores["base"])
@@ -166,6 +180,13 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
+
+
+def _data_path(paths: dict, name: str, stage: str) -> str:
+    if name not in paths:
+        raise MedtuneError(f"demo config: stage {stage}: data.train names '{name}', not one of the demo's "
+                           f"data files ({', '.join(paths)})")
+    return paths[name]
 
 
 def _log_scores(stage: str, score: dict) -> None:

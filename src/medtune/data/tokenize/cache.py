@@ -105,7 +105,8 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
 
     evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
                                   cfg.data.workers)
-    packed = _write_rows(out / "train.arrow", open_train, rows, cfg.data.max_length if pack else 0, row_buckets)
+    packed = _write_rows(out / "train.arrow", open_train, rows, cfg.data.max_length if pack else 0, row_buckets,
+                         pack_by_bucket=cfg.data.mixture != "none")
     if evals.num_rows:
         _write_rows(out / "eval.arrow", lambda: evals, range(evals.num_rows), cfg.data.max_length if pack else 0)
     if pack:
@@ -115,10 +116,11 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
 WRITE_ROWS = 20_000  # examples taken and written at a time
 
 
-def _write_rows(path: Path, open_table, order, max_length: int, buckets=None) -> int:
+def _write_rows(path: Path, open_table, order, max_length: int, buckets=None, pack_by_bucket: bool = False) -> int:
     """Write rows ``order`` of the table ``open_table()`` returns (packed into ``max_length`` rows
     when > 0; each with its ``buckets`` entry as ``bucket`` when given) to the Arrow stream file
-    ``path``, with a ``length`` column; return how many rows it holds.
+    ``path``, with a ``length`` column; return how many rows it holds. ``pack_by_bucket``: each
+    bucket is packed apart (its rows keep their ``bucket``: a data.mixture samples by source).
 
     The table is opened again for each chunk: a memory map's pages that a random-order take read
     stay in this process's memory until the map is dropped, which would add up to every shard.
@@ -139,7 +141,13 @@ def _write_rows(path: Path, open_table, order, max_length: int, buckets=None) ->
         written += part.num_rows
 
     try:
-        if max_length:
+        if max_length and pack_by_bucket:
+            order = np.asarray(order, dtype=np.int64)
+            for bucket in np.unique(buckets):
+                tag = int(bucket)
+                write_packed(open_table, order[buckets[order] == bucket], max_length,
+                             lambda part, tag=tag: write(part.append_column("bucket", pa.array([tag] * part.num_rows))))
+        elif max_length:
             write_packed(open_table, order, max_length, write)
         else:
             order = np.asarray(order, dtype=np.int64)
