@@ -100,5 +100,5 @@ def test_demo_pipeline_config_validates():
     for stage in raw["stages"]:  # the demo names its data files; any paths validate
         stage["data"]["train"] = [f"{name}.jsonl" for name in stage["data"]["train"]]
     stages = pipeline_from_dict({"base": {"path": "m"}, "stages": raw["stages"]}, "demo")
-    assert [s.stage for s in stages] == ["pt", "sft", "grpo"]
-    assert stages[1].data.mixture == "constant" and stages[2].rl.reward_functions == ["answer_match"]
+    assert [s.stage for s in stages] == ["sft", "grpo"]
+    assert stages[0].data.mixture == "constant" and stages[1].rl.reward_functions == ["answer_match"]

@@ -255,7 +255,7 @@ def _add_eval(sub):
                                "--answers a.jsonl b.jsonl --rubric dreamer --output runs/eval/judge")
     _eval_judge_args(j)
     r = esub.add_parser("report", help="markdown + HTML report comparing runs and eval outputs",
-                        epilog="example: medtune eval report runs/demo/pt runs/demo/sft runs/eval/* --output runs/report")
+                        epilog="example: medtune eval report runs/demo/sft runs/demo/grpo runs/eval/* --output runs/report")
     _eval_report_args(r)
 
 
