@@ -216,7 +216,7 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False, seed: int | None
         "examples": {k: v["examples"] for k, v in scores.items()},
         "rl_on_missed": rl,
         "report": str(out / "report" / "report.html"),
-        "sample_chats": sample_chats(stages[-1].output),
+        "sample_chats": sample_chats(previous),  # the last model trained (GRPO is skipped when nothing was missed)
         "counts": {"pt_documents": len(data.corpus), "sft_conversations": len(data.sft),
                    "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen),
                    "cloze_prompts": len(data.cloze)},
