@@ -97,7 +97,8 @@ def test_demo_pipeline_config_validates():
     from medtune.demo.run import demo_config
 
     raw = demo_config()
-    for stage in raw["stages"]:
-        stage.setdefault("data", {})["train"] = ["x.jsonl"]
+    for stage in raw["stages"]:  # the demo names its data files; any paths validate
+        stage["data"]["train"] = [f"{name}.jsonl" for name in stage["data"]["train"]]
     stages = pipeline_from_dict({"base": {"path": "m"}, "stages": raw["stages"]}, "demo")
-    assert [s.stage for s in stages] == ["pt", "sft"]
+    assert [s.stage for s in stages] == ["sft", "grpo"]
+    assert stages[0].data.mixture == "constant" and stages[1].rl.reward_functions == ["answer_match"]

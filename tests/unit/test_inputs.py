@@ -163,7 +163,8 @@ class Stats:
 
 def config(eval_split, workers=1, max_length=8):
     return SimpleNamespace(train=SimpleNamespace(seed=7),
-                           data=SimpleNamespace(eval_split=eval_split, workers=workers, max_length=max_length))
+                           data=SimpleNamespace(eval_split=eval_split, workers=workers, max_length=max_length,
+                                                mixture="none"))
 
 
 @pytest.mark.parametrize("shard", [4, 1000])

@@ -113,7 +113,7 @@ def cmd_model_tiny(args) -> int:
 def cmd_demo(args) -> int:
     from medtune.demo.run import run_demo
 
-    report = run_demo(args.out, overwrite=args.overwrite, quiet=args.quiet)
+    report = run_demo(args.out, overwrite=args.overwrite, quiet=args.quiet, seed=args.seed)
     acc = report["heldout_accuracy"]
     print("held-out fact accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
     print(f"report -> {args.out}/report/report.html (and .md), {args.out}/report.json, "

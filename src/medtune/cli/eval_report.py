@@ -2,7 +2,7 @@
 
 Example::
 
-    medtune eval report runs/demo/pt runs/demo/sft runs/eval/choice-sft --output runs/report
+    medtune eval report runs/demo/sft runs/demo/grpo runs/eval/choice-sft --output runs/report
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from medtune.cli.rag import add_eval_rag_args, add_rag, add_rag_args
 from medtune.errors import MedtuneError
 
 EPILOG = """examples:
-  medtune demo --out runs/demo                     whole PT -> SFT pipeline on a tiny model, CPU
+  medtune demo --out runs/demo                     whole PT -> SFT -> GRPO pipeline on a tiny model, CPU
   medtune model tiny --arch llama -o runs/tiny     tiny random model + locally trained tokenizer
   medtune train sft.yaml train.epochs=1            one stage; key=value overrides the YAML
   medtune pipeline pipe.yaml                       stages in order, each from the previous output
@@ -42,10 +42,12 @@ EPILOG = """examples:
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="run the embedded medical-facts demo (PT -> SFT) on CPU",
+    p = sub.add_parser("demo", help="run the embedded medical-facts demo (PT -> mixed SFT -> GRPO) on CPU",
                        epilog="example: medtune demo --out runs/demo")
     p.add_argument("--out", default="runs/demo", help="output dir (default: runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo run in --out")
+    p.add_argument("--seed", type=int, default=None,
+                   help="model-init and training seed (default: the bundled config's, 0); the questions stay the same")
     p.set_defaults(handler="medtune.cli.commands:cmd_demo")
 
 
@@ -272,7 +274,7 @@ def _add_eval(sub):
                                "--answers a.jsonl b.jsonl --rubric dreamer --output runs/eval/judge")
     _eval_judge_args(j)
     r = esub.add_parser("report", help="markdown + HTML report comparing runs and eval outputs",
-                        epilog="example: medtune eval report runs/demo/pt runs/demo/sft runs/eval/* --output runs/report")
+                        epilog="example: medtune eval report runs/demo/sft runs/demo/grpo runs/eval/* --output runs/report")
     _eval_report_args(r)
     p = esub.add_parser("policy", help="a safety policy on labelled requests: confusion table, recall, false positives",
                         epilog="example: medtune eval policy --policy clinic.yaml --data requests.jsonl "

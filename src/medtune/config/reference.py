@@ -73,6 +73,8 @@ def applies_to(section: str, name: str) -> str:
         readers = stages.stages_reading(section or name)
         if section == "preference":
             readers = tuple(s for s in readers if name in getattr(stages.stage_recipe(s), "options", (name,)))
+    elif section == "data" and name in ("mixture", "weights", "final_weights", "mixture_phases"):
+        readers = stages.stages_mixing()
     elif section == "data" and name in ("train_on_prompt", "packing"):
         readers = tuple(s for s, spec in table.items() if name not in spec.refuses)
     else:

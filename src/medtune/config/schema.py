@@ -115,6 +115,17 @@ class DataConfig:
     packing: str = field(default="auto", metadata=_choices("auto", "true", "false"))
     train_on_prompt: bool = False  # false: loss on assistant tokens only
     reasoning: str = field(default="learn", metadata=_choices("learn", "mask", "drop"))  # traces: learned, context only, or removed
+    # Train on several sources by share of samples (pt and sft; text and conversations may mix:
+    # loss on every text token, on the assistant tokens of a conversation). none: the data.train
+    # entries are concatenated; constant: every phase draws data.weights; anneal: the shares move
+    # linearly from data.weights (first phase) to data.final_weights (last), e.g. domain text
+    # first, then instructions (HuatuoGPT-II's one-stage adaptation). The run trains
+    # train.epochs x (rows of all sources) samples, each source read in shuffled passes; lineage
+    # records the samples each source gave per phase and per epoch.
+    mixture: str = field(default="none", metadata=_choices("none", "constant", "anneal"))
+    weights: list[float] = field(default_factory=list)  # mixture: one share per data.train entry (normalised; 0 leaves it out)
+    final_weights: list[float] = field(default_factory=list)  # anneal: the shares of the last phase, one per entry
+    mixture_phases: int = field(default=10, metadata=_at_least(1))  # anneal: steps the shares move in (each phase's counts are exact)
     # Processes that tokenize (0: one per core for data over one shard of 20k records; 1: this
     # process only). The result is the same for any value.
     workers: int = field(default=0, metadata=_at_least(0))
@@ -388,6 +399,41 @@ def _check_values(cfg: StageConfig, src: str) -> None:
         raise MedtuneError(f"{src}: train.deepspeed and train.fsdp exclude each other; pick one")
     if cfg.data.curriculum != "none" and cfg.data.packing == "true":
         raise MedtuneError(f"{src}: data.curriculum orders samples; it cannot be combined with data.packing: true")
+    _check_mixture(cfg, src)
+
+
+def _check_mixture(cfg: StageConfig, src: str) -> None:
+    """Refuse mixture keys that disagree with data.mixture, data.train or the stage."""
+    from medtune.config.stages import stage_spec, stages_mixing
+
+    d = cfg.data
+    if d.mixture == "none":
+        for key in ("weights", "final_weights", "mixture_phases"):
+            if changed(d, key):
+                raise MedtuneError(f"{src}: data.{key} applies only with data.mixture: constant or anneal")
+        return
+    if not stage_spec(cfg.stage).mixes:
+        raise MedtuneError(f"{src}: data.mixture applies to {' and '.join(stages_mixing())}, not stage {cfg.stage}")
+    if d.curriculum != "none":
+        raise MedtuneError(f"{src}: data.mixture orders samples itself; it cannot be combined with data.curriculum")
+    lists = {"weights": d.weights, "final_weights": d.final_weights} if d.mixture == "anneal" else {"weights": d.weights}
+    if d.mixture == "constant":
+        if d.final_weights:
+            raise MedtuneError(f"{src}: data.final_weights applies only with data.mixture: anneal")
+        if changed(d, "mixture_phases"):
+            raise MedtuneError(f"{src}: data.mixture_phases applies only with data.mixture: anneal")
+    for key, values in lists.items():
+        if len(values) != len(d.train):
+            raise MedtuneError(f"{src}: data.{key} needs one weight per data.train entry "
+                               f"({len(d.train)}), got {len(values)}")
+        for i, w in enumerate(values):
+            if w < 0:
+                raise MedtuneError(f"{src}: data.{key}[{i}] must be >= 0, got {w}")
+        if not sum(values) > 0:
+            raise MedtuneError(f"{src}: data.{key}: all weights are 0")
+    unused = [d.train[i] for i in range(len(d.train)) if not any(v[i] > 0 for v in lists.values())]
+    if unused:
+        raise MedtuneError(f"{src}: data.train entry '{unused[0]}' has weight 0 in every phase (remove it)")
 
 
 def changed(section, name: str) -> bool:

@@ -35,6 +35,7 @@ class StageSpec:
     perplexity_order: bool = False  # rows are LM examples: data.curriculum: perplexity can score them
     sections: tuple[str, ...] = ()  # optional config it reads: preference, rl, reward_model
     defaults: dict = field(default_factory=dict)  # what a 0 means, e.g. {"preference.beta": 0.1}
+    mixes: bool = False  # data.mixture: text and conversations in one stage, by share of samples
     refuses: dict = field(default_factory=dict)  # data option (train_on_prompt, packing) -> why
 
     def default(self, key: str):
@@ -50,10 +51,10 @@ RL = ("rl", "reward_model")
 PAIR_SHAPE = ("preference",)
 _TABLE = [
     StageSpec("pt", "medtune.recipes.pt:PTRecipe", "continued pretraining on plain text, packed into blocks",
-              ("text",), packs_by_default=True, perplexity_order=True,
+              ("text",), packs_by_default=True, perplexity_order=True, mixes=True,
               refuses={"train_on_prompt": "data.train_on_prompt does not apply to pt (every token is learned)"}),
     StageSpec("sft", "medtune.recipes.sft:SFTRecipe", "supervised fine-tuning on conversations",
-              ("messages",), perplexity_order=True),
+              ("messages",), perplexity_order=True, mixes=True),
     StageSpec("rm", "medtune.recipes.rm:RMRecipe", "reward model scoring chosen over rejected answers",
               PAIR_SHAPE, sections=PREFERENCE, refuses={
                   "train_on_prompt": "data.train_on_prompt does not apply to stage rm (it scores whole answers)",
@@ -98,6 +99,11 @@ def stage_spec(name: str) -> StageSpec:
 def stages_reading(section: str) -> tuple[str, ...]:
     """Return the stages that read optional config ``section`` (preference, rl, reward_model)."""
     return tuple(name for name, spec in STAGE_TABLE.items() if section in spec.sections)
+
+
+def stages_mixing() -> tuple[str, ...]:
+    """Return the stages that train a data.mixture (text and conversations together)."""
+    return tuple(name for name, spec in STAGE_TABLE.items() if spec.mixes)
 
 
 def stage_recipe(name: str):

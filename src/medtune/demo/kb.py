@@ -30,6 +30,9 @@ SUMMARY = "{disease}：典型症状为{symptom}，就诊科室为{department}，
 FRAMES = ["{d}的{k}是什么？", "{d}有什么{k}？", "请问{d}的{k}？", "得了{d}，{k}是什么？",
           "医生，{d}的{k}有哪些？", "我想了解一下{d}的{k}。", "关于{d}，{k}是什么？",
           "能说说{d}的{k}吗？"]
+# The RL stage's frame: neither trained nor the evaluation's held-out one. Its questions on the SFT
+# diseases that the SFT model misses are what GRPO trains on (answer_match against the value).
+RL_FRAME = "麻烦告诉我{d}的{k}。"
 FRAMES_PER_FACT = 7  # SFT asks each fact in this many of the trained frames (sampled)
 KEYWORDS = {
     "symptom": ["典型症状", "常见症状", "症状"],
@@ -59,6 +62,7 @@ class DemoData:
     heldout: list[dict]  # {"question", "answer", "relation", "disease"}: held-out phrasing, trained diseases
     unseen: list[dict]  # same, for diseases SFT never asked about
     cloze: list[dict]  # {"question": statement prefix, "answer"}: every fact as text to continue
+    rl_pool: list[dict] = None  # same, in RL_FRAME, for the SFT diseases: the RL stage's question pool
 
 
 def load_kb() -> list[dict]:
@@ -95,7 +99,7 @@ def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> Dem
     rng = random.Random(seed)
     diseases = [r["disease"] for r in kb]
     unseen = set(rng.sample(diseases, int(len(diseases) * unseen_fraction)))
-    sft, heldout, never = [], [], []
+    sft, heldout, never, pool = [], [], [], []
     for fact in facts_of(kb):
         *trained, held = FRAMES
         target = never if fact.disease in unseen else heldout
@@ -103,9 +107,10 @@ def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> Dem
         if fact.disease in unseen:
             continue
         answer = ANSWERS[fact.relation].format(d=fact.disease, v=fact.value)
+        pool.append(_qa(fact, _question(RL_FRAME, fact, random.Random(f"{seed}:{fact.disease}:{fact.relation}"))))
         for frame in rng.sample(trained, FRAMES_PER_FACT):
             sft.append({"messages": [{"role": "user", "content": _question(frame, fact, rng)},
                                      {"role": "assistant", "content": answer}]})
     rng.shuffle(sft)
     cloze = [_qa(f, ANSWERS[f.relation].format(d=f.disease, v="\0").split("\0")[0]) for f in facts_of(kb)]
-    return DemoData(render_corpus(kb, rng), sft, heldout, never, cloze)
+    return DemoData(render_corpus(kb, rng), sft, heldout, never, cloze, pool)

@@ -1,5 +1,10 @@
-"""``medtune demo``: build a tiny model from scratch, run PT -> SFT on the bundled knowledge base,
-and report held-out fact accuracy after every stage.
+"""``medtune demo``: build a tiny model from scratch, run PT -> mixed SFT -> GRPO on the bundled
+knowledge base, and report held-out fact accuracy after every stage.
+
+The SFT stage keeps the pretraining text in its mixture (``data.mixture``), so facts of diseases
+SFT never asks about stay answerable; the GRPO stage trains with the ``answer_match`` verifier on
+the questions of an RL pool (a sentence frame neither SFT nor the evaluation uses) that the SFT
+model misses, and the report gives its accuracy on them before and after.
 
 Example (CPU, a few minutes)::
 
@@ -63,6 +68,7 @@ def write_demo_data(out: Path, seed: int):
         "sft": _write_jsonl(ddir / "sft.jsonl", data.sft),
         "heldout": _write_jsonl(ddir / "heldout.jsonl", data.heldout),
         "unseen": _write_jsonl(ddir / "unseen.jsonl", data.unseen),
+        "missed": str(ddir / "missed.jsonl"),  # written before the stage that trains on it (RL)
     }
     return data, paths
 
@@ -106,6 +112,32 @@ def write_stage_eval(out: Path, stage: str, score: dict) -> Path:
     return write_result(result, folder, quiet=True)
 
 
+def write_missed(model_dir, data, path) -> dict:
+    """Ask the model in ``model_dir`` the RL pool (one question per fact of the SFT diseases, in a
+    frame neither SFT nor the evaluation uses); write those it misses to ``path`` as conversations whose answer is the fact's value (the RL
+    stage's reference); return ``{"pool", "questions"}`` (how many asked, how many missed)."""
+    from medtune.evaluation.factqa import fact_accuracy
+    from medtune.inference.chat import ChatModel
+
+    _, rows = fact_accuracy(ChatModel.load(model_dir, device="cpu"), data.rl_pool)
+    missed = [r for r in rows if not r["correct"]]
+    _write_jsonl(Path(path), ({"messages": [{"role": "user", "content": r["question"]},
+                                            {"role": "assistant", "content": r["answer"]}],
+                               "relation": r["relation"], "disease": r["disease"]} for r in missed))
+    return {"pool": len(rows), "questions": len(missed), "before": 0.0}
+
+
+def missed_accuracy(model_dir, path) -> float:
+    """Accuracy of the model in ``model_dir`` on the questions written by :func:`write_missed`."""
+    from medtune.evaluation.factqa import fact_accuracy
+    from medtune.files import iter_jsonl
+    from medtune.inference.chat import ChatModel
+
+    items = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]}
+             for _, r in iter_jsonl(path)]
+    return fact_accuracy(ChatModel.load(model_dir, device="cpu"), items)[0]
+
+
 def sample_chats(model_dir) -> list:
     """Return a few multi-turn sample conversations with the final model (greedy)."""
     from medtune.inference.chat import ChatModel
@@ -120,8 +152,22 @@ def sample_chats(model_dir) -> list:
     return chats
 
 
-def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
-    """Run the whole demo into ``out`` and return the report (also written to report.json)."""
+def seeded_config(cfg: dict, seed: int | None) -> dict:
+    """Return the demo config with ``seed`` as the model-init and every stage's training seed
+    (the questions and the unseen diseases stay those of the config's own ``seed``)."""
+    if seed is None:
+        return cfg
+    cfg = {**cfg, "tiny": {**cfg["tiny"], "seed": seed}}
+    cfg["stages"] = [{**st, "train": {**st.get("train", {}), "seed": seed}} for st in cfg["stages"]]
+    return cfg
+
+
+def run_demo(out, overwrite: bool = False, quiet: bool = False, seed: int | None = None,
+             config: dict | None = None) -> dict:
+    """Run the whole demo into ``out`` and return the report (also written to report.json).
+
+    ``seed``: the model-init and training seed (default: the config's); ``config``: a demo config
+    dict in the shape of ``demo_config()`` (default: the bundled one)."""
     from medtune.config import pipeline_from_dict
     from medtune.evaluation.plots import plot_losses
     from medtune.models.tiny import TinySpec, build_tiny
@@ -130,39 +176,52 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
     started = time.time()
     out = Path(out)
     _prepare(out, overwrite)
-    cfg = demo_config()
+    cfg = seeded_config(config if config is not None else demo_config(), seed)
     data, paths = write_demo_data(out, seed=cfg["seed"])
     log.info("demo data: %d PT documents, %d SFT conversations, %d held-out + %d unseen questions",
              len(data.corpus), len(data.sft), len(data.heldout), len(data.unseen))
     base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), data.corpus)  # tokenizer learns the PT corpus only
     pipeline = {"base": {"path": str(base), "device": "cpu"}, "output": str(out), "stages": cfg["stages"]}
-    pipeline["stages"][0]["data"]["train"] = [paths["corpus"]]
-    pipeline["stages"][1]["data"]["train"] = [paths["sft"]]
+    for stage in pipeline["stages"]:  # the config names the demo's data files: corpus, sft, ...
+        stage["data"]["train"] = [_data_path(paths, name, stage["name"]) for name in stage["data"]["train"]]
     stages = pipeline_from_dict(pipeline, "demo pipeline")
     scores = {"base": evaluate_stage(base, data)}
     _log_scores("base", scores["base"])
-    histories, timings = {}, {}
+    histories, timings, rl = {}, {}, {}
+    previous = base
     for stage in stages:
+        if paths["missed"] in stage.data.train:
+            rl[stage.name] = write_missed(previous, data, paths["missed"])
+            if not rl[stage.name]["questions"]:
+                log.info("[%s] skipped: the model before it answers every question of its pool", stage.name)
+                continue
         result = run_stage(stage, quiet=quiet)
+        previous = result.output
         histories[stage.name] = result.log_history
         timings[stage.name] = result.metrics.get("train_runtime_s")
         scores[stage.name] = evaluate_stage(result.output, data)
         _log_scores(stage.name, scores[stage.name])
+        if stage.name in rl:
+            rl[stage.name]["after"] = round(missed_accuracy(result.output, paths["missed"]), 4)
+            log.info("[%s] accuracy on the %d questions the previous model missed: 0%% -> %.1f%%", stage.name,
+                     rl[stage.name]["questions"], 100 * rl[stage.name]["after"])
     plot_losses(histories, out / "loss.png")
     for stage_name, score in scores.items():
         write_stage_eval(out, stage_name, score)
     from medtune.evaluation.report import write_report
 
     # the evals in stage order: the first is the baseline the headlines compare against
-    write_report([out, *(out / "eval" / name for name in scores)], out / "report", title="medtune demo: base -> pt -> sft")
+    write_report([out, *(out / "eval" / name for name in scores)], out / "report",
+                 title="medtune demo: " + " -> ".join(scores))
     report = {
         "heldout_accuracy": {k: round(v["heldout"], 4) for k, v in scores.items()},
         "unseen_disease_accuracy": {k: round(v["unseen"], 4) for k, v in scores.items()},
         "cloze_accuracy": {k: round(v["cloze"], 4) for k, v in scores.items()},
         "by_relation": {k: v["by_relation"] for k, v in scores.items()},
         "examples": {k: v["examples"] for k, v in scores.items()},
+        "rl_on_missed": rl,
         "report": str(out / "report" / "report.html"),
-        "sample_chats": sample_chats(stages[-1].output),
+        "sample_chats": sample_chats(previous),  # the last model trained (GRPO is skipped when nothing was missed)
         "counts": {"pt_documents": len(data.corpus), "sft_conversations": len(data.sft),
                    "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen),
                    "cloze_prompts": len(data.cloze)},
@@ -171,6 +230,13 @@ def run_demo(out, overwrite: bool = False, quiet: bool = False) -> dict:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
+
+
+def _data_path(paths: dict, name: str, stage: str) -> str:
+    if name not in paths:
+        raise MedtuneError(f"demo config: stage {stage}: data.train names '{name}', not one of the demo's "
+                           f"data files ({', '.join(paths)})")
+    return paths[name]
 
 
 def _log_scores(stage: str, score: dict) -> None:

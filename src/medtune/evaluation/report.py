@@ -2,7 +2,7 @@
 
 Example::
 
-    medtune eval report runs/demo/pt runs/demo/sft runs/eval/choice-pt runs/eval/choice-sft --output runs/report
+    medtune eval report runs/demo/sft runs/demo/grpo runs/eval/choice-sft runs/eval/choice-grpo --output runs/report
 
 Each input is a training run dir (``lineage.json``, ``log_history.json``), an eval output dir
 (``metrics.json`` from any ``medtune eval`` command), or a dir holding such dirs one level down

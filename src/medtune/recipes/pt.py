@@ -14,7 +14,12 @@ class PTRecipe(Recipe):
     """Every token learned; documents share blocks, isolated from each other by position ids."""
 
     def make_examples(self, cfg, tokenizer, records, stats):
-        """Return pretraining pieces (every token learned) for ``records`` of shape text."""
+        """Return pretraining pieces (every token learned) for ``records`` of shape text (with
+        data.mixture, conversations too: their assistant tokens learned)."""
+        if cfg.data.mixture != "none":
+            from medtune.recipes.mixture import mixed_examples
+
+            return mixed_examples(cfg, tokenizer, records, stats)
         from medtune.data.tokenize.examples import encode_texts
 
         d = cfg.data

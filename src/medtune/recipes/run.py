@@ -53,6 +53,7 @@ class StageSetup:
     train_set: object
     eval_set: object
     stats: object
+    mixture: dict | None = None  # data.mixture: the samples each source gave (lineage)
 
 
 def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
@@ -89,7 +90,7 @@ def run_stage(cfg: StageConfig, overwrite: bool = False, quiet: bool = False,
         save_outputs(trainer.model, setup.tokenizer, out)
         write_log_history(out, trainer.state.log_history)
         save_loss_plot(out, cfg.stage, trainer.state.log_history)
-        write_lineage(cfg, out, setup.files, setup.stats, metrics, started)
+        write_lineage(cfg, out, setup.files, setup.stats, metrics, started, mixture=setup.mixture)
     return StageResult(out, metrics, trainer.state.log_history)
 
 
@@ -160,9 +161,16 @@ def make_trainer(cfg: StageConfig, recipe, setup: StageSetup, quiet: bool, callb
         from medtune.recipes.curriculum import order_rows
 
         setup.train_set = order_rows(cfg, setup.train_set, setup.model, setup.tokenizer)
+    if cfg.data.mixture != "none":  # the whole run's samples, in the schedule's order
+        import os
+
+        from medtune.recipes.mixture import schedule_rows
+
+        setup.train_set, setup.mixture = schedule_rows(cfg, setup.train_set, setup.files,
+                                                       int(os.environ.get("WORLD_SIZE", "1")))
     kwargs = training_kwargs(cfg, setup.model, setup.eval_set is not None, quiet)
     trainer = recipe.make_trainer(cfg, setup.model, setup.tokenizer, setup.train_set, setup.eval_set, kwargs)
-    trainer.curriculum = curriculum
+    trainer.curriculum = curriculum or cfg.data.mixture != "none"  # keep the dataset's order
     add_tracking(trainer, cfg)
     for callback in callbacks:
         trainer.add_callback(callback)
@@ -213,16 +221,20 @@ def _adapter_to_continue(cfg: StageConfig):
 
 def read_stage_data(cfg: StageConfig):
     """Return the stage's inputs spooled to disk (a ``Corpus``), refusing a shape the stage cannot
-    train on."""
+    train on (a data.mixture may hold text and conversation entries, each of one shape)."""
     from medtune.data.readers.inputs import read_corpus
 
-    shapes = stage_spec(cfg.stage).shapes
-    corpus = read_corpus(cfg.data.train, cfg.data.format)
-    first = corpus.files[0]
-    if first.shape not in shapes:
-        raise MedtuneError(f"{first.path}: stage {cfg.stage} needs {' or '.join(shapes)} data, "
-                           f"got {first.shape} (format {first.format})")
+    mixed = cfg.data.mixture != "none"
+    shapes = MIXED_SHAPES if mixed else stage_spec(cfg.stage).shapes
+    corpus = read_corpus(cfg.data.train, cfg.data.format, mixed=mixed)
+    for f in corpus.files if mixed else corpus.files[:1]:
+        if f.shape not in shapes:
+            raise MedtuneError(f"{f.path}: stage {cfg.stage} needs {' or '.join(shapes)} data, "
+                               f"got {f.shape} (format {f.format})")
     return corpus
+
+
+MIXED_SHAPES = ("text", "messages")  # what a data.mixture trains: text (every token), conversations
 
 
 def _absolute_if_local(path: str) -> str:

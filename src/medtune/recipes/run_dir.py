@@ -162,9 +162,11 @@ def library_versions() -> dict:
     return found
 
 
-def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, started: float) -> None:
+def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, started: float,
+                  mixture: dict | None = None) -> None:
     """Write ``lineage.json`` last, through a pending copy written before the checkpoints are
-    removed (:func:`finish_record`): its presence marks a finished run."""
+    removed (:func:`finish_record`): its presence marks a finished run. ``mixture``: what a
+    data.mixture stage drew from each source, per phase and per epoch."""
     lineage = {
         "stage": cfg.stage,
         "parent_model": cfg.model.path,
@@ -175,6 +177,7 @@ def write_lineage(cfg: StageConfig, out: Path, files, stats, metrics: dict, star
             "skipped": stats.skipped, "label_tokens": stats.real_tokens, "from_cache": stats.from_cache,
             "masks_verified": stats.verified,  # conversations whose learned tokens were checked against their replies
         },
+        **({"mixture": mixture} if mixture else {}),
         "chain": lineage_chain(cfg.model.path),
         "libraries": library_versions(),
         "metrics": metrics,

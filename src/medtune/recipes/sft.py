@@ -14,7 +14,12 @@ class SFTRecipe(Recipe):
     """Conversations through the chat template; the trainer and model are the defaults."""
 
     def make_examples(self, cfg, tokenizer, records, stats):
-        """Return ``{input_ids, labels}`` examples for conversation ``records``."""
+        """Return ``{input_ids, labels}`` examples for conversation ``records`` (with
+        data.mixture, text records too: every token learned)."""
+        if cfg.data.mixture != "none":
+            from medtune.recipes.mixture import mixed_examples
+
+            return mixed_examples(cfg, tokenizer, records, stats)
         from medtune.data.readers.records import origin
         from medtune.data.tokenize.examples import encode_conversations
         from medtune.data.tokenize.spans import Conversation

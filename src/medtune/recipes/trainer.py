@@ -129,10 +129,11 @@ def training_kwargs(cfg: StageConfig, model, has_eval: bool, quiet: bool) -> dic
 
     t = cfg.train
     on_cpu = not next(model.parameters()).is_cuda
-    curriculum = cfg.data.curriculum != "none"
+    curriculum = cfg.data.curriculum != "none" or cfg.data.mixture != "none"
     kwargs = dict(
         output_dir=str(Path(cfg.output) / CHECKPOINTS),
-        num_train_epochs=t.epochs,
+        # a data.mixture's rows already hold every sample of the run (recipes.mixture): one pass
+        num_train_epochs=1 if cfg.data.mixture != "none" else t.epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,

@@ -105,16 +105,20 @@ class Corpus:
         return SpooledRecords(str(self.spool), np.asarray(indices, dtype=np.int64))
 
 
-def read_corpus(entries, format: str = "auto") -> Corpus:
+def read_corpus(entries, format: str = "auto", mixed: bool = False) -> Corpus:
     """Resolve ``entries`` (see the module docstring) and spool their records; a spool written
-    before for the same inputs and format is reused. Bad input raises one-line MedtuneErrors."""
+    before for the same inputs and format is reused. Bad input raises one-line MedtuneErrors.
+
+    All files must give one record shape, unless ``mixed``: then each entry's files must (a
+    data.mixture trains text and conversation entries together)."""
     files = resolve_inputs(entries)
     for f in files:
         _fingerprint(f)
-    key = json.dumps([SPOOL_VERSION, format, [(f.kind, f.path, f.sha256, f.revision) for f in files]])
+    key = [SPOOL_VERSION, format, [(f.kind, f.path, f.sha256, f.revision) for f in files]]
+    key = json.dumps(key + ["mixed"] if mixed else key)
     dest = cache_root() / "records" / hashlib.sha256(key.encode()).hexdigest()[:24]
     if not (dest / "files.json").is_file():
-        _write_spool(files, format, dest)
+        _write_spool(files, format, dest, mixed)
     saved = json.loads((dest / "files.json").read_text(encoding="utf-8"))
     for f, done in zip(files, saved):
         f.format, f.n_records, f.skipped = done["format"], done["n_records"], done["skipped"]
@@ -238,7 +242,7 @@ def _records(f: InputFile, options: ReadOptions, tally: Tally):
     return records_of_rows(f.path, enumerate(ds, 1), options, tally)
 
 
-def _write_spool(files: list[InputFile], format: str, dest: Path) -> None:
+def _write_spool(files: list[InputFile], format: str, dest: Path, mixed: bool = False) -> None:
     """Pickle every record of ``files`` into ``dest/records.arrow`` (written atomically), a batch
     at a time; counts and formats go to ``dest/files.json``."""
     import pyarrow as pa
@@ -253,7 +257,8 @@ def _write_spool(files: list[InputFile], format: str, dest: Path) -> None:
         with pa.OSFile(str(tmp / "records.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
             for f in files:
                 _spool_one(f, ReadOptions(format=format, on_error="bad", locate=True), w, schema)  # locate: errors name file:line
-                check_same_shape([g for g in files if g.format])
+                for group in _shape_groups([g for g in files if g.format], mixed):
+                    check_same_shape(group)
         done = [{k: v for k, v in asdict(f).items() if k in ("format", "n_records", "skipped")} for f in files]
         (tmp / "files.json").write_text(json.dumps(done), encoding="utf-8")
     except BaseException:
@@ -264,6 +269,14 @@ def _write_spool(files: list[InputFile], format: str, dest: Path) -> None:
         tmp.rename(dest)
     except OSError:  # another process (torchrun rank) wrote the same spool first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shape_groups(files: list[InputFile], mixed: bool) -> list[list[InputFile]]:
+    """The groups of files that must share one record shape: all of them, or (``mixed``) the
+    files of each data.train entry."""
+    if not mixed:
+        return [files]
+    return [[f for f in files if f.bucket == b] for b in sorted({f.bucket for f in files})] or [[]]
 
 
 def _spool_one(f: InputFile, options: ReadOptions, writer, schema) -> None:

@@ -99,7 +99,8 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
                                   cfg.data.workers)
     train = [src for srcs, _, _ in sources for src in srcs]
-    packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0, row_buckets)
+    packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0, row_buckets,
+                         pack_by_bucket=cfg.data.mixture != "none")
     del rows, row_buckets
     if evals.num_rows:
         _write_rows(out / "eval.arrow", _shard_files(parts, "eval", n_eval) if parts else [evals],
@@ -129,11 +130,12 @@ def _shard_files(parts: Path, name: str, n_records: int) -> list[Path]:
     return [f for f in files if pa.ipc.open_file(pa.memory_map(str(f))).schema.names]
 
 
-def _write_rows(path: Path, sources, order, max_length: int, buckets=None) -> int:
+def _write_rows(path: Path, sources, order, max_length: int, buckets=None, pack_by_bucket: bool = False) -> int:
     """Write rows ``order`` of ``sources`` (Arrow tables and IPC file paths, rows numbered one after
     the other; packed into ``max_length`` rows when > 0; each with its ``buckets`` entry as
     ``bucket`` when given) to the Arrow stream file ``path``, with a ``length`` column; return how
-    many rows it holds.
+    many rows it holds. ``pack_by_bucket``: each bucket is packed apart (its rows keep their
+    ``bucket``: a data.mixture samples by source).
 
     The rows are put in order a window at a time from plain reads of the shards
     (:func:`medtune.data.tables.rows_in_order`): a memory map's pages that a random-order take
@@ -156,7 +158,14 @@ def _write_rows(path: Path, sources, order, max_length: int, buckets=None) -> in
         written += part.num_rows
 
     try:
-        if max_length:
+        if max_length and pack_by_bucket:  # a data.mixture samples by source: each bucket packed apart
+            order = np.asarray(order, dtype=np.int64)
+            for bucket in np.unique(buckets):
+                tag = int(bucket)
+                write_packed(sources, order[buckets[order] == bucket], max_length,
+                             lambda part, tag=tag: write(part.append_column("bucket", pa.array([tag] * part.num_rows))),
+                             path.parent)
+        elif max_length:
             write_packed(sources, order, max_length, write, path.parent)
         else:
             order = np.asarray(order, dtype=np.int64)
