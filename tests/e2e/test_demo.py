@@ -47,7 +47,8 @@ def test_demo_learns_facts_and_reports(tmp_path):
     n = report["counts"]["heldout_questions"]
     # the eval table carries the measured accuracy, the model behind it and its n; a headline compares
     assert f"| sft | {out / 'sft'} | {100 * acc['sft']:.1f}% (n={n}) |" in md
-    assert f"- Heldout accuracy: base {100 * acc['base']:.1f}% → pt {100 * acc['pt']:.1f}% → sft" in md
+    assert (f"- Heldout accuracy: base {100 * acc['base']:.1f}% → sft {100 * acc['sft']:.1f}% → "
+            f"grpo {100 * acc['grpo']:.1f}% (n={n} each)") in md
     assert f"(n={report['counts']['unseen_questions']})" in md  # unseen accuracy's own n
     assert "✓" in md and "final train loss" in md
     again = medtune("-q", "demo", "--out", out)
