@@ -44,6 +44,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from medtune.data.readers.records import parse_object_line
 from medtune.errors import MedtuneError, where
 
 FORMAT = "medtune-rag-index"
@@ -146,12 +147,7 @@ def read_documents(path: Path, skipped: dict) -> list[dict]:
         if not line.strip():
             continue
         place = where(path, n)
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MedtuneError(f"{place}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise MedtuneError(f"{place}: a row must be a JSON object")
+        row = parse_object_line(line, place)
         body = row.get("text")
         if not isinstance(body, str):
             raise MedtuneError(f'{place}: field "text" missing or not a string')
