@@ -6,8 +6,6 @@ stage trains on them. Browser helpers and fixtures come from tests/e2e/test_webu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -17,13 +15,13 @@ from tests.e2e.test_webui import (
     SHORT,
     _browser_missing,
     _free_port,
-    _wait_until_up,
     messages,
     needs_browser,
     send,
     set_sampling,
     wait_for,
     wait_for_replies,
+    web_server,
 )
 from tests.helpers.cli import medtune
 
@@ -48,21 +46,9 @@ def feedback_server(tiny_dir, tmp_path_factory):
         pytest.skip(_browser_missing())
     port, folder = _free_port(), tmp_path_factory.mktemp("feedback-web")
     db, log = folder / "feedback.db", folder / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medtune", "serve", "web", "--model", str(tiny_dir), "--device", "cpu",
-             "--port", str(port), "--db", str(db)], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log)
+    with web_server(tiny_dir, port, log, "--db", str(db)) as (url, _):
         assert f"feedback db: {db}" in log.read_text()
         yield url, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ Gradio fills with the unrendered content, so it can be compared exactly with ``C
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -204,15 +205,22 @@ def server(tiny_dir, tmp_path_factory):
         pytest.skip(_browser_missing())
     port = _free_port()
     log = tmp_path_factory.mktemp("web") / "server.log"
+    with web_server(tiny_dir, port, log, env={**os.environ, "PYTHONWARNINGS": "ignore"}) as (url, proc):
+        yield url, psutil.Process(proc.pid)
+
+
+@contextlib.contextmanager
+def web_server(model, port: int, log: Path, *flags: str, env=None):
+    """Run ``medtune serve web --model model --port port FLAGS`` (output to ``log``); yield ``(url,
+    Popen)`` once its page answers; stop it after."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "medtune", "serve", "web", "--model", str(tiny_dir), "--device", "cpu",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            [sys.executable, "-m", "medtune", "serve", "web", "--model", str(model), "--device", "cpu",
+             "--port", str(port), *flags], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, proc, log)
-        yield url, psutil.Process(proc.pid)
+        yield url, proc
     finally:
         proc.terminate()
         try:
