@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.fake_engines import FakeEngine
 from tests.helpers.servers import Server
+from tests.helpers.threads import run_threads
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -134,33 +135,23 @@ def test_exported_api_feedback_pairs_two_choices(served, tmp_path):
 
 def test_concurrent_requests_and_feedback_all_land(served):
     """8 client threads, each asking (plain and streamed) and rating what it got, at once."""
-    import threading
-
     url, store = served
-    errors, per_thread = [], 6
+    per_thread = 6
 
     def work(t):
-        try:
-            with httpx.Client(timeout=60, headers=AUTH) as http:
-                for i in range(per_thread):
-                    if i % 2:
-                        with http.stream("POST", url + "/v1/chat/completions", json={**ASK, "stream": True}) as s:
-                            events = [line for line in s.iter_lines() if line.startswith("data: ")]
-                        assert events[-1] == "data: [DONE]"
-                        rid = json.loads(events[0][6:])["id"]
-                    else:
-                        rid = http.post(url + "/v1/chat/completions", json=ASK).json()["id"]
-                    got = http.post(url + "/v1/feedback", json={"response_id": rid, "rating": "up"})
-                    assert got.status_code == 200, got.text
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
+        with httpx.Client(timeout=60, headers=AUTH) as http:
+            for i in range(per_thread):
+                if i % 2:
+                    with http.stream("POST", url + "/v1/chat/completions", json={**ASK, "stream": True}) as s:
+                        events = [line for line in s.iter_lines() if line.startswith("data: ")]
+                    assert events[-1] == "data: [DONE]"
+                    rid = json.loads(events[0][6:])["id"]
+                else:
+                    rid = http.post(url + "/v1/chat/completions", json=ASK).json()["id"]
+                got = http.post(url + "/v1/feedback", json={"response_id": rid, "rating": "up"})
+                assert got.status_code == 200, got.text
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors[:3]
+    run_threads(work, 8)
     assert store.counts() == {"conversations": 48, "responses": 48, "feedback": 48, "audit": 0}
 
 

@@ -3,13 +3,12 @@ none can start): round trip, concurrent writers, the API, the export CLI, a bad 
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 
 from tests.helpers.cli import assert_one_line_error, medtune
 from tests.helpers.servers import Server
+from tests.helpers.threads import run_threads
 
 Q = [{"role": "user", "content": "患者张伟，电话13812345678，头痛怎么办？"}]
 
@@ -57,25 +56,16 @@ def test_round_trip_on_postgresql(store):
 def test_concurrent_writers_on_postgresql(store, pg):
     from medtune.serving.store import FeedbackStore
 
-    errors = []
-
     def work(t):
         s = FeedbackStore.open(pg.url)
         try:
             for i in range(20):
                 s.add_response(f"p{t}-{i}", Q, "x", model="m")
                 s.add_feedback(f"p{t}-{i}", rating="up")
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
         finally:
             s.close()
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors[:3]
+    run_threads(work, 6)
     assert store.counts()["feedback"] == 120
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.threads import run_threads
 
 Q = [{"role": "user", "content": "患者张伟，电话13812345678，头痛三天怎么办？"}]
 Q2 = [{"role": "user", "content": "What should I do about a fever?"}]
@@ -79,7 +80,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
     path = str(tmp_path / "busy.db")
     FeedbackStore.open(path).close()
-    threads, per_thread, errors = 8, 25, []
+    threads, per_thread = 8, 25
 
     def work(t):
         s = FeedbackStore.open(path)
@@ -89,17 +90,10 @@ def test_concurrent_writers_lose_nothing(tmp_path):
                 s.add_response(rid, Q2, f"answer {t} {i}", model="m")
                 assert s.add_feedback(rid, rating="up" if i % 2 else "down")["response_id"] == rid
                 s.write({"request_id": rid, "surface": "api"})
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
         finally:
             s.close()
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors[:3]
+    run_threads(work, threads)
     s = FeedbackStore.open(path)
     n = threads * per_thread
     assert s.counts() == {"conversations": n, "responses": n, "feedback": n, "audit": n}
@@ -113,11 +107,7 @@ def test_one_store_shared_by_threads(store):
             store.add_response(f"s{t}-{i}", Q2, "x", model="m")
             store.add_feedback(f"s{t}-{i}", rating="up")
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    run_threads(work, 6)
     assert store.counts()["feedback"] == 120
 
 
