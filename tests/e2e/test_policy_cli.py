@@ -30,9 +30,10 @@ def test_chat_applies_the_bundled_policy_by_default_and_audits(varied_dir, tmp_p
     assert policy.check(QUESTIONS[1]).fixed_reply in proc.stdout
     assert policy.check(QUESTIONS[2]).fixed_reply in proc.stdout
     got = records(log)
-    assert [r["actions"] for r in got] == [[], [{"category": "self_harm", "rule": "suicidal_intent", "action": "fixed"}],
+    assert [r["actions"] for r in got] == [[], [{"category": "self_harm", "rule": "suicidal_intent", "action": "fixed",
+                                                  "turn": 0, "by": "rule"}],
                                            [{"category": "controlled_drug", "rule": "controlled_drug_request",
-                                             "action": "refuse"}]]
+                                             "action": "refuse", "turn": 0, "by": "rule"}]]
     assert {r["surface"] for r in got} == {"chat"} and got[0]["model"] == str(varied_dir)
     assert got[0]["template"] == "chatml" and got[0]["policy"]["source"].endswith("default.yaml")
 

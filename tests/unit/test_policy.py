@@ -52,7 +52,8 @@ def policy():
 
 def test_each_action_kind(policy):
     emergency = policy.check("I have chest pain and I am sweating")
-    assert emergency.actions == [{"category": "emergency", "rule": "chest_pain_sweating", "action": "prepend"}]
+    assert emergency.actions == [{"category": "emergency", "rule": "chest_pain_sweating", "action": "prepend",
+                                  "turn": 0, "by": "rule"}]
     assert emergency.prefix == "Call 911 now.\n\n" and emergency.suffix == "" and emergency.fixed_reply is None
     assert policy.check("diagnose me please").suffix == "\n\nI cannot diagnose you."
     assert policy.check("I want to kill myself").fixed_reply == "Please call a helpline."
@@ -74,6 +75,78 @@ def test_several_categories_record_every_action_and_fixed_wins(policy):
     fixed = policy.check("I want to kill myself, I have chest pain and sweat")
     assert [a["action"] for a in fixed.actions] == ["fixed", "prepend"]
     assert fixed.fixed_reply == "Please call a helpline." and fixed.prefix == fixed.suffix == ""
+
+
+def conversation(*turns, system=None):
+    """User/assistant messages alternating from ``turns`` (user first), after an optional system."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+def test_earlier_user_turns_are_checked_for_the_persistent_categories(policy):
+    chest = policy.check_messages(conversation("I have chest pain and I am sweating", "Rest a moment.",
+                                               "what should I take?"))
+    assert chest.actions == [{"category": "emergency", "rule": "chest_pain_sweating", "action": "prepend",
+                              "turn": 0, "by": "rule"}]
+    assert chest.prefix == "Call 911 now.\n\n"
+    crisis = policy.check_messages(conversation("我想自杀", "……", "I'm fine now. How does aspirin work?", "…",
+                                                "ok", system="You are a doctor."))
+    assert crisis.fixed_reply == "Please call a helpline."  # in the last message's language
+    assert [(a["category"], a["turn"]) for a in crisis.actions] == [("self_harm", 1)]  # the system message is 0
+
+
+def test_an_old_drug_or_diagnosis_request_does_not_act_again(policy):
+    later = policy.check_messages(conversation("Where to buy oxycodone without a prescription?", "I can't help.",
+                                               "diagnose me", "I cannot.", "How does aspirin work?"))
+    assert later.actions == [] and later.fixed_reply is None and later.suffix == ""
+
+
+def test_one_action_per_category_naming_the_latest_matching_turn(policy):
+    twice = policy.check_messages(conversation("chest pain and sweating", "…", "still chest pain, sweating more"))
+    assert [(a["category"], a["turn"]) for a in twice.actions] == [("emergency", 2)]
+    assert twice.prefix == "Call 911 now.\n\n"  # once, not once per matching turn
+
+
+def test_assistant_and_system_messages_are_not_read(policy):
+    # the policy's own crisis text comes back as an assistant turn; a system prompt may name anything
+    quiet = policy.check_messages([{"role": "system", "content": "Never help anyone who wants to kill myself"},
+                                   {"role": "user", "content": "hi"},
+                                   {"role": "assistant", "content": "If you want to kill myself, chest pain sweat"},
+                                   {"role": "user", "content": "How does aspirin work?"}])
+    assert quiet.actions == []
+    assert policy.check_messages([]).actions == [] and policy.check_messages([{"role": "user", "content": None}]).actions == []
+
+
+def test_scope_last_turn_in_the_file_turns_persistence_off(tmp_path):
+    text = POLICY.replace("  emergency:\n    action: prepend\n", "  emergency:\n    scope: last_turn\n    action: prepend\n")
+    assert text != POLICY
+    policy = parse_policy(text, "p.yaml")
+    talk = conversation("chest pain and sweating", "…", "what should I take?")
+    assert policy.check_messages(talk).actions == []
+    assert policy.check_messages(talk[:1]).category == "emergency"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("  emergency:\n    action: prepend\n", "  emergency:\n    scope: everything\n"
+                                  "    action: prepend\n"), encoding="utf-8")
+    with pytest.raises(MedtuneError) as err:
+        load_policy(bad)
+    assert str(err.value).startswith(f"{bad}:10: category 'emergency' scope 'everything' unknown"), str(err.value)
+
+
+@pytest.mark.parametrize("turns, category, turn", [
+    (("我胸口剧痛，一直出冷汗。", "请立即就医。", "我该吃什么药？"), "emergency", 0),
+    (("I have crushing chest pain and I'm sweating", "…", "what should I take?"), "emergency", 0),
+    (("I don't want to live anymore.", "…", "Anyway, what helps with insomnia?"), "self_harm", 0),
+    (("我吃了三十片安眠药", "…", "现在有点困，睡一觉可以吗？"), "overdose", 0),
+    (("高血压有哪些典型症状？", "头痛、头晕……", "平时饮食要注意什么？", "少盐……", "可以喝咖啡吗？"), "none", None),
+    (("What are the symptoms of a heart attack?", "Chest pain, sweating…", "And of a stroke?"), "none", None),
+    (("How can I get oxycodone without a prescription?", "I can't help with that.", "What is ibuprofen for?"),
+     "none", None),
+])
+def test_bundled_policy_on_conversations(turns, category, turn):
+    verdict = load_policy("default").check_messages(conversation(*turns))
+    assert verdict.category == category, verdict.actions
+    if turn is not None:
+        assert verdict.actions[0]["turn"] == turn
 
 
 @pytest.mark.parametrize("edit, line, words", [
@@ -207,7 +280,8 @@ def test_audit_log_redacts_personal_data_and_survives_concurrent_writers(tmp_pat
     first = records[0]
     assert "13812345678" not in json.dumps(first, ensure_ascii=False) and "张伟" not in json.dumps(first, ensure_ascii=False)
     assert "[PHONE]" in first["request"][0]["content"] and "[EMAIL]" in first["request"][0]["content"]
-    assert first["actions"] == [{"category": "emergency", "rule": "chest_pain_sweating", "action": "prepend"}]
+    assert first["actions"] == [{"category": "emergency", "rule": "chest_pain_sweating", "action": "prepend",
+                                 "turn": 0, "by": "rule"}]
     assert (first["model"], first["adapter"], first["template"], first["latency_s"]) == ("m", "runs/lora", "qwen", 1.25)
     assert first["usage"] == {"completion_tokens": 5} and first["surface"] == "api"
 

@@ -19,6 +19,8 @@ A policy is a YAML file (the bundled one: ``assets/policy/default.yaml``)::
     categories:                 # order is priority: the first category matched is the request's
       self_harm:
         action: fixed           # prepend | append | fixed | refuse
+        scope: conversation     # conversation | last_turn (default: conversation for emergency,
+                                # self_harm, overdose; last_turn for controlled_drug, diagnosis)
         message:                # zh when the request has a Chinese character, else en (or one string)
           zh: 如果你有伤害自己的想法……
           en: If you are thinking about hurting yourself...
@@ -35,7 +37,20 @@ Patterns are Python regular expressions matched case-insensitively anywhere in t
 disclaimer), ``fixed`` answers with the message and never calls the model, ``refuse`` does the
 same as a refusal. When several categories match, every action is recorded; the first
 ``fixed``/``refuse`` one answers, otherwise the prefixes and suffixes are joined in category order.
-Only the last user message is checked. Errors in a policy file are one line naming ``file:line``.
+
+A conversation is checked whole, not only its last message: the last user message against every
+category, and the earlier user messages against the categories whose risk persists across a
+conversation (``scope: conversation``; by default emergency, self-harm and overdose): a user who
+wrote "I have crushing chest pain and I'm sweating" and then "what should I take?", or who
+mentioned suicide three turns ago, is still caught. A request for a controlled drug or a diagnosis
+concerns the message that asks (``last_turn``), so an old one does not keep refusing. Each
+category acts at most once per reply (its most recent matching user message wins); each action
+names the message that matched (``turn``: its index in the request's messages, system messages
+included, the same index as in the audit record's ``request``) and ``by: rule``. Only user
+messages are read (the assistant's replies hold the policy's own crisis and triage texts), and the
+reply's language is the last user message's. Consequence: once a self-harm message is in the
+conversation, every later reply in it is the crisis message; a new conversation starts afresh.
+Errors in a policy file are one line naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -52,7 +67,9 @@ CATEGORIES = ("emergency", "self_harm", "overdose", "controlled_drug", "diagnosi
 ACTIONS = ("prepend", "append", "fixed", "refuse")
 LANGS = ("zh", "en")
 POLICY_KEYS = ("version", "categories")
-CATEGORY_KEYS = ("action", "message", "rules", "description")
+SCOPES = ("conversation", "last_turn")
+PERSISTENT = ("emergency", "self_harm", "overdose")  # scope: conversation unless the file says otherwise
+CATEGORY_KEYS = ("action", "message", "rules", "description", "scope")
 RULE_KEYS = ("id", "any", "all", "unless")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -79,6 +96,7 @@ class Category:
     action: str
     message: dict  # {"zh": ..., "en": ...}
     rules: list[Rule]
+    scope: str = "last_turn"  # or "conversation": earlier user messages are checked too
 
     def first_rule(self, text: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(text)), None)
@@ -88,7 +106,7 @@ class Category:
 class Verdict:
     """What the policy does with one request."""
 
-    actions: list[dict] = field(default_factory=list)  # {"category", "rule", "action"}
+    actions: list[dict] = field(default_factory=list)  # {"category", "rule", "action", "turn", "by"}
     fixed_reply: str | None = None
     prefix: str = ""
     suffix: str = ""
@@ -106,16 +124,27 @@ class Policy:
     sha256: str = ""
 
     def check(self, text: str) -> Verdict:
-        """Return the actions this policy takes on a user message ``text``."""
-        norm = normalise(text)
-        lang = "zh" if _CJK.search(norm) else "en"
+        """Return the actions this policy takes on one user message ``text``."""
+        return self.check_messages([{"role": "user", "content": text}])
+
+    def check_messages(self, messages: list[dict]) -> Verdict:
+        """Return the actions this policy takes on a conversation (``{"role", "content"}`` dicts):
+        the last user message against every category, the earlier ones against the categories of
+        ``scope: conversation``; one action per category, naming the message (``turn``) it matched."""
+        turns = [(i, normalise(m["content"])) for i, m in enumerate(messages)
+                 if m.get("role") == "user" and isinstance(m.get("content"), str)]
         verdict = Verdict()
+        if not turns:
+            return verdict
+        lang = "zh" if _CJK.search(turns[-1][1]) else "en"
         prefixes, suffixes = [], []
         for cat in self.categories:
-            rule = cat.first_rule(norm)
-            if rule is None:
+            looked_at = reversed(turns) if cat.scope == "conversation" else turns[-1:]
+            hit = next(((i, rule) for i, text in looked_at if (rule := cat.first_rule(text))), None)
+            if hit is None:
                 continue
-            verdict.actions.append({"category": cat.name, "rule": rule.id, "action": cat.action})
+            verdict.actions.append({"category": cat.name, "rule": hit[1].id, "action": cat.action,
+                                    "turn": hit[0], "by": "rule"})
             message = cat.message.get(lang) or cat.message.get("en") or cat.message.get("zh")
             if cat.action in ("fixed", "refuse"):
                 if verdict.fixed_reply is None:
@@ -187,12 +216,16 @@ def _category(name, body, line: int, src: str) -> Category:
         raise MedtuneError(f"{src}:{body.lines.get('rules', line)}: category '{name}' needs a non-empty "
                            "'rules' list")
     parsed = [_rule(r, rules.lines[i], name, src) for i, r in enumerate(rules)]
+    scope = body.get("scope", "conversation" if name in PERSISTENT else "last_turn")
+    if scope not in SCOPES:
+        raise MedtuneError(f"{src}:{body.lines.get('scope', line)}: category '{name}' scope {scope!r} unknown"
+                           f"{did_you_mean(str(scope), SCOPES)} (conversation or last_turn)")
     seen = set()
     for rule, at in zip(parsed, rules.lines):
         if rule.id in seen:
             raise MedtuneError(f"{src}:{at}: rule id '{rule.id}' repeated in category '{name}'")
         seen.add(rule.id)
-    return Category(name, action, message, parsed)
+    return Category(name, action, message, parsed, scope)
 
 
 def _message(message, line: int, name: str, src: str) -> dict:

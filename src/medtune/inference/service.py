@@ -22,7 +22,8 @@ call the model. Streams show the prefix first, then the model's deltas, then the
 ``rag`` is any object with ``augment(messages) -> (messages, citations)``; ``audit`` any object with
 ``write(record: dict)`` (the JSONL :class:`AuditLog` here, or a database sink). Each request gives one
 record: ``request_id, time, surface, model, adapter, template, policy (file and sha256), actions
-({category, rule, action}), citations (doc ids), latency_s, usage, request, reply`` — the request
+({category, rule, action, turn, by}: ``turn`` is the index in ``request`` of the user message
+that matched), citations (doc ids), latency_s, usage, request, reply`` — the request
 messages and the reply are de-identified with ``medtune.data.clean.pii`` before any sink sees them.
 """
 
@@ -43,7 +44,7 @@ from medtune.errors import MedtuneError
 class Prepared:
     request_id: str                  # "chatcmpl-..." in the API; uuid elsewhere
     messages: list[dict]             # what the model sees (after RAG context is added)
-    actions: list[dict]              # policy actions taken: {"category", "rule", "action"}
+    actions: list[dict]              # policy actions: {"category", "rule", "action", "turn", "by"}
     fixed_reply: str | None = None   # policy answers without the model (action fixed / refuse)
     prefix: str = ""                 # prepended to the model's reply (triage advice)
     suffix: str = ""                 # appended (disclaimer)
@@ -64,11 +65,13 @@ class ReplyService:
 
     def prepare(self, messages: list[dict], request_id: str | None = None) -> Prepared:
         """Return what to do with a conversation ending with a user turn: the policy's verdict on
-        the last user message, then (unless the policy answers) the retrieval context."""
+        the conversation (:meth:`Policy.check_messages`: the last user message for every category,
+        earlier ones for the persistent categories), then (unless the policy answers) the retrieval
+        context."""
         request = [dict(m) for m in messages]
         prepared = Prepared(request_id or uuid.uuid4().hex, request, [], request=request)
         if self.policy is not None:
-            verdict = self.policy.check(last_user_text(messages))
+            verdict = self.policy.check_messages(messages)
             prepared.actions = verdict.actions
             prepared.fixed_reply, prepared.prefix, prepared.suffix = verdict.fixed_reply, verdict.prefix, verdict.suffix
         if prepared.fixed_reply is None and self.rag is not None:
@@ -141,15 +144,6 @@ class ReplyService:
                         for m in prepared.request],
             "reply": deidentify(shown)[0],
         }
-
-
-def last_user_text(messages: list[dict]) -> str:
-    """Return the content of the last user message ('' when there is none)."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            return content if isinstance(content, str) else ""
-    return ""
 
 
 def _usage(completion: int, prompt: int = 0) -> dict:
