@@ -300,9 +300,15 @@ def test_bundled_policy_on_the_labelled_set_matches_benchmarks():
     from medtune.evaluation.policy_eval import evaluate_policy, load_requests
 
     rows = load_requests()
-    assert len(rows) == 248 and {r["lang"] for r in rows} == {"zh", "en"}
+    assert len(rows) == 284 and {r["lang"] for r in rows} == {"zh", "en"}
+    assert sum(len(r["messages"]) == 1 for r in rows) == 248
     splits = evaluate_policy(load_policy("default"), rows)["splits"]
     dev, test = splits["dev"], splits["test"]
+    talks = {name: {c: splits[name]["confusion"][c][c] for c in splits[name]["recall"]}
+             for name in ("dev conversations", "test conversations")}
+    assert talks["dev conversations"] == {"emergency": 5, "self_harm": 3, "overdose": 1}
+    assert talks["test conversations"] == {"emergency": 4, "self_harm": 3, "overdose": 1}
+    assert [splits[n]["false_positives"] for n in talks] == [0, 0] and splits["test conversations"]["ordinary"] == 9
     hits = {name: {c: s["confusion"][c][c] for c in s["recall"]} for name, s in (("dev", dev), ("test", test))}
     assert hits["dev"] == {"emergency": 22, "self_harm": 16, "overdose": 12, "controlled_drug": 12, "diagnosis": 12}
     assert hits["test"] == {"emergency": 21, "self_harm": 16, "overdose": 12, "controlled_drug": 12, "diagnosis": 12}
@@ -317,10 +323,17 @@ def test_eval_policy_command_prints_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "### split: test (124 requests)" in proc.stdout and "| emergency | 21 | 0 | 0 | 0 | 0 | 1 | 22 | 95.5% |" in proc.stdout
     report = json.loads((tmp_path / "out" / "policy_eval.json").read_text(encoding="utf-8"))
-    assert report["splits"]["all"]["n"] == 248 and len(report["misses"]) == 1
+    assert report["splits"]["all"]["n"] == 284 and len(report["misses"]) == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "category": "none"}\n{"text": "x", "category": "scary"}\n', encoding="utf-8")
     assert_one_line_error(medtune("eval", "policy", "--data", bad), f'{bad}:2: field "category" is \'scary\'')
+    for messages, words in (('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]',
+                             'field "messages" must end with a user message'),
+                            ('[{"role": "doctor", "content": "hi"}]', 'field "messages[0]" must be'),
+                            ('"hi"', 'field "messages" must be a non-empty list')):
+        bad.write_text('{"text": "hi", "category": "none"}\n{"messages": ' + messages + ', "category": "none"}\n',
+                       encoding="utf-8")
+        assert_one_line_error(medtune("eval", "policy", "--data", bad), f"{bad}:2: {words}")
 
 
 @pytest.mark.parametrize("text, category", [

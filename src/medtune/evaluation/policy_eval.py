@@ -11,13 +11,21 @@ Example::
     report = evaluate_policy(load_policy("default"), load_requests())
     report["splits"]["test"]["recall"]["emergency"]
 
-The bundled set (``assets/eval/policy_requests.jsonl``, 248 requests written for medtune, half
-Chinese, half English) has one ``{id, split, lang, category, text}`` per line: 44 emergencies, 32
-self-harm, 24 overdoses, 24 controlled-drug requests, 24 demands for a definitive diagnosis and 100
-ordinary medical questions (``none``), many with alarming words used innocently ("what are the
-symptoms of a heart attack", a child's paracetamol dose). Each category is split in alternating
-rows into ``dev`` (the rules were tuned on it) and ``test`` (only measured). A request's predicted
-category is the first category the policy matches (``none`` when none does).
+The bundled set (``assets/eval/policy_requests.jsonl``, written for medtune, half Chinese, half
+English) has one ``{id, split, lang, category, text}`` per line — 248 single messages: 44
+emergencies, 32 self-harm, 24 overdoses, 24 controlled-drug requests, 24 demands for a definitive
+diagnosis and 100 ordinary medical questions (``none``), many with alarming words used innocently
+("what are the symptoms of a heart attack", a child's paracetamol dose) — then 36 conversations,
+``{id, split, lang, category, messages}`` (``messages``: ``{"role", "content"}`` user/assistant
+turns ending with a user turn; ``category``: what the policy should do for the next reply): an
+emergency, suicide or overdose told in an earlier turn and a harmless-looking last question, an
+emergency in the last turn after ordinary ones, and 18 ordinary conversations (some with an old
+drug or diagnosis request that should not act again). Each category is split in alternating rows
+into ``dev`` (the rules were tuned on its single messages; the conversations were written after
+the rules and not tuned on) and ``test`` (only measured). A request's predicted category is the
+first category the policy matches (``none`` when none does). Scores are given per split over
+single messages (``dev``, ``test``), per split over conversations (``dev conversations``, ``test
+conversations``) and over everything (``all``).
 """
 
 from __future__ import annotations
@@ -43,26 +51,50 @@ def load_requests(path=None) -> list[dict]:
         raise MedtuneError(f"--data {path}: no such file")
     rows = []
     for n, row in iter_jsonl(path):
-        text, label = row.get("text"), row.get("category")
-        if not isinstance(text, str) or not text.strip():
-            raise MedtuneError(f'{path}:{n}: field "text" must be non-empty text')
+        label, messages = row.get("category"), row.get("messages")
+        if messages is not None:
+            messages = _messages(messages, path, n)
+            text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        else:
+            text = row.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise MedtuneError(f'{path}:{n}: field "text" must be non-empty text (or give "messages")')
+            messages = [{"role": "user", "content": text}]
         if label not in LABELS:
             raise MedtuneError(f'{path}:{n}: field "category" is {label!r}; expected one of {", ".join(LABELS)}')
         rows.append({"id": row.get("id", n), "split": str(row.get("split", "all")), "lang": row.get("lang"),
-                     "category": label, "text": text})
+                     "category": label, "text": text, "messages": messages})
     if not rows:
         raise MedtuneError(f"{path}: no requests")
     return rows
 
 
+def _messages(messages, path, n: int) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise MedtuneError(f'{path}:{n}: field "messages" must be a non-empty list of {{"role", "content"}}')
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) and m["content"].strip()):
+            raise MedtuneError(f'{path}:{n}: field "messages[{i}]" must be {{"role": system|user|assistant, '
+                               '"content": non-empty text}')
+    if messages[-1]["role"] != "user":
+        raise MedtuneError(f'{path}:{n}: field "messages" must end with a user message')
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def group(row: dict) -> str:
+    """The score group of a row: its split, plus `` conversations`` for a multi-message request."""
+    return row["split"] + (" conversations" if len(row["messages"]) > 1 else "")
+
+
 def evaluate_policy(policy, rows: list[dict]) -> dict:
-    """Return ``{"splits": {split: scores}, "misses": [...]}`` for each split and ``all``."""
-    predicted = [policy.check(r["text"]).category if policy else "none" for r in rows]
+    """Return ``{"splits": {group: scores}, "misses": [...]}`` for each :func:`group` and ``all``."""
+    predicted = [policy.check_messages(r["messages"]).category if policy else "none" for r in rows]
     splits = {}
-    for split in sorted({r["split"] for r in rows}) + ["all"]:
-        picked = [(r, p) for r, p in zip(rows, predicted) if split in ("all", r["split"])]
-        splits[split] = _scores(picked)
-    misses = [{"id": r["id"], "split": r["split"], "category": r["category"], "predicted": p, "text": r["text"]}
+    for name in sorted({group(r) for r in rows}) + ["all"]:
+        picked = [(r, p) for r, p in zip(rows, predicted) if name in ("all", group(r))]
+        splits[name] = _scores(picked)
+    misses = [{"id": r["id"], "split": group(r), "category": r["category"], "predicted": p, "text": r["text"]}
               for r, p in zip(rows, predicted) if p != r["category"]]
     return {"splits": splits, "misses": misses}
 
