@@ -280,10 +280,16 @@ def _add_eval(sub):
                         epilog="example: medtune eval policy --policy clinic.yaml --data requests.jsonl "
                                "--output runs/eval/policy")
     p.add_argument("--policy", default="default", help="policy YAML or 'default' (the bundled one)")
-    p.add_argument("--data", help="JSONL of {text, category[, split, id, lang]} (default: the bundled "
-                                  "248 zh + en requests)")
+    p.add_argument("--data", help="JSONL of {text or messages, category[, split, id, lang]} (default: the "
+                                  "bundled 248 zh + en requests and 36 conversations)")
     p.add_argument("--output", help="dir for policy_eval.json and policy_eval.md")
     p.add_argument("--show-misses", action="store_true", help="print every request sorted wrongly")
+    p.add_argument("--classifier", metavar="DIR", help="also measure a policy classifier trained by stage: rm: "
+                   "rules alone, rules + classifier, classifier alone")
+    p.add_argument("--threshold", type=float, help="with --classifier: the probability at which it flags a "
+                   "category (default 0.5)")
+    p.add_argument("--train-pairs", metavar="OUT.jsonl", help="write stage: rm preference pairs from the "
+                   "single-message requests outside the test split, and evaluate nothing")
     p.set_defaults(handler="medtune.cli.eval_policy:cmd_eval_policy")
     rg = esub.add_parser("rag", help="retrieval hit@k and answer accuracy with vs without retrieval",
                          epilog="example: medtune eval rag --index runs/kb-index --data q.jsonl --model runs/sft "

@@ -11,6 +11,9 @@ Example::
     report = evaluate_policy(load_policy("default"), load_requests())
     report["splits"]["test"]["recall"]["emergency"]
 
+    medtune eval policy --train-pairs runs/policy/pairs.jsonl      # rm pairs from the non-test rows
+    medtune eval policy --classifier runs/policy-classifier/rm     # rules vs rules + classifier
+
 The bundled set (``assets/eval/policy_requests.jsonl``, written for medtune, half Chinese, half
 English) has one ``{id, split, lang, category, text}`` per line — 248 single messages: 44
 emergencies, 32 self-harm, 24 overdoses, 24 controlled-drug requests, 24 demands for a definitive
@@ -97,6 +100,42 @@ def evaluate_policy(policy, rows: list[dict]) -> dict:
     misses = [{"id": r["id"], "split": group(r), "category": r["category"], "predicted": p, "text": r["text"]}
               for r, p in zip(rows, predicted) if p != r["category"]]
     return {"splits": splits, "misses": misses}
+
+
+def train_rows(rows: list[dict]) -> list[dict]:
+    """The rows a policy classifier may learn from: single messages outside the ``test`` split
+    (a conversation's label can come from an earlier turn; the classifier scores one message)."""
+    return [r for r in rows if r["split"] != "test" and len(r["messages"]) == 1]
+
+
+class CachedClassifier:
+    """A policy classifier whose probabilities are remembered per message (one evaluation asks the
+    same messages for rules + classifier and for the classifier alone)."""
+
+    def __init__(self, classifier):
+        self.classifier, self.seen = classifier, {}
+
+    def probabilities(self, texts: list[str]) -> list[dict]:
+        new = list(dict.fromkeys(t for t in texts if t not in self.seen))
+        self.seen.update(zip(new, self.classifier.probabilities(new)))
+        return [self.seen[t] for t in texts]
+
+
+class ClassifierAlone:
+    """The classifier as a policy of its own: a request's category is the most probable label of
+    its last user message (no rules, no threshold), to measure what the classifier knows."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def check_messages(self, messages):
+        from types import SimpleNamespace
+
+        from medtune.inference.policy import normalise
+
+        text = normalise(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+        probs = self.classifier.probabilities([text])[0]
+        return SimpleNamespace(category=max(probs, key=probs.get))
 
 
 def _scores(pairs) -> dict:

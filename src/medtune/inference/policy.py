@@ -66,7 +66,8 @@ from medtune.errors import MedtuneError, did_you_mean
 CATEGORIES = ("emergency", "self_harm", "overdose", "controlled_drug", "diagnosis")
 ACTIONS = ("prepend", "append", "fixed", "refuse")
 LANGS = ("zh", "en")
-POLICY_KEYS = ("version", "categories")
+POLICY_KEYS = ("version", "categories", "classifier")
+CLASSIFIER_KEYS = ("model", "threshold", "categories", "device")
 SCOPES = ("conversation", "last_turn")
 PERSISTENT = ("emergency", "self_harm", "overdose")  # scope: conversation unless the file says otherwise
 CATEGORY_KEYS = ("action", "message", "rules", "description", "scope")
@@ -118,10 +119,23 @@ class Verdict:
 
 
 @dataclass
+class ClassifierSpec:
+    """The policy file's ``classifier`` section: which model, when it acts, on which categories."""
+
+    model: str                 # resolved against the policy file's folder
+    threshold: float = 0.5     # a category acts when its probability reaches this
+    categories: tuple = ()     # the categories it may flag (all of the policy's when empty)
+    device: str = "cpu"
+    line: int = 1              # where the section starts (for the load error)
+
+
+@dataclass
 class Policy:
     categories: list[Category]
     source: str = ""  # the file it came from
     sha256: str = ""
+    classifier_spec: ClassifierSpec | None = None
+    classifier: object = None  # loaded from classifier_spec by load_policy: ``probabilities(texts)``
 
     def check(self, text: str) -> Verdict:
         """Return the actions this policy takes on one user message ``text``."""
@@ -137,14 +151,19 @@ class Policy:
         if not turns:
             return verdict
         lang = "zh" if _CJK.search(turns[-1][1]) else "en"
+        probs = self._probabilities(turns)
         prefixes, suffixes = [], []
         for cat in self.categories:
-            looked_at = reversed(turns) if cat.scope == "conversation" else turns[-1:]
+            looked_at = list(reversed(turns)) if cat.scope == "conversation" else turns[-1:]
             hit = next(((i, rule) for i, text in looked_at if (rule := cat.first_rule(text))), None)
-            if hit is None:
+            if hit is not None:
+                action = {"category": cat.name, "rule": hit[1].id, "action": cat.action, "turn": hit[0], "by": "rule"}
+            elif (found := self._classified(cat.name, looked_at, probs)) is not None:
+                action = {"category": cat.name, "rule": "classifier", "action": cat.action, "turn": found[0],
+                          "by": "classifier", "score": round(found[1], 4)}
+            else:
                 continue
-            verdict.actions.append({"category": cat.name, "rule": hit[1].id, "action": cat.action,
-                                    "turn": hit[0], "by": "rule"})
+            verdict.actions.append(action)
             message = cat.message.get(lang) or cat.message.get("en") or cat.message.get("zh")
             if cat.action in ("fixed", "refuse"):
                 if verdict.fixed_reply is None:
@@ -157,6 +176,23 @@ class Policy:
             verdict.prefix = "".join(m + "\n\n" for m in prefixes)
             verdict.suffix = "".join("\n\n" + m for m in suffixes)
         return verdict
+
+    def _probabilities(self, turns: list[tuple[int, str]]) -> dict[int, dict]:
+        """The classifier's label probabilities for the user messages it may act on ({} without one)."""
+        spec = self.classifier_spec
+        if self.classifier is None or spec is None:
+            return {}
+        wanted = [c for c in self.categories if not spec.categories or c.name in spec.categories]
+        picked = turns if any(c.scope == "conversation" for c in wanted) else turns[-1:]
+        return dict(zip((i for i, _ in picked), self.classifier.probabilities([t for _, t in picked])))
+
+    def _classified(self, name: str, looked_at, probs: dict) -> tuple[int, float] | None:
+        """``(turn, probability)`` of the latest looked-at message the classifier puts in ``name``."""
+        spec = self.classifier_spec
+        if not probs or (spec.categories and name not in spec.categories):
+            return None
+        return next(((i, probs[i][name]) for i, _ in looked_at if i in probs and probs[i][name] >= spec.threshold),
+                    None)
 
 
 def normalise(text: str) -> str:
@@ -181,6 +217,11 @@ def load_policy(spec: str | Path | None) -> Policy | None:
 
     policy = parse_policy(text, str(path))
     policy.sha256 = hashlib.sha256(raw).hexdigest()
+    if policy.classifier_spec is not None:
+        from medtune.inference.policy_classifier import PolicyClassifier
+
+        spec = policy.classifier_spec
+        policy.classifier = PolicyClassifier.load(spec.model, spec.device, src=f"{path}:{spec.line}: classifier.model")
     return policy
 
 
@@ -196,7 +237,39 @@ def parse_policy(text: str, src: str = "<policy>") -> Policy:
     if not isinstance(cats, _LinedDict) or not cats:
         line = data.lines.get("categories", data.line)
         raise MedtuneError(f"{src}:{line}: 'categories' must be a mapping of category name to its rules")
-    return Policy([_category(name, body, cats.lines[name], src) for name, body in cats.items()], source=src)
+    policy = Policy([_category(name, body, cats.lines[name], src) for name, body in cats.items()], source=src)
+    if "classifier" in data:
+        policy.classifier_spec = _classifier(data["classifier"], data.lines["classifier"], list(cats), src)
+    return policy
+
+
+def _classifier(body, line: int, names: list, src: str) -> ClassifierSpec:
+    if not isinstance(body, _LinedDict):
+        raise MedtuneError(f"{src}:{line}: 'classifier' must be a mapping (model, threshold, categories)")
+    _check_keys(body, CLASSIFIER_KEYS, src, "classifier key")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise MedtuneError(f"{src}:{body.lines.get('model', line)}: classifier.model must be the path of a "
+                           "model trained by stage: rm")
+    threshold = body.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+        raise MedtuneError(f"{src}:{body.lines.get('threshold', line)}: classifier.threshold must be a number "
+                           f"in (0, 1], got {threshold!r}")
+    cats = body.get("categories", [])
+    if isinstance(cats, str) or not isinstance(cats, list):
+        raise MedtuneError(f"{src}:{body.lines.get('categories', line)}: classifier.categories must be a list")
+    for i, cat in enumerate(cats):
+        if cat not in names:
+            at = cats.lines[i] if isinstance(cats, _LinedList) else line
+            raise MedtuneError(f"{src}:{at}: classifier.categories: '{cat}' is not a category of this policy"
+                               f"{did_you_mean(str(cat), names)}")
+    device = body.get("device", "cpu")
+    if not isinstance(device, str) or not device.strip():
+        raise MedtuneError(f"{src}:{body.lines.get('device', line)}: classifier.device must be text (cpu, cuda, ...)")
+    base = Path(src).parent if src and not src.startswith("<") else Path(".")
+    path = Path(model).expanduser()
+    return ClassifierSpec(str(path if path.is_absolute() else base / path), float(threshold), tuple(cats),
+                          device.strip(), line)
 
 
 def _category(name, body, line: int, src: str) -> Category:
