@@ -131,9 +131,7 @@ class ClassifierAlone:
     def check_messages(self, messages):
         from types import SimpleNamespace
 
-        from medtune.inference.policy import normalise
-
-        text = normalise(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+        text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         probs = self.classifier.probabilities([text])[0]
         return SimpleNamespace(category=max(probs, key=probs.get))
 

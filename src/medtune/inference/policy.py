@@ -151,7 +151,7 @@ class Policy:
         if not turns:
             return verdict
         lang = "zh" if _CJK.search(turns[-1][1]) else "en"
-        probs = self._probabilities(turns)
+        probs = self._probabilities([(i, messages[i]["content"]) for i, _ in turns])
         prefixes, suffixes = [], []
         for cat in self.categories:
             looked_at = list(reversed(turns)) if cat.scope == "conversation" else turns[-1:]
@@ -178,7 +178,8 @@ class Policy:
         return verdict
 
     def _probabilities(self, turns: list[tuple[int, str]]) -> dict[int, dict]:
-        """The classifier's label probabilities for the user messages it may act on ({} without one)."""
+        """The classifier's label probabilities for the user messages it may act on ({} without
+        one); it reads each message as sent (as it was trained), not normalised."""
         spec = self.classifier_spec
         if self.classifier is None or spec is None:
             return {}
