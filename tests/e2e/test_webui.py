@@ -71,42 +71,53 @@ def test_build_app_shows_model_and_template_and_has_no_uploads(bot):
     assert sliders["Temperature (0 = greedy)"] == 0  # default greedy: the same question, the same answer
 
 
-def test_stream_reply_is_cumulative_and_equals_chat(bot):
-    from medtune.serving.webui import stream_reply
+def answers(steps) -> list[str]:
+    """The answer text of each step :func:`reply_messages` yields (its last message)."""
+    return [step[-1]["content"]["text"] for step in steps]
 
-    steps = list(stream_reply(bot, "高血压有哪些典型症状？", [], "", **SHORT))
-    assert steps and all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(steps))
+
+def test_reply_messages_stream_is_cumulative_and_equals_chat(bot):
+    from medtune.serving.webui import reply_messages
+
+    steps = answers(reply_messages(bot, "高血压有哪些典型症状？", [], "", **SHORT))
+    assert len(set(steps)) > 2 and all(b.startswith(a) for a, b in itertools.pairwise(steps))
     assert steps[-1] == bot.chat("高血压有哪些典型症状？", **SHORT)[0] != ""
 
 
-def test_stream_reply_uses_system_prompt_and_gradio_history(bot):
-    from medtune.serving.webui import stream_reply
+def test_reply_messages_uses_system_prompt_and_gradio_history(bot):
+    from medtune.serving.webui import reply_messages
 
     history = [{"role": "user", "content": [{"type": "text", "text": "你好"}]},
                {"role": "assistant", "content": "您好，请问哪里不舒服？", "metadata": None}]
     plain = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好，请问哪里不舒服？"}]
     with_system = bot.chat("头痛怎么办？", plain, system=SYSTEM, **SHORT)[0]
     assert with_system != bot.chat("头痛怎么办？", plain, **SHORT)[0]  # else this test proves nothing
-    *_, reply = stream_reply(bot, "头痛怎么办？", history, f"  {SYSTEM}\n", **SHORT)
+    *_, reply = answers(reply_messages(bot, "头痛怎么办？", history, f"  {SYSTEM}\n", **SHORT))
     assert reply == with_system
 
 
-def test_closing_the_stream_stops_generation(bot):
-    from medtune.serving.webui import stream_reply
+def test_closing_the_stream_stops_generation_and_is_audited(bot):
+    from medtune.inference.service import ReplyService
+    from medtune.serving.webui import reply_messages
 
-    steps = []
+    class Sink(list):
+        write = list.append
+
+    steps, sink = [], Sink()
+    service = ReplyService(audit=sink)
     hook = bot.model.register_forward_hook(lambda *_: steps.append(1))
     try:
-        list(stream_reply(bot, "你好", [], "", max_new_tokens=200, repetition_penalty=2.0))
+        list(reply_messages(bot, "你好", [], "", service=service, max_new_tokens=200, repetition_penalty=2.0))
         assert len(steps) == 200  # runs to the limit when left alone
         steps.clear()
         threads = threading.active_count()
-        stream = stream_reply(bot, "你好", [], "", max_new_tokens=200, repetition_penalty=2.0)
-        next(stream)
-        stream.close()
+        stream = reply_messages(bot, "你好", [], "", service=service, max_new_tokens=200, repetition_penalty=2.0)
+        first = answers([next(stream)])[0]
+        stream.close()  # what Gradio does on stop, regenerate mid-stream or a closed tab
         assert len(steps) < 50 and threading.active_count() == threads
     finally:
         hook.remove()
+    assert len(sink) == 2 and sink[1]["reply"].startswith(first) and len(sink[1]["reply"]) < len(sink[0]["reply"])
 
 
 def test_busy_port_is_a_one_line_error_before_loading(tmp_path):

@@ -33,7 +33,6 @@ trace, it is never sent back to the model.
 from __future__ import annotations
 
 import html
-import inspect
 import os
 import threading
 import uuid
@@ -313,26 +312,6 @@ def _turn(reasoned: bool, parts: dict, done: bool) -> list[dict]:
     thought = {"role": "assistant", "content": {"type": "text", "text": parts["reasoning"]},
                "metadata": {"title": TRACE_TITLE, "status": status}}
     return [thought, answer] if parts["content"] else [thought]
-
-
-def stream_reply(bot, message: str, history, system: str = "", **sampling):
-    """Yield the reply to ``message`` so far (cumulative text), one step per generated piece.
-
-    Closing the generator (Gradio does so on stop, regenerate mid-stream or a closed tab) ends the
-    model's generation at the next token instead of letting it run to ``max_new_tokens``.
-    """
-    stop = threading.Event()
-    hook = {"stop_event": stop} if "stop_event" in inspect.signature(bot.stream_chat).parameters else {}
-    pieces = bot.stream_chat(message, chat_messages(history), system=(system or "").strip() or None,
-                             **hook, **sampling)
-    reply = ""
-    try:
-        for piece in pieces:
-            reply += piece
-            yield reply
-    finally:
-        stop.set()
-        pieces.close()
 
 
 def chat_messages(history) -> list[dict]:
