@@ -50,6 +50,21 @@ included, the same index as in the audit record's ``request``) and ``by: rule``.
 messages are read (the assistant's replies hold the policy's own crisis and triage texts), and the
 reply's language is the last user message's. Consequence: once a self-harm message is in the
 conversation, every later reply in it is the crisis message; a new conversation starts afresh.
+
+Optionally, a classifier trained by medtune acts beside the rules (rule OR classifier)::
+
+    classifier:
+      model: ../runs/policy-classifier   # a stage: rm dir (full or LoRA); relative to this file
+      threshold: 0.5                     # a category acts when its probability reaches this
+      categories: [emergency, self_harm] # the categories it may flag (default: all)
+      device: cpu
+
+It scores each user message it may act on (see :mod:`medtune.inference.policy_classifier`); a
+category no rule matched acts when the classifier's probability for it reaches ``threshold``, on
+the same turns as the rules (the last, or every one for ``scope: conversation``), recorded as
+``{"rule": "classifier", "by": "classifier", "score": p}``. The model loads with the policy, so a
+missing or wrong one stops the command at start. Train and measure one with ``medtune eval
+policy --train-pairs`` / ``--classifier`` and ``examples/policy_classifier.yaml``.
 Errors in a policy file are one line naming ``file:line``.
 """
 
