@@ -137,7 +137,8 @@ def create_app(engine, api_key: str | None = None, limits: ServerLimits | None =
             raise RequestError(400, "thinking_budget is applied by the hf backend only (this server runs vLLM)",
                                "thinking_budget", "unsupported_parameter")
         _check_model(engine, req.model)
-        prepared = service.prepare(req.chat_messages(), "chatcmpl-" + uuid.uuid4().hex[:24])
+        # off the event loop: a policy classifier or retrieval may take a while
+        prepared = await asyncio.to_thread(service.prepare, req.chat_messages(), "chatcmpl-" + uuid.uuid4().hex[:24])
         prompt = _encode(engine, req.model, lambda: engine.encode_chat(
             prepared.messages, req.model, enable_thinking=thinking["enable_thinking"]))
         opened = engine.opens_thinking(prompt, req.model)
