@@ -102,6 +102,11 @@ def test_a_classifier_that_is_not_there_or_not_a_classifier_stops_the_start(tmp_
     assert_one_line_error(medtune("eval", "policy", "--policy", policy), "is not a one-score classifier")
     assert_one_line_error(medtune("eval", "policy", "--classifier", tmp_path), "--classifier: ")
     assert_one_line_error(medtune("eval", "policy", "--threshold", "0.5"), "--threshold needs --classifier")
+    assert_one_line_error(medtune("eval", "policy", "--classifier", tmp_path, "--threshold", "0"),
+                          "--threshold 0.0: must be in (0, 1]")
+    assert_one_line_error(medtune("eval", "policy", "--train-pairs", tmp_path / "p.jsonl", "--show-misses"),
+                          "--train-pairs writes training pairs and evaluates nothing")
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_training_pairs_come_from_the_dev_split_only_and_match_the_bundled_file(tmp_path):

@@ -27,9 +27,9 @@ def cmd_eval_policy(args) -> int:
 
     if args.policy == "none":
         raise MedtuneError("--policy none: nothing to evaluate (give a policy YAML or 'default')")
-    if args.train_pairs and (args.classifier or args.output):
+    if args.train_pairs and (args.classifier or args.output or args.show_misses or args.policy != "default"):
         raise MedtuneError("--train-pairs writes training pairs and evaluates nothing: give it without "
-                           "--classifier and --output")
+                           "--policy, --classifier, --output and --show-misses")
     if args.threshold is not None and not args.classifier:
         raise MedtuneError("--threshold needs --classifier")
     if args.threshold is not None and not 0 < args.threshold <= 1:

@@ -285,7 +285,7 @@ def _add_eval(sub):
     p.add_argument("--output", help="dir for policy_eval.json and policy_eval.md")
     p.add_argument("--show-misses", action="store_true", help="print every request sorted wrongly")
     p.add_argument("--classifier", metavar="DIR", help="also measure a policy classifier trained by stage: rm: "
-                   "rules alone, rules + classifier, classifier alone")
+                   "rules alone, rules + classifier, classifier alone (in place of the policy file's own classifier)")
     p.add_argument("--threshold", type=float, help="with --classifier: the probability at which it flags a "
                    "category (default 0.5)")
     p.add_argument("--train-pairs", metavar="OUT.jsonl", help="write stage: rm preference pairs from the "
