@@ -187,7 +187,11 @@ def main() -> None:
                     help=f"the research data to draw sentences from (default {SHARED}; absent: the bundled samples)")
     ap.add_argument("--parallel-only", action="store_true",
                     help="skip the 1-process convert and datasets.map rows (compare at --workers only)")
+    ap.add_argument("--corpus-only", action="store_true",
+                    help="only the --corpus-mb text corpus (tokenize + pack, stage pt), no SFT records")
     args = ap.parse_args()
+    if args.corpus_only:
+        return corpus_only(args)
     py, n, w = sys.executable, args.records, str(args.workers)
     with tempfile.TemporaryDirectory(prefix="medtune-bench-") as tmp:
         tmp = Path(tmp)
@@ -238,6 +242,33 @@ def main() -> None:
             corpus = (args.corpus_mb, pt, json.loads(pt[2]))
             print(corpus, flush=True)
     publish_table(args, rows, removed, ours, base1, base2, both[0], one and one[0], same, corpus)
+
+
+def corpus_only(args) -> None:
+    """Measure a pt stage's tokenize + pack of a generated ``--corpus-mb`` text corpus alone."""
+    if not args.corpus_mb:
+        raise SystemExit("--corpus-only needs --corpus-mb")
+    import os
+
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="medtune-bench-") as tmp:
+        tmp = Path(tmp)
+        text = tmp / "corpus.txt"
+        generate_corpus(text, args.corpus_mb, shared=args.shared)
+        print(f"generated {text.stat().st_size / 2**20:,.0f} MiB of text", flush=True)
+        measure([py, "-m", "medtune", "-q", "model", "tiny", "-o", tmp / "tiny"])
+        env = {**os.environ, "MEDTUNE_CACHE": str(tmp / "cache")}
+        pt = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", text, str(args.workers), "pt"], env=env)
+        got = json.loads(pt[2])
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import publish, section_header
+
+    seconds, pss, _, rss, cpu = pt
+    line = (f"- pretraining corpus: {args.corpus_mb} MiB of text (one document per line), stage pt, "
+            f"{args.workers} processes, tokenized and packed into {got['rows']:,} rows of <= 1024 tokens "
+            f"({got['tokens']:,} tokens) in {seconds:.1f} s ({cpu:.1f} CPU seconds), peak PSS {pss:,.0f} MiB "
+            f"(process tree; RSS sum {rss:,.0f} MiB)")
+    publish("\n".join([section_header("data_speed"), "", line, ""]) + "\n", args.append)
 
 
 def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same, corpus) -> None:
