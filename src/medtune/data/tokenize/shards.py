@@ -113,7 +113,7 @@ def _shard(parts: Path, name: str, records, make, workers: int) -> dict:
             BatchExamples(make, records, stats_dir), batched=True, batch_size=BATCH_RECORDS, with_indices=True,
             remove_columns=["position"], num_proc=procs if procs > 1 else None,
             cache_file_name=str(parts / f"{name}.arrow"), load_from_cache_file=True,
-            new_fingerprint=hashlib.sha256(str(parts / name).encode()).hexdigest()[:32])
+            new_fingerprint=hashlib.sha256(str(parts / name).encode()).hexdigest()[:32], desc=f"tokenizing {name}")
     finally:
         gc.unfreeze()
         if saved is None:
