@@ -89,17 +89,21 @@ def measure(cmd: list[str], env=None) -> tuple[float, float, str, float, float]:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
-    while proc.poll() is None:
-        try:
-            mem = [p.memory_full_info() for p in [root, *root.children(recursive=True)] if p.is_running()]
-            peak_pss = max(peak_pss, sum(m.pss for m in mem))
-            peak_rss = max(peak_rss, sum(m.rss for m in mem))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    # stderr to a file: a pipe read only at the end blocks the command once 64 KiB of progress bars fill it
+    with tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
+        root, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            try:
+                mem = [p.memory_full_info() for p in [root, *root.children(recursive=True)] if p.is_running()]
+                peak_pss = max(peak_pss, sum(m.pss for m in mem))
+                peak_rss = max(peak_rss, sum(m.rss for m in mem))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out, _ = proc.communicate()
+        err_file.seek(0)
+        err = err_file.read()
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -135,6 +139,8 @@ from medtune.data.readers.inputs import read_corpus
 from medtune.data.tokenize.cache import tokenized_datasets
 from medtune.models.load import load_tokenizer
 from medtune.recipes.recipe import StageExamples
+import datasets
+datasets.disable_progress_bars()  # as the datasets.map row below
 """ + COUNT + """
 model, data, workers, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 cfg = stage_from_dict({"stage": stage, "model": {"path": model}, "data": {"train": [data],
