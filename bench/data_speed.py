@@ -36,11 +36,11 @@ SHARED = ROOT.parent / "shared" / "data"
 SENTENCE = re.compile(r"[^。！？!?.\n]+[。！？!?.]?")
 
 
-def sentences() -> list[str]:
+def sentences(shared: Path = SHARED) -> list[str]:
     """A pool of answer sentences (shared data if present, else the bundled samples)."""
-    files = [SHARED / "huatuo/llama_data.json", SHARED / "chatdoctor/chatdoctor5k.json",
-             SHARED / "chinese-medical-dialogue-data/internal_medicine_5000-6000.csv"]
-    if not SHARED.is_dir():
+    files = [shared / "huatuo/llama_data.json", shared / "chatdoctor/chatdoctor5k.json",
+             shared / "chinese-medical-dialogue-data/internal_medicine_5000-6000.csv"]
+    if not shared.is_dir():
         files = sorted((ROOT / "src/medtune/assets/sample").rglob("*.jsonl"))
     from medtune.data.readers.records import full_text
     from medtune.data.readers.stream import ReadOptions, iter_records
@@ -52,9 +52,9 @@ def sentences() -> list[str]:
     return pool
 
 
-def generate(path: Path, n: int, seed: int = 0) -> None:
+def generate(path: Path, n: int, seed: int = 0, shared: Path = SHARED) -> None:
     """Write ``n`` alpaca records (see the module docstring for the planted duplicates)."""
-    rng, pool, kept = random.Random(seed), sentences(), []
+    rng, pool, kept = random.Random(seed), sentences(shared), []
     with open(path, "w", encoding="utf-8") as f:
         for _i in range(n):
             roll = rng.random()
@@ -78,27 +78,37 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def measure(cmd: list[str], env=None) -> tuple[float, float, str, float]:
-    """(wall seconds, peak PSS of the process tree in MiB, stdout, peak RSS sum in MiB).
+def measure(cmd: list[str], env=None) -> tuple[float, float, str, float, float]:
+    """(wall seconds, peak PSS of the process tree in MiB, stdout, peak RSS sum in MiB, CPU
+    seconds of the tree: user + system of every process in it, from getrusage of the children).
 
     PSS counts a page shared by forked workers (or mapped from the same file) once across the
     tree; the plain RSS sum counts it in every process that touches it, so it overstates.
     """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
-    while proc.poll() is None:
-        try:
-            mem = [p.memory_full_info() for p in [root, *root.children(recursive=True)] if p.is_running()]
-            peak_pss = max(peak_pss, sum(m.pss for m in mem))
-            peak_rss = max(peak_rss, sum(m.rss for m in mem))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    # stderr to a file: a pipe read only at the end blocks the command once 64 KiB of progress bars fill it
+    with tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
+        root, peak_pss, peak_rss = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            try:
+                mem = [p.memory_full_info() for p in [root, *root.children(recursive=True)] if p.is_running()]
+                peak_pss = max(peak_pss, sum(m.pss for m in mem))
+                peak_rss = max(peak_rss, sum(m.rss for m in mem))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out, _ = proc.communicate()
+        err_file.seek(0)
+        err = err_file.read()
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err[-2000:]}")
-    return time.perf_counter() - started, peak_pss / 2**20, out, peak_rss / 2**20
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return time.perf_counter() - started, peak_pss / 2**20, out, peak_rss / 2**20, cpu
 
 
 # Rows, tokens and learned labels of a tokenized dataset: both sides are compared on them. The
@@ -129,6 +139,8 @@ from medtune.data.readers.inputs import read_corpus
 from medtune.data.tokenize.cache import tokenized_datasets
 from medtune.models.load import load_tokenizer
 from medtune.recipes.recipe import StageExamples
+import datasets
+datasets.disable_progress_bars()  # as the datasets.map row below
 """ + COUNT + """
 model, data, workers, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 cfg = stage_from_dict({"stage": stage, "model": {"path": model}, "data": {"train": [data],
@@ -159,10 +171,10 @@ print(json.dumps(count(ds)))
 """
 
 
-def generate_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
+def generate_corpus(path: Path, megabytes: int, seed: int = 0, shared: Path = SHARED) -> None:
     """Write a pretraining text corpus of about ``megabytes`` MiB: one document (3-30 random
     sentences) per line."""
-    rng, pool, size = random.Random(seed), sentences(), 0
+    rng, pool, size = random.Random(seed), sentences(shared), 0
     with open(path, "w", encoding="utf-8") as f:
         while size < megabytes << 20:
             line = "".join(rng.choice(pool) for _ in range(rng.randint(3, 30))) + "\n"
@@ -177,24 +189,30 @@ def main() -> None:
     ap.add_argument("--no-clean", action="store_true", help="tokenize the converted file (skip clean)")
     ap.add_argument("--corpus-mb", type=int, default=0, help="also tokenize + pack a text corpus (pt)")
     ap.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
+    ap.add_argument("--shared", type=Path, default=SHARED,
+                    help=f"the research data to draw sentences from (default {SHARED}; absent: the bundled samples)")
     ap.add_argument("--parallel-only", action="store_true",
                     help="skip the 1-process convert and datasets.map rows (compare at --workers only)")
+    ap.add_argument("--corpus-only", action="store_true",
+                    help="only the --corpus-mb text corpus (tokenize + pack, stage pt), no SFT records")
     args = ap.parse_args()
+    if args.corpus_only:
+        return corpus_only(args)
     py, n, w = sys.executable, args.records, str(args.workers)
     with tempfile.TemporaryDirectory(prefix="medtune-bench-") as tmp:
         tmp = Path(tmp)
         raw, conv, clean = tmp / "raw.jsonl", tmp / "conv.jsonl", tmp / "clean.jsonl"
         t0 = time.perf_counter()
-        generate(raw, n)
+        generate(raw, n, shared=args.shared)
         print(f"generated {n:,} records ({raw.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - t0:.0f}s", flush=True)
         cli = [py, "-m", "medtune", "-q"]
         rows, removed, one, base1 = [], None, None, None
         if not args.parallel_only:
             one = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", "1"])
-            rows.append(("convert, 1 process", n, *one[:2], one[3]))
+            rows.append(("convert, 1 process", n, *one[:2], one[3], one[4]))
         both = measure(cli + ["data", "convert", raw, "-o", conv, "--workers", w])
-        rows.append((f"convert, {w} processes", n, *both[:2], both[3]))
+        rows.append((f"convert, {w} processes", n, *both[:2], both[3], both[4]))
         print(rows[-2:], flush=True)
         kept = n
         if args.no_clean:
@@ -202,35 +220,61 @@ def main() -> None:
         else:
             report = tmp / "clean.json"
             cl = measure(cli + ["data", "clean", conv, "-o", clean, "--workers", w, "--report", report])
-            rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2], cl[3]))
+            rows.append((f"clean (quality, exact + near dup, PII), {w} processes", n, *cl[:2], cl[3], cl[4]))
             removed = json.loads(report.read_text())
             kept = removed["kept"]
             print(rows[-1], removed["removed"], flush=True)
         measure(cli + ["model", "tiny", "-o", tmp / "tiny"])
         env = {**__import__("os").environ, "MEDTUNE_CACHE": str(tmp / "cache")}
         ours = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w, "sft"], env=env)
-        rows.append((f"tokenize: medtune, {w} processes (streamed, sharded, shuffled, cached)", kept,
-                     *ours[:2], ours[3]))
+        rows.append((f"tokenize: medtune, {w} processes (datasets.map by shard, shuffled, cached)", kept,
+                     *ours[:2], ours[3], ours[4]))
         print(rows[-1], flush=True)
         again = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", clean, w, "sft"], env=env)
-        rows.append(("tokenize: medtune again (from the cache, memory-mapped)", kept, *again[:2], again[3]))
+        rows.append(("tokenize: medtune again (from the cache, memory-mapped)", kept, *again[:2], again[3], again[4]))
         if not args.parallel_only:
             base1 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, "1", tmp / "hf1"])
-            rows.append(("tokenize: datasets.map(apply_chat_template), 1 process", kept, *base1[:2], base1[3]))
+            rows.append(("tokenize: datasets.map(apply_chat_template), 1 process", kept, *base1[:2], base1[3], base1[4]))
         base2 = measure([py, "-c", BASELINE_TOKENIZE, tmp / "tiny", clean, w, tmp / "hf2"])
-        rows.append((f"tokenize: datasets.map(apply_chat_template, num_proc={w})", kept, *base2[:2], base2[3]))
+        rows.append((f"tokenize: datasets.map(apply_chat_template, num_proc={w})", kept, *base2[:2], base2[3], base2[4]))
         a, b = json.loads(ours[2]), json.loads((base1 or base2)[2])
         same = a == b
         print(rows[-2:], a, b, flush=True)
         corpus = None
         if args.corpus_mb:
             text = tmp / "corpus.txt"
-            generate_corpus(text, args.corpus_mb)
+            generate_corpus(text, args.corpus_mb, shared=args.shared)
             pt = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", text, w, "pt"], env=env)
             corpus = (args.corpus_mb, pt, json.loads(pt[2]))
             print(corpus, flush=True)
-    publish_table(args, rows, removed, ours[0], base1 and base1[0], base2[0], both[0], one and one[0], same,
-                  corpus)
+    publish_table(args, rows, removed, ours, base1, base2, both[0], one and one[0], same, corpus)
+
+
+def corpus_only(args) -> None:
+    """Measure a pt stage's tokenize + pack of a generated ``--corpus-mb`` text corpus alone."""
+    if not args.corpus_mb:
+        raise SystemExit("--corpus-only needs --corpus-mb")
+    import os
+
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="medtune-bench-") as tmp:
+        tmp = Path(tmp)
+        text = tmp / "corpus.txt"
+        generate_corpus(text, args.corpus_mb, shared=args.shared)
+        print(f"generated {text.stat().st_size / 2**20:,.0f} MiB of text", flush=True)
+        measure([py, "-m", "medtune", "-q", "model", "tiny", "-o", tmp / "tiny"])
+        env = {**os.environ, "MEDTUNE_CACHE": str(tmp / "cache")}
+        pt = measure([py, "-c", MEDTUNE_TOKENIZE, tmp / "tiny", text, str(args.workers), "pt"], env=env)
+        got = json.loads(pt[2])
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import publish, section_header
+
+    seconds, pss, _, rss, cpu = pt
+    line = (f"- pretraining corpus: {args.corpus_mb} MiB of text (one document per line), stage pt, "
+            f"{args.workers} processes, tokenized and packed into {got['rows']:,} rows of <= 1024 tokens "
+            f"({got['tokens']:,} tokens) in {seconds:.1f} s ({cpu:.1f} CPU seconds), peak PSS {pss:,.0f} MiB "
+            f"(process tree; RSS sum {rss:,.0f} MiB)")
+    publish("\n".join([section_header("data_speed"), "", line, ""]) + "\n", args.append)
 
 
 def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same, corpus) -> None:
@@ -238,25 +282,28 @@ def publish_table(args, rows, removed, ours, base1, base2, conv2, conv1, same, c
     from results import publish, section_header
 
     lines = [section_header("data_speed"), "",
-             "| step | records | seconds | records/s | peak PSS (MiB, process tree) | peak RSS sum (MiB) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, count, seconds, pss, rss in rows:
-        lines.append(f"| {name} | {count:,} | {seconds:.1f} | {count / seconds:,.0f} | {pss:,.0f} | {rss:,.0f} |")
+             "| step | records | seconds | records/s | CPU seconds (tree) | peak PSS (MiB, process tree) "
+             "| peak RSS sum (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, count, seconds, pss, rss, cpu in rows:
+        lines.append(f"| {name} | {count:,} | {seconds:.1f} | {count / seconds:,.0f} | {cpu:.1f} | {pss:,.0f} "
+                     f"| {rss:,.0f} |")
     lines.append("")
     if removed:
         lines.append(f"- clean removed: {', '.join(f'{k} {v:,}' for k, v in removed['removed'].items())}; "
                      f"PII replaced: {removed['pii_replaced']}")
     if corpus:
-        mb, (seconds, pss, _, rss), got = corpus
+        mb, (seconds, pss, _, rss, _), got = corpus
         lines.append(f"- pretraining corpus: {mb} MiB of text (one document per line), stage pt, tokenized "
                      f"and packed into {got['rows']:,} rows of <= 1024 tokens ({got['tokens']:,} tokens) "
                      f"in {seconds:.1f} s ({mb / seconds:.2f} MiB/s), peak PSS {pss:,.0f} MiB "
                      f"(RSS sum {rss:,.0f} MiB)")
     if conv1:
         lines.append(f"- convert {args.workers} processes vs 1: {conv1 / conv2:.2f}x")
-    versus = f"plain datasets.map: {base1 / ours:.2f}x; vs " if base1 else ""
+    versus = f"plain datasets.map: {base1[0] / ours[0]:.2f}x; vs " if base1 else ""
     lines += [f"- tokenization speed, medtune vs {versus}datasets.map num_proc={args.workers}: "
-              f"{base2 / ours:.2f}x; same rows, token count and label count: {same}", ""]
+              f"{base2[0] / ours[0]:.2f}x by wall time, {base2[4] / ours[4]:.2f}x by CPU seconds, peak PSS "
+              f"{ours[1]:,.0f} vs {base2[1]:,.0f} MiB; same rows, token count and label count: {same}", ""]
     publish("\n".join(lines) + "\n", args.append)
 
 

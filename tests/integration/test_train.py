@@ -220,12 +220,14 @@ def test_crash_during_tokenization_keeps_finished_shards(tiny_dir, tmp_path, mon
 def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch):
     from medtune.config.stages import stage_recipe
     from medtune.data.readers.files import read_file
+    from medtune.data.tables import source_batches
     from medtune.data.tokenize import shards
     from medtune.data.tokenize.examples import TokenStats
     from medtune.models.load import load_tokenizer
     from medtune.recipes.recipe import StageExamples
 
     monkeypatch.setattr(shards, "SHARD_RECORDS", 5)
+    monkeypatch.setattr(shards, "BATCH_RECORDS", 2)  # 3 batches a shard: two processes split them
     data = sft_data(tmp_path)
     tok = load_tokenizer(str(tiny_dir))
     results = []
@@ -236,7 +238,11 @@ def test_tokenizing_in_two_processes_equals_one(tiny_dir, tmp_path, monkeypatch)
         make = StageExamples(stage_recipe("sft"), cfg, tok)
         assert shards.tokenize_workers(workers, 4) == workers
         parts = tmp_path / f"cache{workers}" / "k.parts"
-        table = shards.checkpointed_examples(parts, "train", read_file(data).records, make, stats, workers)
-        results.append((table.to_pylist(), stats))
+        files, n_rows = shards.checkpointed_examples(parts, "train", read_file(data).records, make, stats, workers)
+        if workers == 2:  # datasets.map wrote one file per process
+            assert {f.name for f in files} >= {"train-0_00000_of_00002.arrow", "train-0_00001_of_00002.arrow"}
+        rows = [r for f in files for b in source_batches(f) for r in b.to_pylist()]
+        assert len(rows) == n_rows
+        results.append((rows, stats))
     assert results[0][0] == results[1][0] and len(results[0][0]) == 16
     assert results[0][1] == results[1][1]

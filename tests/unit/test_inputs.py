@@ -167,8 +167,8 @@ def config(eval_split, workers=1, max_length=8):
                                                 mixture="none"))
 
 
-@pytest.mark.parametrize("shard", [4, 1000])
-def test_streamed_tokenization_keeps_the_old_example_order(tmp_path, monkeypatch, shard):
+@pytest.mark.parametrize(("shard", "batch", "workers"), [(4, 1000, 1), (1000, 1000, 1), (1000, 3, 2)])
+def test_streamed_tokenization_keeps_the_old_example_order(tmp_path, monkeypatch, shard, batch, workers):
     from datasets import Dataset
 
     from medtune.data.tokenize import shards
@@ -176,6 +176,7 @@ def test_streamed_tokenization_keeps_the_old_example_order(tmp_path, monkeypatch
     from medtune.data.tokenize.examples import TokenStats, pack_sequences
 
     monkeypatch.setattr(shards, "SHARD_RECORDS", shard)
+    monkeypatch.setattr(shards, "BATCH_RECORDS", batch)  # 3: datasets.map splits each shard over 2 processes
     sizes = [40, 13, 27]
     start = [0, 40, 53]
     files = [write_jsonl(tmp_path / f"{b}.jsonl", [{"instruction": f"q{start[b] + i}", "output": "a"}
@@ -187,7 +188,7 @@ def test_streamed_tokenization_keeps_the_old_example_order(tmp_path, monkeypatch
         out = tmp_path / f"out{shard}{pack}"
         out.mkdir()
         stats = TokenStats()
-        tokenize_rows(config(0.1), make_ids, corpus, stats, pack, tmp_path / f"parts{shard}{pack}", out)
+        tokenize_rows(config(0.1, workers), make_ids, corpus, stats, pack, tmp_path / f"parts{shard}{pack}", out)
         train, evals = Dataset.from_file(str(out / "train.arrow")), Dataset.from_file(str(out / "eval.arrow"))
         if pack:
             assert train.to_list() == [r | {"length": len(r["input_ids"])}
@@ -197,6 +198,35 @@ def test_streamed_tokenization_keeps_the_old_example_order(tmp_path, monkeypatch
         assert [(r["input_ids"], r["bucket"]) for r in train] == [(ex["input_ids"], b) for ex, b in want_train]
         assert [r["input_ids"] for r in evals] == [ex["input_ids"] for ex in want_eval]
         assert stats.examples == len(want_train) and stats.skipped["test"] > 0
+        # every skip counted once, whichever process made it: examples + skips = the train records
+        assert stats.examples + stats.skipped["test"] == sum(sizes) - round(sum(sizes) * 0.1)
+
+
+def test_a_resumed_shard_redoes_only_the_unfinished_process_file(tmp_path, monkeypatch):
+    from medtune.data.tokenize import shards
+    from medtune.data.tokenize.examples import TokenStats
+
+    monkeypatch.setattr(shards, "BATCH_RECORDS", 4)
+    records = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(30)]
+    parts, full = tmp_path / "parts", TokenStats()
+    files, n_rows = shards.checkpointed_examples(parts, "train", records, make_ids, full, workers=2)
+    names = sorted(f.name for f in files)
+    assert names == ["train-0_00000_of_00002.arrow", "train-0_00001_of_00002.arrow"]
+    rows = [shards._count_rows(f) for f in files]
+    # as if killed while the second process was writing: its file and the shard's record are gone
+    (parts / names[1]).unlink()
+    (parts / "train-0.json").unlink()
+    calls = []
+
+    def counting(recs, stats):
+        calls.append([int(r["messages"][0]["content"][1:]) for r in recs])
+        return make_ids(recs, stats)
+
+    again = TokenStats()
+    files, n_rows2 = shards.checkpointed_examples(parts, "train", records, counting, again, workers=1)
+    assert [c for batch in calls for c in batch] == list(range(15, 30))  # only the second process's half
+    assert sorted(f.name for f in files) == names and [shards._count_rows(f) for f in files] == rows
+    assert again == full and n_rows2 == n_rows and full.skipped["test"] == 4  # 3, 10, 17, 24
 
 
 def test_streamed_tokenization_holds_a_bounded_number_of_records(tmp_path, monkeypatch):

@@ -126,8 +126,8 @@ class DataConfig:
     weights: list[float] = field(default_factory=list)  # mixture: one share per data.train entry (normalised; 0 leaves it out)
     final_weights: list[float] = field(default_factory=list)  # anneal: the shares of the last phase, one per entry
     mixture_phases: int = field(default=10, metadata=_at_least(1))  # anneal: steps the shares move in (each phase's counts are exact)
-    # Processes that tokenize (0: one per core for data over one shard of 20k records; 1: this
-    # process only). The result is the same for any value.
+    # Processes that tokenize: datasets.map's num_proc for each shard of 50k records (0: one per
+    # core, at most one per 1,000 records; 1: this process only). The result is the same for any value.
     workers: int = field(default=0, metadata=_at_least(0))
 
 

@@ -41,7 +41,7 @@ def take_rows(table, indices):
 
 def source_batches(source, columns=None):
     """Yield the record batches of ``source``: an in-memory Arrow table, or the path of an Arrow
-    IPC file, read a batch at a time with plain reads (not mapped: nothing stays in memory)."""
+    IPC file or stream, read a batch at a time with plain reads (not mapped: nothing stays in memory)."""
     import pyarrow as pa
 
     if isinstance(source, pa.Table):
@@ -49,9 +49,13 @@ def source_batches(source, columns=None):
             yield batch.select(columns) if columns else batch
         return
     with pa.OSFile(str(source)) as f:
-        reader = pa.ipc.open_file(f)
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
+        if f.read(6) == b"ARROW1":  # the IPC file format (else a stream, as datasets writes)
+            reader = pa.ipc.open_file(f)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            f.seek(0)
+            batches = pa.ipc.open_stream(f)
+        for batch in batches:
             yield batch.select(columns) if columns else batch
 
 

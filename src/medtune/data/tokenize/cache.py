@@ -11,6 +11,7 @@ examples through ``make(records, stats)``. Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medtune.data.tokenize.shards import checkpointed_examples, shard_dirs
+from medtune.data.tokenize.shards import checkpointed_examples
 from medtune.errors import MedtuneError
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ def tokenized_datasets(cfg: StageConfig, make, tokenizer, corpus, pack: bool):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tokenize_rows(cfg, make, corpus, stats, pack, parts_dir(key), tmp)
+        with system_memory_pool():
+            tokenize_rows(cfg, make, corpus, stats, pack, parts_dir(key), tmp)
         (tmp / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +71,8 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     """Write the train and eval examples of ``corpus`` to ``out/{train,eval}.arrow``.
 
     Records are split and shuffled by index (the same order as shuffling the records themselves),
-    tokenized shard by shard from the spool, and written back a window of the shuffled order at a
+    tokenized shard by shard from the spool by ``datasets.map(num_proc=data.workers)``
+    (:mod:`medtune.data.tokenize.shards`), and written back a window of the shuffled order at a
     time, read from the shards with plain file reads, so neither the records nor the examples are
     ever all in memory. Each train example carries ``bucket``: the ``data.train`` entry it came from
     (for curricula). Packing is first-fit decreasing over all examples (the lengths are all it
@@ -86,27 +89,39 @@ def tokenize_rows(cfg: StageConfig, make, corpus, stats, pack: bool, parts: Path
     buckets, train_ids, sources = corpus.buckets(), order[n_eval:], []
     for bucket in range(max(f.bucket for f in corpus.files) + 1):
         ids = corpus.records(train_ids[buckets[train_ids] == bucket])
-        table = checkpointed_examples(parts, f"train{bucket}", ids, make, stats, cfg.data.workers)
-        if table.num_rows:
-            sources.append((_shard_files(parts, f"train{bucket}", len(ids)) if parts else [table],
-                            bucket, table.num_rows))
-        del table
+        files, n_rows = checkpointed_examples(parts, f"train{bucket}", ids, make, stats, cfg.data.workers)
+        if n_rows:
+            sources.append((files, bucket, n_rows))
     del buckets, train_ids
     if not sources:
         raise MedtuneError(f"no training examples left after tokenization (skipped: {stats.skipped})")
     rows = shuffled(sum(n for _, _, n in sources), cfg.train.seed)  # as shuffling the rows themselves
     row_buckets = np.repeat([b for _, b, _ in sources], [n for _, _, n in sources]).astype(np.int64)
-    evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
-                                  cfg.data.workers)
+    evals, n_evals = checkpointed_examples(parts, "eval", corpus.records(order[:n_eval]), make, TokenStats(),
+                                           cfg.data.workers)
     train = [src for srcs, _, _ in sources for src in srcs]
     packed = _write_rows(out / "train.arrow", train, rows, cfg.data.max_length if pack else 0, row_buckets,
                          pack_by_bucket=cfg.data.mixture != "none")
     del rows, row_buckets
-    if evals.num_rows:
-        _write_rows(out / "eval.arrow", _shard_files(parts, "eval", n_eval) if parts else [evals],
-                    np.arange(evals.num_rows), cfg.data.max_length if pack else 0)
+    if n_evals:
+        _write_rows(out / "eval.arrow", evals, np.arange(n_evals), cfg.data.max_length if pack else 0)
     if pack:
         stats.rows = packed
+
+
+@contextlib.contextmanager
+def system_memory_pool():
+    """Arrow allocates from the C library's allocator meanwhile (and so do the processes forked
+    meanwhile), not jemalloc: jemalloc keeps freed pages of the windows the write puts in order,
+    which raised the peak at 300,000 records from 676 to 937 MiB (bench/data_speed.py)."""
+    import pyarrow as pa
+
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def shuffled(n: int, seed: int):
@@ -120,14 +135,6 @@ def shuffled(n: int, seed: int):
     order = array("q", range(n))
     random.Random(seed).shuffle(order)
     return np.frombuffer(order, dtype=np.int64).copy()
-
-
-def _shard_files(parts: Path, name: str, n_records: int) -> list[Path]:
-    """The rows files of the finished shards of ``name`` that hold rows (empty ones have no schema)."""
-    import pyarrow as pa
-
-    files = [path / "rows.arrow" for path in shard_dirs(parts, name, n_records)]
-    return [f for f in files if pa.ipc.open_file(pa.memory_map(str(f))).schema.names]
 
 
 def _write_rows(path: Path, sources, order, max_length: int, buckets=None, pack_by_bucket: bool = False) -> int:
