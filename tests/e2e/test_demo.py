@@ -11,12 +11,13 @@ from tests.helpers.cli import assert_one_line_error, medtune
 pytestmark = pytest.mark.slow
 
 
-# The README's numbers: the lowest of each accuracy after the stage over seeds 0, 1, 2 and the CLI
-# run (seed 0 at two threads). A model
-# this small moves with floating-point order (another machine, another thread count), so the test
-# (seed 0, once: CI time) allows TOLERANCE below them: 5 points = 18 of 360 held-out questions,
-# 2 of 40 unseen-disease questions.
-README_MIN = {"heldout": {"sft": 0.961, "grpo": 0.961}, "unseen": {"sft": 0.175, "grpo": 0.125}}
+# The README's numbers: the lowest of each accuracy after the stage over seeds 0, 1, 2 (one thread
+# each) and the CLI run (seed 0, two threads), and the smallest rise of GRPO's sampled accuracy on its
+# questions. A model this small moves with floating-point order (another machine, another thread
+# count), so the test (seed 0, once: CI time) allows TOLERANCE below them: 5 points = 18 of 360
+# held-out questions, 2 of 40 unseen-disease questions.
+README_MIN = {"heldout": {"sft": 1.0, "grpo": 0.994}, "unseen": {"sft": 0.925, "grpo": 0.925}}
+RL_MIN_GAIN = 0.12
 TOLERANCE = 0.05
 
 
@@ -31,8 +32,11 @@ def test_demo_learns_facts_and_reports(tmp_path):
     for stage in ("sft", "grpo"):
         assert acc[stage] >= README_MIN["heldout"][stage] - TOLERANCE, acc
         assert unseen[stage] >= README_MIN["unseen"][stage] - TOLERANCE, unseen
-    rl = report["rl_on_missed"]["grpo"]  # the questions the SFT model missed: 0% before by construction
-    assert rl["questions"] > 0 and rl["after"] > rl["before"] == 0.0, rl
+    # GRPO's questions: those the SFT model does not answer reliably (a sample of 4 at temperature 1,
+    # or the greedy answer, wrong); its sampled accuracy on them rises (README: +12 points or more)
+    rl = report["rl_on_missed"]["grpo"]
+    assert rl["questions"] > 0 and rl["before"]["sampled"] < 1.0, rl
+    assert rl["after"]["sampled"] >= rl["before"]["sampled"] + RL_MIN_GAIN - TOLERANCE, rl
     lineage = json.loads((out / "sft" / "lineage.json").read_text(encoding="utf-8"))
     seen = lineage["mixture"]["seen"]  # the one mixed stage trained corpus and questions half and half
     assert abs(list(seen.values())[0] / sum(seen.values()) - 0.5) < 0.001, seen

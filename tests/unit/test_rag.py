@@ -280,10 +280,9 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
         question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
         first = question.split("[1] ", 1)[1].split("\n", 1)[0]
         disease = first.split("：", 1)[0]
-        assert disease not in unseen and answer.startswith(disease)
+        assert disease not in unseen
         value = next(m.group(1) for t in ANSWERS.values()
-                     if (m := re.fullmatch(re.escape(t).replace(re.escape("{d}"), re.escape(disease))
-                                           .replace(re.escape("{v}"), "(.+)"), answer)))
+                     if (m := re.fullmatch(re.escape(t).replace(re.escape("{v}"), "(.+)"), answer)))
         assert value in first  # the answer is copied from passage [1]
         if disease in kb:
             assert first == kb[disease]["text"]  # a seen disease's own passage

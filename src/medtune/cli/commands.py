@@ -104,7 +104,8 @@ def cmd_model_tiny(args) -> int:
         if not texts:
             raise MedtuneError(f"{', '.join(args.text)}: empty (no text to train the tokenizer on)")
     spec = TinySpec(arch=args.arch, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                    kv_heads=args.heads, vocab_size=args.vocab_size, template=args.template, seed=args.seed)
+                    kv_heads=args.heads, vocab_size=args.vocab_size, template=args.template, seed=args.seed,
+                    segment=args.segment)
     out = build_tiny(args.out, spec, texts)
     print(f"tiny {args.arch} model -> {out}")
     return 0

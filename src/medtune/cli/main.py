@@ -108,6 +108,9 @@ def _add_model(sub):
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--heads", type=int, default=4)
     t.add_argument("--vocab-size", type=int, default=2048)
+    t.add_argument("--segment", choices=("none", "jieba"), default="none",
+                   help="jieba: the tokenizer learns its merges from jieba's words (Chinese), so no token "
+                        "spans two words; none: from whole lines (default)")
     t.add_argument("--template", default="chatml", help="chat template saved with the tokenizer")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(handler="medtune.cli.commands:cmd_model_tiny")

@@ -40,12 +40,19 @@ KEYWORDS = {
     "drug": ["一线用药", "首选药物", "常用药"],
     "contraindication": ["禁忌", "需要避免的事", "忌讳"],
 }
+# The answer states the relation and the value, not the disease's name: a reply that restates the
+# name ("X的典型症状是V") must first generate X, and a model this small learns to output the 90 names
+# SFT answers about rather than to copy one from the question, so a disease known only from the
+# pretraining text got another disease's name and facts (17.5% right; BENCHMARKS.md, "demo knowledge
+# injection"). Each relation's answer opens with its own token, so the first token picks the relation.
 ANSWERS = {
-    "symptom": "{d}的典型症状是{v}。",
-    "department": "{d}应到{v}就诊。",
-    "drug": "{d}的一线用药是{v}。",
-    "contraindication": "{d}患者应避免{v}。",
+    "symptom": "典型症状是{v}。",
+    "department": "就诊科室是{v}。",
+    "drug": "一线用药是{v}。",
+    "contraindication": "需避免{v}。",
 }
+# The fact cloze: each relation's first pretraining phrasing up to the value, as plain text to continue.
+CLOZE = {rel: phrasings[0].split("{v}")[0] for rel, phrasings in STATEMENTS.items()}
 
 
 @dataclass
@@ -112,5 +119,5 @@ def build_demo_data(kb=None, unseen_fraction: float = 0.1, seed: int = 0) -> Dem
             sft.append({"messages": [{"role": "user", "content": _question(frame, fact, rng)},
                                      {"role": "assistant", "content": answer}]})
     rng.shuffle(sft)
-    cloze = [_qa(f, ANSWERS[f.relation].format(d=f.disease, v="\0").split("\0")[0]) for f in facts_of(kb)]
+    cloze = [_qa(f, CLOZE[f.relation].format(d=f.disease)) for f in facts_of(kb)]
     return DemoData(render_corpus(kb, rng), sft, heldout, never, cloze, pool)

@@ -66,7 +66,7 @@ def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.
             question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
             messages, citations = source.augment([{"role": "user", "content": question}])
             if citations and citations[0]["doc_id"] == disease:
-                answer = ANSWERS[rel].format(d=disease, v=record[rel])
+                answer = ANSWERS[rel].format(v=record[rel])
                 out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     rng.shuffle(out)
     return out

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from medtune.errors import MedtuneError
+
 # Registered as special tokens so the chatml/qwen markers are single tokens.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 ARCHS = ("llama", "qwen2")
+SEGMENTERS = ("none", "jieba")
 
 
 @dataclass
@@ -29,6 +32,11 @@ class TinySpec:
     max_positions: int = 2048
     template: str = "chatml"
     seed: int = 0
+    # "jieba": the BPE learns its merges from jieba's words of the texts, not from whole sentences,
+    # so no token spans a word boundary. Trained on a small repetitive corpus, plain BPE fuses whole
+    # phrases ("应到皮肤科就诊" as one token): a fact's value then has another tokenization in every
+    # sentence it appears in, and what the model stores under one is not there for the others.
+    segment: str = "none"
 
 
 def bundled_text() -> list[str]:
@@ -50,8 +58,13 @@ def _record_texts(record: dict) -> list[str]:
     return [m["content"] for m in turns]
 
 
-def train_tokenizer(texts, vocab_size: int):
-    """Return a byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (no downloads)."""
+def train_tokenizer(texts, vocab_size: int, segment: str = "none"):
+    """Return a byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (no downloads);
+    ``segment="jieba"``: on the texts' jieba words (merges never cross a word boundary)."""
+    if segment not in SEGMENTERS:
+        raise MedtuneError(f"tiny model: segment must be one of {', '.join(SEGMENTERS)}, got {segment!r}")
+    if segment == "jieba":
+        texts = _jieba_words(texts)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -71,6 +84,15 @@ def train_tokenizer(texts, vocab_size: int):
         pad_token="<pad>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
+
+
+def _jieba_words(texts) -> list[str]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [word for text in texts for word in jieba.lcut(text)]
 
 
 def _model_config(spec: TinySpec, tokenizer):
@@ -105,7 +127,7 @@ def build_tiny(out, spec: TinySpec | None = None, texts=None) -> Path:
         from medtune.errors import MedtuneError, did_you_mean
 
         raise MedtuneError(f"unknown arch '{spec.arch}'" + did_you_mean(spec.arch, ARCHS))
-    tokenizer = train_tokenizer(texts or bundled_text(), spec.vocab_size)
+    tokenizer = train_tokenizer(texts or bundled_text(), spec.vocab_size, spec.segment)
     tokenizer.chat_template = template_source(spec.template)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(_model_config(spec, tokenizer))
