@@ -308,6 +308,19 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
         assert value in kb[disease]["text"] and disease not in answer
 
 
+def test_demo_rag_passes_have_their_own_made_up_diseases(tmp_path):
+    from medtune.demo.rag import write_rag_demo_data
+
+    made = write_rag_demo_data(tmp_path, seed=0, k=1, passes=2)
+    rows = [json.loads(line) for line in Path(made["paths"]["sft"]).read_text(encoding="utf-8").splitlines()]
+    kb = {json.loads(line)["id"] for line in Path(made["paths"]["kb"]).read_text(encoding="utf-8").splitlines()}
+    firsts = [r["messages"][0]["content"].split("[1] ", 1)[1].split("：", 1)[0]
+              for r in rows if r["messages"][0]["content"].startswith("参考资料：")]
+    made_up = [d for d in firsts if d not in kb]
+    assert len(made_up) == len(set(made_up)) >= 2 * 90 * 4 * 2 * 0.95  # never asked twice, over both passes
+    assert made["counts"]["pt_documents"] == 2 * 90 * 13 and made["counts"]["sft_plain"] == 2 * 90 * 4 * 2
+
+
 def test_a_hybrid_index_embeds_passages_with_a_local_model(tmp_path, tiny_dir):
     import numpy as np
 

@@ -45,20 +45,28 @@ def kb_documents(kb) -> list[dict]:
     return [{"id": r["disease"], "title": r["disease"], "text": SUMMARY.format(**r)} for r in kb]
 
 
+def _halves(a: str, b: str) -> str:
+    return a[:max(1, len(a) // 2)] + b[len(b) // 2:]
+
+
 def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int) -> list[dict]:
     """Return ``n`` made-up records: each a new name (the first half of one disease's name + the
-    second half of another's, never a real or repeated one) and, per relation, a value drawn from
-    ``diseases``' values. Each is asked about once, so nothing can be memorised: only read."""
+    second half of another's, never a real or repeated one, never holding another knowledge-base
+    name) and, per relation, a value of ``diseases``' or, half the time, a made-up one (halves of
+    two of their values), so a reply must copy the passage's tokens, not pick a known value. Each
+    is asked about once, so nothing can be memorised: only read."""
     real = [r for r in kb if r["disease"] in diseases]
     names, taken = sorted(diseases), {r["disease"] for r in kb}
+    others = taken - set(diseases)
     records = []
     while len(records) < n:
-        a, b = rng.sample(names, 2)
-        name = a[:max(1, len(a) // 2)] + b[len(b) // 2:]
-        if name in taken:
+        name = _halves(*rng.sample(names, 2))
+        if name in taken or any(o in name for o in others):
             continue
         taken.add(name)
-        records.append({"disease": name, **{rel: rng.choice(real)[rel] for rel in RELATIONS}})
+        records.append({"disease": name, **{
+            rel: rng.choice(real)[rel] if rng.random() < 0.5 else _halves(*(r[rel] for r in rng.sample(real, 2)))
+            for rel in RELATIONS}})
     return records
 
 
@@ -107,19 +115,22 @@ def _write_jsonl(path: Path, rows) -> str:
 
 
 def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
-                        frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES)) -> dict:
+                        frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES), passes: int = 1) -> dict:
     """Write the knowledge-base documents, both indexes, the training corpus (seen diseases only),
     the question set with and without passages and the evaluation sets under ``out``; return their
     paths, the training texts (for the tokenizer) and counts. ``frames``: questions per seen fact
-    (plain, with real passages, with counterfactual passages). The unseen diseases appear only in
-    the knowledge base, its index and the evaluation sets."""
+    (plain, with real passages, with counterfactual passages). ``passes``: the corpus and the
+    questions are written that many times (the questions re-drawn, frames and keywords sampled
+    again) and every pass has its own made-up diseases, so training one epoch over them never
+    shows a made-up disease twice. The unseen diseases appear only in the knowledge base, its index
+    and the evaluation sets."""
     from medtune.inference.rag import Retriever, build_index
 
     kb, rng = load_kb(), random.Random(seed + 1)
     data = build_demo_data(kb, seed=seed)
     unseen = {it["disease"] for it in data.unseen}
     seen = {r["disease"] for r in kb} - unseen
-    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2])
+    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2] * passes)
     paths = {"kb": _write_jsonl(out / "data" / "kb.jsonl", kb_documents(kb)),
              "seen_kb": _write_jsonl(out / "data" / "kb-seen.jsonl",
                                      kb_documents([r for r in kb if r["disease"] in seen])),
@@ -130,12 +141,16 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
     build_index([paths["seen_kb"]], out / "train-index")
     build_index([paths["cf_kb"]], out / "cf-index")
     retriever, cf_retriever = Retriever.load(out / "train-index", k=k), Retriever.load(out / "cf-index", k=k)
-    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng, frames[1])
-    plain = plain_questions(kb, seen, frames[0], rng)
+    per_pass = len(cf_kb) // passes
+    rag_sft, plain = [], []
+    for p in range(passes):
+        rag_sft += rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb[p * per_pass:(p + 1) * per_pass],
+                                    rng, frames[1])
+        plain += plain_questions(kb, seen, frames[0], rng)
     sft = plain + rag_sft
     random.Random(seed).shuffle(sft)
     # the seen diseases' documents only: the unseen ones must be absent from training
-    corpus = render_corpus([r for r in kb if r["disease"] in seen], random.Random(seed))
+    corpus = render_corpus([r for r in kb if r["disease"] in seen], random.Random(seed)) * passes
     if any(d in t for t in corpus + [m["content"] for c in sft for m in c["messages"]] for d in unseen):
         raise RuntimeError("an unseen disease is named in the training data")  # an invariant, tested
     paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in corpus)),
