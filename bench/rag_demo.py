@@ -1,16 +1,18 @@
 """The demo with retrieval (issue 18): train the demo's tiny model to answer from retrieved passages,
-then ask it about the 10 diseases SFT never saw, without and with the knowledge-base index.
+then ask it about 10 diseases it never trained on, without and with the knowledge-base index.
 
 Run::
 
-    PYTHONPATH=src:. nice -n 10 python bench/rag_demo.py --out runs/rag-demo            # ~15 min, 2 CPU
+    PYTHONPATH=src:. nice -n 10 python bench/rag_demo.py --out runs/rag-demo            # a few min, 2 CPU
     PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo --append               # + BENCHMARKS.md
 
-Steps: the demo's data and knowledge base (``medtune.demo.rag``), a tiny base model whose tokenizer
-learns the corpus and the retrieval prompt's wording, PT with the demo's settings, SFT on plain +
-passage-augmented + counterfactual-passage questions (seen diseases only), then ``medtune eval rag``
-on the unseen diseases and on the held-out phrasing of the seen ones. The same evaluation is a
-command: ``medtune eval rag --index OUT/kb-index --data OUT/data/unseen.jsonl --model OUT/sft``.
+Steps: the demo's data and knowledge base (``medtune.demo.rag``: the 10 unseen diseases are
+dropped from the corpus and from every question), a tiny base model with the demo's settings whose
+jieba-segmented tokenizer learns the training texts (corpus, questions, passages of seen and
+made-up diseases, the retrieval prompt's wording — not the unseen diseases' passages), one mixed
+stage like the shipped demo (corpus 0.5 / questions 0.5, packed), then ``medtune eval rag`` on the
+unseen diseases and on the held-out phrasing of the seen ones. The same evaluation is a command:
+``medtune eval rag --index OUT/kb-index --data OUT/data/unseen.jsonl --model OUT/model --k 1``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-SFT_MAX_LENGTH = 256  # three passages (~25 tokens each), the prompt's wording and the question fit
 
 
 def main() -> int:
@@ -34,12 +35,12 @@ def main() -> int:
     parser.add_argument("--out", default="runs/rag-demo")
     parser.add_argument("--k", type=int, default=1, help="passages in the prompt (default 1: short prompts "
                                                           "train fast on CPU; hit@1 is 100%% on this knowledge base)")
-    parser.add_argument("--frames", type=int, nargs=3, default=[1, 1, 2], metavar=("PLAIN", "REAL", "CF"),
-                        help="SFT questions per seen fact: plain, with real passages, with counterfactual ones")
+    parser.add_argument("--frames", type=int, nargs=3, default=[2, 1, 2], metavar=("PLAIN", "REAL", "CF"),
+                        help="questions per seen fact: plain, with real passages, with counterfactual ones")
     parser.add_argument("--eval-heldout", type=int, default=40, help="held-out questions evaluated (of 360)")
-    parser.add_argument("--pt", help="reuse the PT model of an earlier run's OUT/pt (same seed, so the same "
-                                     "corpus and tokenizer) instead of training it again")
-    parser.add_argument("--sft-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=7, help="passes over the data (the demo's 7 epochs; "
+                        "written as passes, new made-up diseases each, trained as one epoch)")
+    parser.add_argument("--seed", type=int, default=0, help="model init and training seed (the data stay the same)")
     parser.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
     from medtune.cli.commands import configure_logging
@@ -69,29 +70,26 @@ def run(out: Path, args) -> dict:
     from medtune.models.tiny import TinySpec, build_tiny
     from medtune.recipes.run import run_stage
 
-    cfg, k, sft_epochs, pt = demo_config(), args.k, args.sft_epochs, args.pt
-    made = write_rag_demo_data(out, seed=cfg["seed"], k=k, frames=tuple(args.frames))
+    cfg, k = demo_config(), args.k
+    # the demo's epochs become passes over the data written once per epoch, each pass with its own
+    # made-up diseases, trained as 1 epoch: a made-up disease is never seen twice
+    made = write_rag_demo_data(out, seed=cfg["seed"], k=k, frames=tuple(args.frames), passes=args.epochs)
     paths = made["paths"]
-    stages = cfg["stages"]
-    if pt:  # SFT starts from the given PT model
-        base, stages = Path(pt), stages[1:]
-    else:
-        base = build_tiny(out / "base", TinySpec(**cfg["tiny"]), made["corpus"] + [PROMPT["zh"]])
-        stages[0]["data"]["train"] = [paths["corpus"]]
-    stages[-1]["data"]["train"] = [paths["sft"]]
-    stages[-1]["data"]["max_length"] = SFT_MAX_LENGTH
-    stages[-1]["train"]["epochs"] = sft_epochs
+    base = build_tiny(out / "base", TinySpec(**(cfg["tiny"] | {"seed": args.seed})), made["texts"] + [PROMPT["zh"]])
+    stage = dict(cfg["stages"][0], name="model")  # the demo's mixed stage: corpus + questions, 0.5 / 0.5
+    stage["data"] = dict(stage["data"], train=[paths["corpus"], paths["sft"]])
+    stage["train"] = dict(stage["train"], epochs=1, seed=args.seed)
     pipeline = pipeline_from_dict({"base": {"path": str(base), "device": "cpu"}, "output": str(out),
-                                   "stages": stages}, "rag demo pipeline")
+                                   "stages": [stage]}, "rag demo pipeline")
     timings = {}
-    for stage in pipeline:
-        result = run_stage(stage, quiet=True)
-        timings[stage.name] = result.metrics.get("train_runtime_s")
-    bot = ChatModel.load(out / "sft", device="cpu")
+    for st in pipeline:
+        result = run_stage(st, quiet=True)
+        timings[st.name] = result.metrics.get("train_runtime_s")
+    bot = ChatModel.load(out / "model", device="cpu")
     retriever = Retriever.load(out / "kb-index", k=k)
-    report = {"counts": made["counts"], "k": k, "sft_epochs": sft_epochs, "train_runtime_s": timings,
-              "pt_reused": pt, "frames": args.frames, "torch": __import__("torch").__version__}
-    for name in ("unseen", "heldout"):  # the 10 diseases SFT never saw; the seen ones, held-out phrasing
+    report = {"counts": made["counts"], "k": k, "epochs": args.epochs, "seed": args.seed,
+              "train_runtime_s": timings, "frames": args.frames, "torch": __import__("torch").__version__}
+    for name in ("unseen", "heldout"):  # the 10 diseases training never saw; the seen ones, held-out phrasing
         rows = read_questions(paths[name], need_answers=True)
         if name == "heldout":  # an evenly spaced sample: generation is the slow part on CPU
             rows = rows[::max(1, len(rows) // args.eval_heldout)][:args.eval_heldout]
@@ -115,11 +113,13 @@ def render(report: dict) -> str:
         f"## rag_demo — {time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 cores (shared with other jobs), "
         f"torch {report['torch']}, {report['wall_time_s']:.0f} s wall",
         "",
-        f"`PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo{' --pt ' + report['pt_reused'] if report['pt_reused'] else ''}` "
-        f"(tiny llama 128x4, the demo's PT, then SFT on {report['counts']['sft_plain']} plain + "
-        f"{report['counts']['sft_with_passages']} passage-augmented questions of the 90 seen diseases "
-        f"(frames {report['frames']}), {report['sft_epochs']} epochs; top-{k} passage(s) in the prompt; "
-        "a reply is correct when it contains the gold answer; greedy)",
+        f"`PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo --seed {report['seed']}` "
+        f"(tiny llama 128x4, jieba tokenizer, one mixed stage, one epoch over {report['epochs']} passes "
+        f"(each with new made-up diseases): {report['counts']['pt_documents']} corpus documents of the 90 "
+        "seen diseases 0.5 / questions 0.5: "
+        f"{report['counts']['sft_plain']} plain + {report['counts']['sft_with_passages']} with a passage "
+        f"(frames {report['frames']}); {report['train_runtime_s']['model']:.0f} s training; top-{k} passage "
+        "in the prompt; a reply is correct when it contains the gold answer; greedy)",
         "",
         "| question set | retrieval hit@1 | hit@3 | accuracy without retrieval | accuracy with retrieval |",
         "|---|---|---|---|---|",

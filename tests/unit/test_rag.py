@@ -291,6 +291,34 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
             names.add(disease)
     assert counterfactual == len(names) >= 90 * 4 * 2 * 0.95  # each made-up disease asked once
     assert SUMMARY.split("{")[0] == ""  # passages are the summary sentences
+    # the unseen diseases are absent from training entirely: not in the corpus, not in any question,
+    # passage or answer (only in the knowledge base, its index and the evaluation sets)
+    corpus = [json.loads(line)["text"] for line in Path(made["paths"]["corpus"]).read_text(encoding="utf-8").splitlines()]
+    texts = corpus + [m["content"] for r in rows for m in r["messages"]]
+    assert len(corpus) == 90 * 13 and not [t for t in texts if any(d in t for d in unseen)]
+    assert all(d in " ".join(kb[d]["text"] for d in unseen) for d in unseen)
+    assert made["texts"] == texts  # what the tokenizer learns: the training texts, nothing more
+    plain = [r for r in rows if not r["messages"][0]["content"].startswith("参考资料：")]
+    assert len(plain) == made["counts"]["sft_plain"] == 90 * 4 * 2
+    for r in plain:  # relation + value (ANSWERS), the value one of the asked disease's
+        question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        disease = max((d for d in kb if d in question), key=len)
+        value = next(m.group(1) for t in ANSWERS.values()
+                     if (m := re.fullmatch(re.escape(t).replace(re.escape("{v}"), "(.+)"), answer)))
+        assert value in kb[disease]["text"] and disease not in answer
+
+
+def test_demo_rag_passes_have_their_own_made_up_diseases(tmp_path):
+    from medtune.demo.rag import write_rag_demo_data
+
+    made = write_rag_demo_data(tmp_path, seed=0, k=1, passes=2)
+    rows = [json.loads(line) for line in Path(made["paths"]["sft"]).read_text(encoding="utf-8").splitlines()]
+    kb = {json.loads(line)["id"] for line in Path(made["paths"]["kb"]).read_text(encoding="utf-8").splitlines()}
+    firsts = [r["messages"][0]["content"].split("[1] ", 1)[1].split("：", 1)[0]
+              for r in rows if r["messages"][0]["content"].startswith("参考资料：")]
+    made_up = [d for d in firsts if d not in kb]
+    assert len(made_up) == len(set(made_up)) >= 2 * 90 * 4 * 2 * 0.95  # never asked twice, over both passes
+    assert made["counts"]["pt_documents"] == 2 * 90 * 13 and made["counts"]["sft_plain"] == 2 * 90 * 4 * 2
 
 
 def test_a_hybrid_index_embeds_passages_with_a_local_model(tmp_path, tiny_dir):

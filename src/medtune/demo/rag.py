@@ -1,18 +1,21 @@
 """The demo with retrieval: a tiny model learns to answer from retrieved passages, and then answers
-the diseases SFT never asked about (the ``unseen`` ones) from the knowledge-base index.
+diseases it never trained on (the ``unseen`` ones) from the knowledge-base index.
 
-Example (CPU; PT ~16 min, each SFT round ~20 min on 2 busy cores)::
+Example (CPU; a few minutes on 2 cores)::
 
     PYTHONPATH=src:. python bench/rag_demo.py --out runs/rag-demo
     medtune eval rag --index runs/rag-demo/kb-index --data runs/rag-demo/data/unseen.jsonl \\
-        --model runs/rag-demo/sft --output runs/rag-demo/eval
+        --model runs/rag-demo/model --k 1 --output runs/rag-demo/eval
 
-A tiny model copies from its prompt only when trained to. The SFT set therefore mixes three parts:
-the demo's plain questions about the *seen* diseases (no context), the same questions with the
-passage the index retrieves for them, and one question each about *made-up* diseases (a new name
-from two halves of real ones, values drawn at random from the seen diseases') with its passage
-from a counterfactual index: neither the name nor the answer can be recalled, and no made-up
-disease is asked twice, so only reading the context pays — what the unseen diseases need.
+The unseen diseases are absent from training entirely: their documents are dropped from the corpus
+and no question names them, so "without retrieval" cannot be recall and "with retrieval" measures
+reading the passage. A tiny model copies from its prompt only when trained to, so the training set
+mixes, in one stage like the shipped demo: the corpus of the *seen* diseases, the demo's plain
+questions about them (no context), the same questions with the passage the index retrieves for
+them, and one question each about *made-up* diseases (a new name from two halves of real ones,
+values drawn at random from the seen diseases') with its passage from a counterfactual index:
+neither the name nor the answer can be recalled, so only reading the context pays — what the
+unseen diseases need. Answers are the demo's (relation + value, ``ANSWERS``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,20 @@ import json
 import random
 from pathlib import Path
 
-from medtune.demo.kb import ANSWERS, FRAMES, KEYWORDS, RELATIONS, SUMMARY, build_demo_data, load_kb
+from medtune.demo.kb import (
+    ANSWERS,
+    FRAMES,
+    KEYWORDS,
+    RELATIONS,
+    SUMMARY,
+    build_demo_data,
+    load_kb,
+    render_corpus,
+)
 
-# Questions per fact: plain (of the demo's 7), with real passages, with counterfactual passages.
-# Few plain ones keep SFT short on 2 CPU cores; the counterfactual ones are what teach copying.
-PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 1, 1, 2
+# Questions per seen fact: plain (of the demo's 7), with real passages, with counterfactual passages.
+# Few plain ones keep training short on 2 CPU cores; the counterfactual ones are what teach copying.
+PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 2, 1, 2
 
 
 def kb_documents(kb) -> list[dict]:
@@ -33,20 +45,28 @@ def kb_documents(kb) -> list[dict]:
     return [{"id": r["disease"], "title": r["disease"], "text": SUMMARY.format(**r)} for r in kb]
 
 
+def _halves(a: str, b: str) -> str:
+    return a[:max(1, len(a) // 2)] + b[len(b) // 2:]
+
+
 def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int) -> list[dict]:
     """Return ``n`` made-up records: each a new name (the first half of one disease's name + the
-    second half of another's, never a real or repeated one) and, per relation, a value drawn from
-    ``diseases``' values. Each is asked about once, so nothing can be memorised: only read."""
+    second half of another's, never a real or repeated one, never holding another knowledge-base
+    name) and, per relation, a value of ``diseases``' or, half the time, a made-up one (halves of
+    two of their values), so a reply must copy the passage's tokens, not pick a known value. Each
+    is asked about once, so nothing can be memorised: only read."""
     real = [r for r in kb if r["disease"] in diseases]
     names, taken = sorted(diseases), {r["disease"] for r in kb}
+    others = taken - set(diseases)
     records = []
     while len(records) < n:
-        a, b = rng.sample(names, 2)
-        name = a[:max(1, len(a) // 2)] + b[len(b) // 2:]
-        if name in taken:
+        name = _halves(*rng.sample(names, 2))
+        if name in taken or any(o in name for o in others):
             continue
         taken.add(name)
-        records.append({"disease": name, **{rel: rng.choice(real)[rel] for rel in RELATIONS}})
+        records.append({"disease": name, **{
+            rel: rng.choice(real)[rel] if rng.random() < 0.5 else _halves(*(r[rel] for r in rng.sample(real, 2)))
+            for rel in RELATIONS}})
     return records
 
 
@@ -66,18 +86,19 @@ def rag_sft_examples(kb, seen: set, retriever, cf_retriever, cf_kb, rng: random.
             question = frame.format(d=disease, k=rng.choice(KEYWORDS[rel]))
             messages, citations = source.augment([{"role": "user", "content": question}])
             if citations and citations[0]["doc_id"] == disease:
-                answer = ANSWERS[rel].format(v=record[rel])
+                answer = ANSWERS[rel].format(d=disease, v=record[rel])
                 out.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     rng.shuffle(out)
     return out
 
 
-def _plain_subset(sft: list[dict], per_fact: int, rng: random.Random) -> list[dict]:
-    """Return ``per_fact`` of the demo's plain SFT conversations per fact (its answer names the fact)."""
-    by_fact: dict = {}
-    for conv in sft:
-        by_fact.setdefault(conv["messages"][-1]["content"], []).append(conv)
-    return [c for convs in by_fact.values() for c in rng.sample(convs, min(per_fact, len(convs)))]
+def plain_questions(kb, seen: set, per_fact: int, rng: random.Random) -> list[dict]:
+    """Return ``per_fact`` plain conversations (no passage) per fact of the ``seen`` diseases, in the
+    demo's trained frames and answer format."""
+    *trained, _held = FRAMES
+    return [{"messages": [{"role": "user", "content": frame.format(d=r["disease"], k=rng.choice(KEYWORDS[rel]))},
+                          {"role": "assistant", "content": ANSWERS[rel].format(d=r["disease"], v=r[rel])}]}
+            for r in kb if r["disease"] in seen for rel in RELATIONS for frame in rng.sample(trained, per_fact)]
 
 
 def question_rows(items) -> list[dict]:
@@ -93,30 +114,50 @@ def _write_jsonl(path: Path, rows) -> str:
     return str(path)
 
 
-def write_rag_demo_data(out: Path, seed: int = 0, k: int = 3, frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES)) -> dict:
-    """Write the knowledge-base documents, both indexes, the mixed SFT set and the question sets
-    under ``out``; return their paths and counts. ``frames``: questions per seen fact (plain, with
-    real passages, with counterfactual passages)."""
+def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
+                        frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES), passes: int = 1) -> dict:
+    """Write the knowledge-base documents, both indexes, the training corpus (seen diseases only),
+    the question set with and without passages and the evaluation sets under ``out``; return their
+    paths, the training texts (for the tokenizer) and counts. ``frames``: questions per seen fact
+    (plain, with real passages, with counterfactual passages). ``passes``: the corpus and the
+    questions are written that many times (the questions re-drawn, frames and keywords sampled
+    again) and every pass has its own made-up diseases, so training one epoch over them never
+    shows a made-up disease twice. The unseen diseases appear only in the knowledge base, its index
+    and the evaluation sets."""
     from medtune.inference.rag import Retriever, build_index
 
     kb, rng = load_kb(), random.Random(seed + 1)
     data = build_demo_data(kb, seed=seed)
     unseen = {it["disease"] for it in data.unseen}
     seen = {r["disease"] for r in kb} - unseen
-    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2])
+    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2] * passes)
     paths = {"kb": _write_jsonl(out / "data" / "kb.jsonl", kb_documents(kb)),
+             "seen_kb": _write_jsonl(out / "data" / "kb-seen.jsonl",
+                                     kb_documents([r for r in kb if r["disease"] in seen])),
              "cf_kb": _write_jsonl(out / "data" / "kb-counterfactual.jsonl", kb_documents(cf_kb))}
-    build_index([paths["kb"]], out / "kb-index")
+    build_index([paths["kb"]], out / "kb-index")  # the whole knowledge base: what evaluation retrieves from
+    # training's passages come from the seen diseases' index, so with k > 1 no unseen disease's
+    # passage comes into training as a second passage either
+    build_index([paths["seen_kb"]], out / "train-index")
     build_index([paths["cf_kb"]], out / "cf-index")
-    retriever, cf_retriever = Retriever.load(out / "kb-index", k=k), Retriever.load(out / "cf-index", k=k)
-    rag_sft = rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb, rng, frames[1])
-    plain = _plain_subset(data.sft, frames[0], rng)
+    retriever, cf_retriever = Retriever.load(out / "train-index", k=k), Retriever.load(out / "cf-index", k=k)
+    per_pass = len(cf_kb) // passes
+    rag_sft, plain = [], []
+    for p in range(passes):
+        rag_sft += rag_sft_examples(kb, seen, retriever, cf_retriever, cf_kb[p * per_pass:(p + 1) * per_pass],
+                                    rng, frames[1])
+        plain += plain_questions(kb, seen, frames[0], rng)
     sft = plain + rag_sft
     random.Random(seed).shuffle(sft)
-    paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in data.corpus)),
+    # the seen diseases' documents only: the unseen ones must be absent from training
+    corpus = render_corpus([r for r in kb if r["disease"] in seen], random.Random(seed)) * passes
+    if any(d in t for t in corpus + [m["content"] for c in sft for m in c["messages"]] for d in unseen):
+        raise RuntimeError("an unseen disease is named in the training data")  # an invariant, tested
+    paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in corpus)),
               "sft": _write_jsonl(out / "data" / "sft.jsonl", sft),
               "heldout": _write_jsonl(out / "data" / "heldout.jsonl", question_rows(data.heldout)),
               "unseen": _write_jsonl(out / "data" / "unseen.jsonl", question_rows(data.unseen))}
-    return {"paths": paths, "corpus": data.corpus, "counts": {
-        "pt_documents": len(data.corpus), "sft_plain": len(plain), "sft_with_passages": len(rag_sft),
+    texts = corpus + [m["content"] for c in sft for m in c["messages"]]
+    return {"paths": paths, "corpus": corpus, "texts": texts, "counts": {
+        "pt_documents": len(corpus), "sft_plain": len(plain), "sft_with_passages": len(rag_sft),
         "heldout_questions": len(data.heldout), "unseen_questions": len(data.unseen)}}
