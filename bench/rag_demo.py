@@ -40,6 +40,13 @@ def main() -> int:
     parser.add_argument("--eval-heldout", type=int, default=40, help="held-out questions evaluated (of 360)")
     parser.add_argument("--epochs", type=int, default=7, help="passes over the data (the demo's 7 epochs; "
                         "written as passes, new made-up diseases each, trained as one epoch)")
+    parser.add_argument("--novel", type=float, default=0.5,
+                        help="share of the made-up diseases' values that are made up too (the rest are real values)")
+    parser.add_argument("--reading", type=int, default=0,
+                        help="reading documents per pass in the corpus: a made-up disease's passage, then its answers")
+    parser.add_argument("--copy-warmup", type=int, default=0,
+                        help="synthetic copying texts (random words, then the same words) trained in a "
+                             "first pretraining stage before the mixed one (0: no such stage)")
     parser.add_argument("--seed", type=int, default=0, help="model init and training seed (the data stay the same)")
     parser.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
@@ -73,14 +80,26 @@ def run(out: Path, args) -> dict:
     cfg, k = demo_config(), args.k
     # the demo's epochs become passes over the data written once per epoch, each pass with its own
     # made-up diseases, trained as 1 epoch: a made-up disease is never seen twice
-    made = write_rag_demo_data(out, seed=cfg["seed"], k=k, frames=tuple(args.frames), passes=args.epochs)
+    made = write_rag_demo_data(out, seed=cfg["seed"], k=k, frames=tuple(args.frames), passes=args.epochs,
+                               novel=args.novel, reading=args.reading)
     paths = made["paths"]
     base = build_tiny(out / "base", TinySpec(**(cfg["tiny"] | {"seed": args.seed})), made["texts"] + [PROMPT["zh"]])
     stage = dict(cfg["stages"][0], name="model")  # the demo's mixed stage: corpus + questions, 0.5 / 0.5
     stage["data"] = dict(stage["data"], train=[paths["corpus"], paths["sft"]])
     stage["train"] = dict(stage["train"], epochs=1, seed=args.seed)
+    stages = [stage]
+    if args.copy_warmup:
+        import random
+
+        from medtune.demo.rag import _write_jsonl, copy_documents
+
+        copies = copy_documents(made["texts"], args.copy_warmup, random.Random(args.seed))
+        copy_path = _write_jsonl(out / "data" / "copy.jsonl", ({"text": t} for t in copies))
+        stages.insert(0, {"name": "copy", "stage": "pt", "adapter": {"method": "full"},
+                          "data": {"train": [copy_path], "max_length": 128, "packing": True},
+                          "train": dict(stage["train"], epochs=1, seed=args.seed)})
     pipeline = pipeline_from_dict({"base": {"path": str(base), "device": "cpu"}, "output": str(out),
-                                   "stages": [stage]}, "rag demo pipeline")
+                                   "stages": stages}, "rag demo pipeline")
     timings = {}
     for st in pipeline:
         result = run_stage(st, quiet=True)
@@ -88,7 +107,7 @@ def run(out: Path, args) -> dict:
     bot = ChatModel.load(out / "model", device="cpu")
     retriever = Retriever.load(out / "kb-index", k=k)
     report = {"counts": made["counts"], "k": k, "epochs": args.epochs, "seed": args.seed,
-              "train_runtime_s": timings, "frames": args.frames, "torch": __import__("torch").__version__}
+              "train_runtime_s": timings, "frames": args.frames, "novel": args.novel, "reading": args.reading, "copy_warmup": args.copy_warmup, "torch": __import__("torch").__version__}
     for name in ("unseen", "heldout"):  # the 10 diseases training never saw; the seen ones, held-out phrasing
         rows = read_questions(paths[name], need_answers=True)
         if name == "heldout":  # an evenly spaced sample: generation is the slow part on CPU

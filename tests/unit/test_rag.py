@@ -265,7 +265,7 @@ def test_eval_rag_cli_retrieval_only_and_bad_rows(tmp_path, zh_index):
 def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
     import re
 
-    from medtune.demo.kb import ANSWERS, SUMMARY
+    from medtune.demo.kb import ANSWERS
     from medtune.demo.rag import write_rag_demo_data
 
     made = write_rag_demo_data(tmp_path, seed=0, k=2)
@@ -281,16 +281,14 @@ def test_demo_rag_sft_answers_follow_the_passages(tmp_path):
         first = question.split("[1] ", 1)[1].split("\n", 1)[0]
         disease = first.split("：", 1)[0]
         assert disease not in unseen
-        value = next(m.group(1) for t in ANSWERS.values()
-                     if (m := re.fullmatch(re.escape(t).replace(re.escape("{v}"), "(.+)"), answer)))
-        assert value in first  # the answer is copied from passage [1]
+        assert any(re.fullmatch(re.escape(t).replace(re.escape("{v}"), ".+"), answer) for t in ANSWERS.values())
+        assert answer in first  # the answer is a span of passage [1]
         if disease in kb:
             assert first == kb[disease]["text"]  # a seen disease's own passage
         else:
             counterfactual += 1  # a made-up disease: its name and values can only be read
             names.add(disease)
     assert counterfactual == len(names) >= 90 * 4 * 2 * 0.95  # each made-up disease asked once
-    assert SUMMARY.split("{")[0] == ""  # passages are the summary sentences
     # the unseen diseases are absent from training entirely: not in the corpus, not in any question,
     # passage or answer (only in the knowledge base, its index and the evaluation sets)
     corpus = [json.loads(line)["text"] for line in Path(made["paths"]["corpus"]).read_text(encoding="utf-8").splitlines()]

@@ -29,7 +29,6 @@ from medtune.demo.kb import (
     FRAMES,
     KEYWORDS,
     RELATIONS,
-    SUMMARY,
     build_demo_data,
     load_kb,
     render_corpus,
@@ -40,33 +39,59 @@ from medtune.demo.kb import (
 PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 2, 1, 2
 
 
+def passage(record: dict) -> str:
+    """Return a disease's knowledge-base passage: its name, then each relation as the demo's answer
+    states it (``X：典型症状是V。就诊科室是V。…``), so a correct reply is a span of the passage.
+
+    The pretraining corpus's summary sentence (``SUMMARY``: 典型症状为…，就诊科室为…) words the
+    relations differently from the answers; with it as the passage a model this small must match
+    为 with 是 before it can copy, and it did not learn to (BENCHMARKS.md, "rag_demo, round 2")."""
+    return record["disease"] + "：" + "".join(ANSWERS[rel].format(v=record[rel]) for rel in RELATIONS)
+
+
 def kb_documents(kb) -> list[dict]:
-    """Return one index document per disease: ``{id, title, text}`` with its summary sentence."""
-    return [{"id": r["disease"], "title": r["disease"], "text": SUMMARY.format(**r)} for r in kb]
+    """Return one index document per disease: ``{id, title, text}`` with its :func:`passage`."""
+    return [{"id": r["disease"], "title": r["disease"], "text": passage(r)} for r in kb]
 
 
-def _halves(a: str, b: str) -> str:
-    return a[:max(1, len(a) // 2)] + b[len(b) // 2:]
+def _join(a: str, b: str, rng: random.Random) -> str:
+    """A head of ``a`` and a tail of ``b``, each cut at a random point (both non-empty)."""
+    return a[:rng.randint(1, max(1, len(a) - 1))] + b[rng.randint(1, max(1, len(b) - 1)):]
 
 
-def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int) -> list[dict]:
-    """Return ``n`` made-up records: each a new name (the first half of one disease's name + the
-    second half of another's, never a real or repeated one, never holding another knowledge-base
-    name) and, per relation, a value of ``diseases``' or, half the time, a made-up one (halves of
-    two of their values), so a reply must copy the passage's tokens, not pick a known value. Each
-    is asked about once, so nothing can be memorised: only read."""
+def _words(values) -> list[str]:
+    """Return the distinct jieba words of ``values`` (sorted: the same list on every run)."""
+    import jieba
+
+    return sorted({w for v in values for w in jieba.lcut(v) if w.strip()})
+
+
+def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int, novel: float = 0.5) -> list[dict]:
+    """Return ``n`` made-up records: each a new name (a head of one disease's name + a tail of
+    another's, never a real or repeated one, never holding another knowledge-base name) and, per relation, a value of ``diseases``' or, with probability ``novel``, a made-up one,
+    so a reply must copy the passage's tokens, not pick a known value. A made-up value joins 2–3
+    words drawn from the jieba words of that relation's values (never a real value): every token is
+    one training knows, the sequence is new. Each record is asked about once, so nothing can be
+    memorised: only read."""
     real = [r for r in kb if r["disease"] in diseases]
     names, taken = sorted(diseases), {r["disease"] for r in kb}
     others = taken - set(diseases)
+    words = {rel: _words(r[rel] for r in real) for rel in RELATIONS}
+    known = {rel: {r[rel] for r in kb} for rel in RELATIONS}
+
+    def made_up(rel: str) -> str:
+        while (value := "".join(rng.sample(words[rel], rng.choice((2, 3))))) in known[rel]:
+            pass
+        return value
+
     records = []
     while len(records) < n:
-        name = _halves(*rng.sample(names, 2))
-        if name in taken or any(o in name for o in others):
+        name = _join(*rng.sample(names, 2), rng)
+        if len(name) < 2 or name in taken or any(o in name for o in others):
             continue
         taken.add(name)
-        records.append({"disease": name, **{
-            rel: rng.choice(real)[rel] if rng.random() < 0.5 else _halves(*(r[rel] for r in rng.sample(real, 2)))
-            for rel in RELATIONS}})
+        records.append({"disease": name, **{rel: made_up(rel) if rng.random() < novel else rng.choice(real)[rel]
+                                            for rel in RELATIONS}})
     return records
 
 
@@ -101,6 +126,34 @@ def plain_questions(kb, seen: set, per_fact: int, rng: random.Random) -> list[di
             for r in kb if r["disease"] in seen for rel in RELATIONS for frame in rng.sample(trained, per_fact)]
 
 
+def reading_documents(cf_kb, rng: random.Random) -> list[str]:
+    """Return one pretraining text per made-up record: its :func:`passage`, then its four answers
+    again in a random order (``X：典型症状是A。…需避免D。 需避免D。典型症状是A。…``). After each
+    relation's words the value can only be copied from the passage above it, so every value token
+    of the second half trains copying, with the loss on the whole text: far more copy targets per
+    step than a question whose loss is on its short answer only."""
+    docs = []
+    for record in cf_kb:
+        order = rng.sample(RELATIONS, len(RELATIONS))
+        docs.append(passage(record) + "\n" + "".join(ANSWERS[rel].format(v=record[rel]) for rel in order))
+    return docs
+
+
+def copy_documents(texts, n: int, rng: random.Random) -> list[str]:
+    """Return ``n`` synthetic copying texts: 6–16 words drawn at random from the jieba words of
+    ``texts``, a newline, the same words again. The second half can only be predicted by copying
+    the first, so a short pretraining pass on them teaches the model to copy (induction heads)
+    with a copy target in every other token, before it learns to copy from a passage."""
+    import jieba
+
+    vocab = sorted({w for t in texts for w in jieba.lcut(t) if w.strip()})
+    docs = []
+    for _ in range(n):
+        words = rng.choices(vocab, k=rng.randint(6, 16))
+        docs.append("".join(words) + "\n" + "".join(words))
+    return docs
+
+
 def question_rows(items) -> list[dict]:
     """Return demo evaluation items as ``medtune eval rag`` rows (the gold document is the disease)."""
     return [{"question": it["question"], "answer": it["answer"], "doc_id": it["disease"],
@@ -115,14 +168,16 @@ def _write_jsonl(path: Path, rows) -> str:
 
 
 def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
-                        frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES), passes: int = 1) -> dict:
+                        frames: tuple = (PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES), passes: int = 1,
+                        novel: float = 0.5, reading: int = 0) -> dict:
     """Write the knowledge-base documents, both indexes, the training corpus (seen diseases only),
     the question set with and without passages and the evaluation sets under ``out``; return their
     paths, the training texts (for the tokenizer) and counts. ``frames``: questions per seen fact
     (plain, with real passages, with counterfactual passages). ``passes``: the corpus and the
     questions are written that many times (the questions re-drawn, frames and keywords sampled
     again) and every pass has its own made-up diseases, so training one epoch over them never
-    shows a made-up disease twice. The unseen diseases appear only in the knowledge base, its index
+    shows a made-up disease twice. ``novel``: the share of made-up values (:func:`counterfactual_kb`). ``reading``: made-up records per
+    pass written into the corpus as :func:`reading_documents` (their own, never asked about). The unseen diseases appear only in the knowledge base, its index
     and the evaluation sets."""
     from medtune.inference.rag import Retriever, build_index
 
@@ -130,7 +185,9 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
     data = build_demo_data(kb, seed=seed)
     unseen = {it["disease"] for it in data.unseen}
     seen = {r["disease"] for r in kb} - unseen
-    cf_kb = counterfactual_kb(kb, seen, rng, len(seen) * len(RELATIONS) * frames[2] * passes)
+    asked = len(seen) * len(RELATIONS) * frames[2] * passes
+    cf_kb = counterfactual_kb(kb, seen, rng, asked + reading * passes, novel)  # one draw: no name twice
+    cf_kb, cf_read = cf_kb[:asked], cf_kb[asked:]
     paths = {"kb": _write_jsonl(out / "data" / "kb.jsonl", kb_documents(kb)),
              "seen_kb": _write_jsonl(out / "data" / "kb-seen.jsonl",
                                      kb_documents([r for r in kb if r["disease"] in seen])),
@@ -151,6 +208,8 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
     random.Random(seed).shuffle(sft)
     # the seen diseases' documents only: the unseen ones must be absent from training
     corpus = render_corpus([r for r in kb if r["disease"] in seen], random.Random(seed)) * passes
+    if reading:
+        corpus += reading_documents(cf_read, rng)
     if any(d in t for t in corpus + [m["content"] for c in sft for m in c["messages"]] for d in unseen):
         raise RuntimeError("an unseen disease is named in the training data")  # an invariant, tested
     paths |= {"corpus": _write_jsonl(out / "data" / "corpus.jsonl", ({"text": t} for t in corpus)),
