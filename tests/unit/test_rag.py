@@ -319,6 +319,41 @@ def test_demo_rag_passes_have_their_own_made_up_diseases(tmp_path):
     assert made["counts"]["pt_documents"] == 2 * 90 * 13 and made["counts"]["sft_plain"] == 2 * 90 * 4 * 2
 
 
+def test_demo_rag_reading_copy_and_madeup_sets(tmp_path):
+    import random
+
+    from medtune.demo.kb import ANSWERS, RELATIONS, load_kb
+    from medtune.demo.rag import copy_documents, counterfactual_kb, passage, write_rag_demo_data
+
+    kb = load_kb()
+    real = {rel: {r[rel] for r in kb} for rel in RELATIONS}
+    for record in counterfactual_kb(kb, {r["disease"] for r in kb[:90]}, random.Random(3), 50, novel=1.0):
+        assert all(record[rel] not in real[rel] for rel in RELATIONS)  # novel: never a real value
+        assert all(ANSWERS[rel].format(v=record[rel]) in passage(record) for rel in RELATIONS)
+    for doc in copy_documents(["慢阻肺的典型症状是慢性咳嗽气短。", "湿疹患者应避免热水烫洗。"], 20, random.Random(0)):
+        first, second = doc.split("\n")
+        assert first == second and first
+    made = write_rag_demo_data(tmp_path, seed=0, k=1, reading=30)
+    corpus = [json.loads(line)["text"] for line in Path(made["paths"]["corpus"]).read_text(encoding="utf-8").splitlines()]
+    reading = corpus[90 * 13:]
+    assert len(reading) == 30 == made["counts"]["pt_documents"] - 90 * 13
+    asked = {json.loads(line)["id"] for line in Path(made["paths"]["cf_kb"]).read_text(encoding="utf-8").splitlines()}
+    for doc in reading:  # a made-up disease's passage, then its four answers again in some order
+        text, again = doc.split("\n")
+        name, facts = text.split("：", 1)
+        assert name not in asked and sorted(again.split("。")) == sorted(facts.split("。"))
+    # the made-up evaluation set: fresh diseases (not trained), each answer a span of its own passage
+    madeup = [json.loads(line) for line in Path(made["paths"]["madeup"]).read_text(encoding="utf-8").splitlines()]
+    docs = {json.loads(line)["id"]: json.loads(line)["text"]
+            for line in Path(made["paths"]["madeup_kb"]).read_text(encoding="utf-8").splitlines()}
+    texts = " ".join(made["texts"])
+    assert len(madeup) == 40 and {q["relation"] for q in madeup} == set(RELATIONS)
+    for q in madeup:
+        assert q["doc_id"] not in texts and q["doc_id"] not in asked and q["answer"] in docs[q["doc_id"]]
+        assert q["question"].startswith("能说说" + q["doc_id"])  # the held-out frame
+    assert (tmp_path / "madeup-index").is_dir()
+
+
 def test_a_hybrid_index_embeds_passages_with_a_local_model(tmp_path, tiny_dir):
     import numpy as np
 

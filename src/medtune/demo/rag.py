@@ -37,6 +37,7 @@ from medtune.demo.kb import (
 # Questions per seen fact: plain (of the demo's 7), with real passages, with counterfactual passages.
 # Few plain ones keep training short on 2 CPU cores; the counterfactual ones are what teach copying.
 PLAIN_FRAMES, REAL_FRAMES, CF_FRAMES = 2, 1, 2
+MADEUP_EVAL = 40  # fresh made-up diseases asked once each: reading measured in training's distribution
 
 
 def passage(record: dict) -> str:
@@ -176,9 +177,11 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
     (plain, with real passages, with counterfactual passages). ``passes``: the corpus and the
     questions are written that many times (the questions re-drawn, frames and keywords sampled
     again) and every pass has its own made-up diseases, so training one epoch over them never
-    shows a made-up disease twice. ``novel``: the share of made-up values (:func:`counterfactual_kb`). ``reading``: made-up records per
-    pass written into the corpus as :func:`reading_documents` (their own, never asked about). The unseen diseases appear only in the knowledge base, its index
-    and the evaluation sets."""
+    shows a made-up disease twice. ``novel``: the share of made-up values (:func:`counterfactual_kb`).
+    ``reading``: made-up records per pass written into the corpus as :func:`reading_documents`
+    (their own, never asked about). The unseen diseases appear only in the knowledge base, its
+    index and the evaluation sets; ``madeup`` asks about ``MADEUP_EVAL`` fresh made-up diseases
+    (``madeup-index``), drawn after training's data, which they leave unchanged."""
     from medtune.inference.rag import Retriever, build_index
 
     kb, rng = load_kb(), random.Random(seed + 1)
@@ -216,6 +219,17 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
               "sft": _write_jsonl(out / "data" / "sft.jsonl", sft),
               "heldout": _write_jsonl(out / "data" / "heldout.jsonl", question_rows(data.heldout)),
               "unseen": _write_jsonl(out / "data" / "unseen.jsonl", question_rows(data.unseen))}
+    # reading in training's own distribution: made-up diseases drawn like training's (never one of
+    # them), asked once each in the held-out frame, retrieved from their own index
+    names = {r["disease"] for r in cf_kb + cf_read}
+    fresh = [r for r in counterfactual_kb(kb, seen, random.Random(seed + 2), 4 * MADEUP_EVAL, novel)
+             if r["disease"] not in names][:MADEUP_EVAL]
+    paths["madeup_kb"] = _write_jsonl(out / "data" / "kb-madeup.jsonl", kb_documents(fresh))
+    build_index([paths["madeup_kb"]], out / "madeup-index")
+    rels = [RELATIONS[i % len(RELATIONS)] for i in range(len(fresh))]
+    paths["madeup"] = _write_jsonl(out / "data" / "madeup.jsonl", (
+        {"question": FRAMES[-1].format(d=r["disease"], k=KEYWORDS[rel][i // len(RELATIONS) % len(KEYWORDS[rel])]),
+         "answer": r[rel], "doc_id": r["disease"], "relation": rel} for i, (r, rel) in enumerate(zip(fresh, rels))))
     texts = corpus + [m["content"] for c in sft for m in c["messages"]]
     return {"paths": paths, "corpus": corpus, "texts": texts, "counts": {
         "pt_documents": len(corpus), "sft_plain": len(plain), "sft_with_passages": len(rag_sft),
