@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--copy-warmup", type=int, default=0,
                         help="synthetic copying texts (random words, then the same words) trained in a "
                              "first pretraining stage before the mixed one (0: no such stage)")
+    parser.add_argument("--copy-chars", type=float, default=0.0,
+                        help="share of the copying texts' words that are random CJK characters instead")
     parser.add_argument("--seed", type=int, default=0, help="model init and training seed (the data stay the same)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate OUT/model again (the data are rewritten, identical for the same options)")
@@ -96,7 +98,7 @@ def run(out: Path, args) -> dict:
 
         from medtune.demo.rag import _write_jsonl, copy_documents
 
-        copies = copy_documents(made["texts"], args.copy_warmup, random.Random(args.seed))
+        copies = copy_documents(made["texts"], args.copy_warmup, random.Random(args.seed), args.copy_chars)
         copy_path = _write_jsonl(out / "data" / "copy.jsonl", ({"text": t} for t in copies))
         stages.insert(0, {"name": "copy", "stage": "pt", "adapter": {"method": "full"},
                           "data": {"train": [copy_path], "max_length": 128, "packing": True},
@@ -109,7 +111,7 @@ def run(out: Path, args) -> dict:
         timings[st.name] = result.metrics.get("train_runtime_s")
     report = {"counts": made["counts"], "k": k, "epochs": args.epochs, "seed": args.seed,
               "train_runtime_s": timings, "frames": args.frames, "novel": args.novel, "reading": args.reading,
-              "copy_warmup": args.copy_warmup, "torch": __import__("torch").__version__}
+              "copy_warmup": args.copy_warmup, "copy_chars": args.copy_chars, "torch": __import__("torch").__version__}
     return report | evaluate(out, paths, k, args)
 
 

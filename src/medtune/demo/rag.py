@@ -140,17 +140,28 @@ def reading_documents(cf_kb, rng: random.Random) -> list[str]:
     return docs
 
 
-def copy_documents(texts, n: int, rng: random.Random) -> list[str]:
+def copy_documents(texts, n: int, rng: random.Random, chars: float = 0.0) -> list[str]:
     """Return ``n`` synthetic copying texts: 6–16 words drawn at random from the jieba words of
     ``texts``, a newline, the same words again. The second half can only be predicted by copying
     the first, so a short pretraining pass on them teaches the model to copy (induction heads)
-    with a copy target in every other token, before it learns to copy from a passage."""
+    with a copy target in every other token, before it learns to copy from a passage.
+
+    ``chars``: the share of words replaced by 1–2 characters drawn uniformly from the CJK block
+    (U+4E00–U+9FA5). Content-free, they give the tokens of characters the training texts never
+    use (byte pieces, for this tokenizer) a trained embedding for copying; without them a passage's
+    rare character is a token no gradient ever touched."""
     import jieba
 
     vocab = sorted({w for t in texts for w in jieba.lcut(t) if w.strip()})
+
+    def word() -> str:
+        if rng.random() < chars:
+            return "".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(rng.randint(1, 2)))
+        return rng.choice(vocab)
+
     docs = []
     for _ in range(n):
-        words = rng.choices(vocab, k=rng.randint(6, 16))
+        words = [word() for _ in range(rng.randint(6, 16))]
         docs.append("".join(words) + "\n" + "".join(words))
     return docs
 
@@ -222,7 +233,7 @@ def write_rag_demo_data(out: Path, seed: int = 0, k: int = 1,
     # reading in training's own distribution: made-up diseases drawn like training's (never one of
     # them), asked once each in the held-out frame, retrieved from their own index
     names = {r["disease"] for r in cf_kb + cf_read}
-    fresh = [r for r in counterfactual_kb(kb, seen, random.Random(seed + 2), 4 * MADEUP_EVAL, novel)
+    fresh = [r for r in counterfactual_kb(kb, seen, random.Random(seed + 2), 50 * MADEUP_EVAL, novel)
              if r["disease"] not in names][:MADEUP_EVAL]
     paths["madeup_kb"] = _write_jsonl(out / "data" / "kb-madeup.jsonl", kb_documents(fresh))
     build_index([paths["madeup_kb"]], out / "madeup-index")
