@@ -12,8 +12,8 @@ and no question names them, so "without retrieval" cannot be recall and "with re
 reading the passage. A tiny model copies from its prompt only when trained to, so the training set
 mixes, in one stage like the shipped demo: the corpus of the *seen* diseases, the demo's plain
 questions about them (no context), the same questions with the passage the index retrieves for
-them, and one question each about *made-up* diseases (a new name from two halves of real ones,
-values drawn at random from the seen diseases') with its passage from a counterfactual index:
+them, and one question each about *made-up* diseases (a new name from pieces of two real ones,
+values real or made up, see :func:`counterfactual_kb`) with its passage from a counterfactual index:
 neither the name nor the answer can be recalled, so only reading the context pays — what the
 unseen diseases need. Answers are the demo's (relation + value, ``ANSWERS``).
 """
@@ -47,7 +47,12 @@ def passage(record: dict) -> str:
     The pretraining corpus's summary sentence (``SUMMARY``: 典型症状为…，就诊科室为…) words the
     relations differently from the answers; with it as the passage a model this small must match
     为 with 是 before it can copy, and it did not learn to (BENCHMARKS.md, "rag_demo, round 2")."""
-    return record["disease"] + "：" + "".join(ANSWERS[rel].format(v=record[rel]) for rel in RELATIONS)
+    return record["disease"] + "：" + _statements(record, RELATIONS)
+
+
+def _statements(record: dict, relations) -> str:
+    """Return ``record``'s answers for ``relations``, in that order, as one text."""
+    return "".join(ANSWERS[rel].format(v=record[rel]) for rel in relations)
 
 
 def kb_documents(kb) -> list[dict]:
@@ -69,8 +74,9 @@ def _words(values) -> list[str]:
 
 def counterfactual_kb(kb, diseases: set, rng: random.Random, n: int, novel: float = 0.5) -> list[dict]:
     """Return ``n`` made-up records: each a new name (a head of one disease's name + a tail of
-    another's, never a real or repeated one, never holding another knowledge-base name) and, per relation, a value of ``diseases``' or, with probability ``novel``, a made-up one,
-    so a reply must copy the passage's tokens, not pick a known value. A made-up value joins 2–3
+    another's, never a real or repeated one, never holding another knowledge-base name) and, per
+    relation, a value of ``diseases``' or, with probability ``novel``, a made-up one, so a reply
+    must copy the passage's tokens, not pick a known value. A made-up value joins 2–3
     words drawn from the jieba words of that relation's values (never a real value): every token is
     one training knows, the sequence is new. Each record is asked about once, so nothing can be
     memorised: only read."""
@@ -133,11 +139,7 @@ def reading_documents(cf_kb, rng: random.Random) -> list[str]:
     relation's words the value can only be copied from the passage above it, so every value token
     of the second half trains copying, with the loss on the whole text: far more copy targets per
     step than a question whose loss is on its short answer only."""
-    docs = []
-    for record in cf_kb:
-        order = rng.sample(RELATIONS, len(RELATIONS))
-        docs.append(passage(record) + "\n" + "".join(ANSWERS[rel].format(v=record[rel]) for rel in order))
-    return docs
+    return [passage(r) + "\n" + _statements(r, rng.sample(RELATIONS, len(RELATIONS))) for r in cf_kb]
 
 
 def copy_documents(texts, n: int, rng: random.Random, chars: float = 0.0) -> list[str]:
@@ -150,9 +152,7 @@ def copy_documents(texts, n: int, rng: random.Random, chars: float = 0.0) -> lis
     (U+4E00–U+9FA5). Content-free, they give the tokens of characters the training texts never
     use (byte pieces, for this tokenizer) a trained embedding for copying; without them a passage's
     rare character is a token no gradient ever touched."""
-    import jieba
-
-    vocab = sorted({w for t in texts for w in jieba.lcut(t) if w.strip()})
+    vocab = _words(texts)
 
     def word() -> str:
         if rng.random() < chars:
