@@ -57,6 +57,18 @@ def main() -> int:
                         help="evaluate OUT/model again (the data are rewritten, identical for the same options)")
     parser.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
+    for name in ("novel", "copy_chars"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name.replace('_', '-')} is a share: between 0 and 1")
+    for name, least in (("k", 1), ("epochs", 1), ("eval_heldout", 1), ("reading", 0), ("copy_warmup", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}")
+    if min(args.frames) < 0 or args.frames[2] < 1:
+        parser.error("--frames: counts of 0 or more, and at least 1 made-up-disease question per fact")
+    if args.copy_chars and not args.copy_warmup:
+        parser.error("--copy-chars mixes characters into the copying warm-up: it needs --copy-warmup > 0")
+    if args.eval_only and not (Path(args.out) / "rag_report.json").is_file():
+        parser.error(f"--eval-only: {args.out} holds no trained run (no rag_report.json)")
     from medtune.cli.commands import configure_logging
 
     configure_logging(quiet=True, verbose=False)
